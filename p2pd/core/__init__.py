@@ -1,0 +1,1 @@
+"""Pure codecs and protocol cores: nothing here imports twisted.internet."""

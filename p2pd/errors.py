@@ -1,0 +1,83 @@
+"""One exception hierarchy for p2pd. Each class carries the machine code and HTTP status that the edges
+(HTTP API, control socket, CLI) report; the message is what a user reads."""
+
+
+class P2PDError(Exception):
+    """Base of every error p2pd reports to a user or a peer."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict:
+        body = {"error": self.code, "message": self.message}
+        body.update(self.details)
+        return body
+
+
+class BadRequest(P2PDError):
+    code = "bad_request"
+    status = 400
+
+
+class InvalidName(BadRequest):
+    code = "invalid_name"
+
+
+class Unauthorized(P2PDError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(P2PDError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(P2PDError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(P2PDError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class Conflict(P2PDError):
+    code = "conflict"
+    status = 409
+
+
+class NameTaken(Conflict):
+    code = "name_taken"
+
+
+class TooLarge(P2PDError):
+    code = "too_large"
+    status = 413
+
+
+class UnsupportedMediaType(P2PDError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class TooManyRequests(P2PDError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(P2PDError):
+    """The backing store (Redis) does not answer; callers retry later."""
+
+    code = "store_unavailable"
+    status = 503
