@@ -9,7 +9,8 @@ key                                    type    meaning
 p2pd:v1:peer:{name}                    hash    ``key`` (owner's public key, set once by HSETNX), ``record``
                                                (JSON), ``lease`` (expiry, ms since epoch)
 p2pd:v1:names                          zset    every owned name, score 0 (lexicographic paging)
-p2pd:v1:online                         zset    name -> lease expiry in ms; online iff score > now
+p2pd:v1:online                         zset    name -> lease expiry in ms (the pruner's index)
+p2pd:v1:online-names                   zset    names with a lease, score 0 (lexicographic paging)
 p2pd:v1:nonce:{name}:{nonce}           string  a nonce seen in a signed request; expires after NONCE_TTL
 p2pd:v1:rooms                          zset    every room's canonical name, score 0
 p2pd:v1:room:{room}                    hash    ``record`` (JSON: name as created, creator, created_at)
@@ -35,6 +36,7 @@ def peer(name: str) -> str:
 
 NAMES = PREFIX + "names"
 ONLINE = PREFIX + "online"
+ONLINE_NAMES = PREFIX + "online-names"
 ROOMS = PREFIX + "rooms"
 
 

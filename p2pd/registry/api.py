@@ -1,0 +1,385 @@
+"""The registry's HTTP API v1 (JSON over Klein). The OpenAPI document is ``openapi.json`` beside this module.
+
+The app is a class with its store and clock injected; domain errors (:mod:`p2pd.errors`) map to HTTP codes in
+one place, :meth:`RegistryAPI.p2pd_error`. Every write for a name is signed by the key that owns it
+(:mod:`p2pd.core.signing`); nonces are remembered in the store so that a captured request cannot be replayed.
+"""
+
+import ipaddress
+import os
+import pathlib
+import re
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from p2pd.core import jsonbody, signing
+from p2pd.core.names import canonical_name, canonical_room, room_display
+from p2pd.core.ratelimit import RateLimiter
+from p2pd.errors import (
+    BadRequest, Forbidden, NotFound, P2PDError, StoreUnavailable, TooManyRequests, Unauthorized,
+    UnsupportedMediaType,
+)
+from p2pd.registry import schema
+from p2pd.registry.store import GENERAL, NoSuchPeer, NoSuchRoom
+
+log = Logger()
+
+OPENAPI = pathlib.Path(__file__).with_name("openapi.json")
+MAX_ADDRESSES = 8
+MAX_PAGE = 200
+FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def parse_address(text) -> str:
+    """Validate ``host:port`` / ``[v6]:port``; return it normalised."""
+    if not isinstance(text, str) or len(text) > 270:
+        raise BadRequest("an address must be a 'host:port' string")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadRequest("invalid address %r: expected host:port with a port in 1-65535" % (text,))
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return "[%s]:%d" % (ipaddress.IPv6Address(host[1:-1]).compressed, int(port))
+        except ValueError:
+            raise BadRequest("invalid IPv6 address in %r" % (text,)) from None
+    try:
+        return "%s:%d" % (ipaddress.IPv4Address(host), int(port))
+    except ValueError:
+        if HOSTNAME_RE.fullmatch(host):
+            return "%s:%d" % (host.lower(), int(port))
+    raise BadRequest("invalid host in address %r" % (text,))
+
+
+def address_list(body, field):
+    value = body.get(field, [])
+    if not isinstance(value, list) or len(value) > MAX_ADDRESSES:
+        raise BadRequest("%s must be a list of at most %d 'host:port' strings" % (field, MAX_ADDRESSES))
+    return [parse_address(a) for a in value]
+
+
+def page_args(request):
+    """``after`` cursor and ``limit`` from the query string."""
+    after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
+    raw = request.args.get(b"limit", [b"50"])[0]
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise BadRequest("limit must be an integer from 1 to %d" % MAX_PAGE)
+    return after, int(raw)
+
+
+def peer_view(entry, now_ms) -> dict:
+    view = {"name": entry.name, "key": entry.key, "online": entry.online(now_ms),
+            "lease_expires": entry.lease if entry.online(now_ms) else None}
+    view.update(entry.record)
+    return view
+
+
+def room_view(entry, with_members=True) -> dict:
+    view = {"id": entry.name, "name": entry.record["name"], "creator": entry.record.get("creator"),
+            "created_at": entry.record.get("created_at"), "member_count": len(entry.members)}
+    if with_members:
+        view["members"] = entry.members
+    return view
+
+
+class RegistryAPI:
+    """HTTP API v1 of the registry over an injected store and clock."""
+
+    app = Klein()
+
+    def __init__(self, store, clock, lease_ttl=schema.LEASE_TTL, read_rate=100, write_rate=20):
+        self.store = store
+        self.clock = clock
+        self.lease_ttl = lease_ttl
+        self.reads = RateLimiter(read_rate, read_rate * 2)
+        self.writes = RateLimiter(write_rate, write_rate * 2)
+
+    def resource(self):
+        return self.app.resource()
+
+    # plumbing
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def reply(self, request, body, code=200):
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return jsonbody.dumps(body)
+
+    def limit(self, request, limiter):
+        wait = limiter.check(request.getClientAddress().host, self.clock.seconds())
+        if wait:
+            raise TooManyRequests("too many requests from your address; retry in %d s" % wait, retry_after=wait)
+
+    def read_body(self, request) -> tuple:
+        """(raw bytes, JSON object) of a request that must carry a JSON object."""
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            raise UnsupportedMediaType("send the body as Content-Type: application/json")
+        raw = request.content.read() if request.content is not None else b""
+        return raw, jsonbody.loads_object(raw)
+
+    def signed(self, request) -> signing.SignedRequest:
+        headers = {h: (request.getHeader(h) or "") for h in signing.SIGNED_HEADERS}
+        headers = {h: v.decode("latin-1") if isinstance(v, bytes) else v for h, v in headers.items()}
+        return signing.SignedRequest(headers)
+
+    @defer.inlineCallbacks
+    def authenticate(self, request, body: bytes, as_name=None):
+        """Check the request's signature against the key that owns the signing name; return its entry.
+
+        *as_name*: the canonical name the request acts for; the signer must be that name (403 otherwise).
+        """
+        sig = self.signed(request)
+        signer = canonical_name(sig.name)
+        if as_name is not None and signer != as_name:
+            raise Forbidden("%s may not act for %s" % (signer, as_name))
+        sig.check_fresh(self.clock.seconds())
+        entry = yield self.store.get_peer(signer)
+        if entry is None:
+            raise Unauthorized("unknown signer %s: register the name first" % signer)
+        sig.verify(signing.parse_public_key(entry.key), request.method.decode("ascii"),
+                   request.uri.decode("latin-1"), body)
+        yield self.use_nonce(signer, sig)
+        return entry
+
+    @defer.inlineCallbacks
+    def use_nonce(self, name, sig):
+        fresh = yield self.store.use_nonce(name, sig.nonce, self.now_ms(), schema.NONCE_TTL)
+        if not fresh:
+            raise Unauthorized("replayed request (nonce already used)")
+
+    # errors
+
+    @app.handle_errors(P2PDError)
+    def p2pd_error(self, request, failure):
+        error = failure.value
+        if isinstance(error, TooManyRequests):
+            request.setHeader(b"Retry-After", str(error.retry_after).encode())
+        if isinstance(error, StoreUnavailable):
+            request.setHeader(b"Retry-After", b"1")
+            log.warn("store unavailable: {error}", error=error.message)
+        return self.reply(request, error.to_json(), error.status)
+
+    @app.handle_errors(WerkzeugNotFound)
+    def route_not_found(self, request, failure):
+        return self.reply(request, {"error": "not_found", "message": "no such endpoint; see /v1/openapi.json"}, 404)
+
+    @app.handle_errors(WerkzeugMethodNotAllowed)
+    def method_not_allowed(self, request, failure):
+        return self.reply(request, {"error": "method_not_allowed", "message": "method not allowed here"}, 405)
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request, failure):
+        log.failure("unexpected error answering {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        return self.reply(request, {"error": "internal", "message": "internal error"}, 500)
+
+    # health and documentation
+
+    @app.route("/v1/health", methods=["GET"])
+    @defer.inlineCallbacks
+    def health(self, request):
+        try:
+            yield self.store.ping()
+        except StoreUnavailable as e:
+            request.setHeader(b"Retry-After", b"1")
+            return self.reply(request, {"status": "unavailable", "error": e.code, "message": e.message}, 503)
+        return self.reply(request, {"status": "ok"})
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    def openapi(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return OPENAPI.read_bytes()
+
+    # peers
+
+    @app.route("/v1/peers", methods=["GET"])
+    @defer.inlineCallbacks
+    def list_peers(self, request):
+        self.limit(request, self.reads)
+        after, limit = page_args(request)
+        now = self.now_ms()
+        page, cursor = yield self.store.list_online(now, after, limit)
+        return self.reply(request, {"peers": [peer_view(e, now) for e in page], "next": cursor})
+
+    @app.route("/v1/peers/<string:name>", methods=["GET"])
+    @defer.inlineCallbacks
+    def get_peer(self, request, name):
+        self.limit(request, self.reads)
+        name = canonical_name(name)
+        entry = yield self.store.get_peer(name)
+        if entry is None:
+            raise NoSuchPeer("unknown peer %s" % name)
+        return self.reply(request, peer_view(entry, self.now_ms()))
+
+    @app.route("/v1/peers/<string:name>", methods=["PUT"])
+    @defer.inlineCallbacks
+    def register(self, request, name):
+        """Claim or update a name: signed by the key in the body, which must be the name's owner."""
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        raw, body = self.read_body(request)
+        key_text = body.get("key")
+        key = signing.parse_public_key(key_text)
+        fingerprint = body.get("fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str) and FINGERPRINT_RE.fullmatch(fingerprint)):
+            raise BadRequest("fingerprint must be 'sha256:' followed by 64 lowercase hex digits")
+        unknown = set(body) - {"key", "fingerprint", "tcp", "udp", "version"}
+        if unknown:
+            raise BadRequest("unknown fields: %s" % ", ".join(sorted(unknown)))
+        version = body.get("version")
+        if version is not None and not (isinstance(version, str) and len(version) <= 64):
+            raise BadRequest("version must be a short string")
+        sig = self.signed(request)
+        if canonical_name(sig.name) != name:
+            raise Forbidden("the request is signed as %s, not %s" % (sig.name, name))
+        sig.check_fresh(self.clock.seconds())
+        sig.verify(key, "PUT", request.uri.decode("latin-1"), raw)
+        now = self.now_ms()
+        record = {"fingerprint": fingerprint, "tcp": address_list(body, "tcp"), "udp": address_list(body, "udp"),
+                  "observed": request.getClientAddress().host, "version": version, "updated_at": now}
+        existing = yield self.store.get_peer(name)
+        if existing is not None and existing.key == key_text:
+            record["registered_at"] = existing.record.get("registered_at", now)
+        else:
+            record["registered_at"] = now
+        yield self.use_nonce(name, sig)
+        created = yield self.store.register(name, key_text, record, now, self.lease_ttl)
+        entry = yield self.store.get_peer(name)
+        if created:
+            log.info("peer {name} registered from {addr}", name=name, addr=record["observed"])
+        return self.reply(request, peer_view(entry, now), 201 if created else 200)
+
+    @app.route("/v1/peers/<string:name>/heartbeat", methods=["POST"])
+    @defer.inlineCallbacks
+    def heartbeat(self, request, name):
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        yield self.authenticate(request, request.content.read(), as_name=name)
+        expiry = yield self.store.heartbeat(name, self.now_ms(), self.lease_ttl)
+        return self.reply(request, {"name": name, "online": True, "lease_expires": expiry, "ttl": self.lease_ttl})
+
+    @app.route("/v1/peers/<string:name>/lease", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def go_offline(self, request, name):
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        yield self.authenticate(request, request.content.read(), as_name=name)
+        yield self.store.set_offline(name)
+        return self.reply(request, {"name": name, "online": False})
+
+    @app.route("/v1/peers/<string:name>", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def release(self, request, name):
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        yield self.authenticate(request, request.content.read(), as_name=name)
+        yield self.store.release(name)
+        log.info("peer {name} released its name", name=name)
+        return self.reply(request, {"name": name, "released": True})
+
+    # rooms
+
+    @app.route("/v1/rooms", methods=["GET"])
+    @defer.inlineCallbacks
+    def list_rooms(self, request):
+        self.limit(request, self.reads)
+        after, limit = page_args(request)
+        page, cursor = yield self.store.list_rooms(after, limit)
+        return self.reply(request, {"rooms": [room_view(r, with_members=False) for r in page], "next": cursor})
+
+    @app.route("/v1/rooms", methods=["POST"])
+    @defer.inlineCallbacks
+    def create_room(self, request):
+        self.limit(request, self.writes)
+        raw, body = self.read_body(request)
+        entry = yield self.authenticate(request, raw)
+        display = room_display(body.get("name"))
+        room = canonical_room(display)
+        yield self.store.create_room(room, {"name": display, "creator": entry.name, "created_at": self.now_ms()})
+        yield self.store.join_room(room, entry.name)
+        created = yield self.store.get_room(room)
+        return self.reply(request, room_view(created), 201)
+
+    @app.route("/v1/rooms/<string:room>", methods=["GET"])
+    @defer.inlineCallbacks
+    def get_room(self, request, room):
+        self.limit(request, self.reads)
+        entry = yield self.store.get_room(canonical_room(room))
+        if entry is None:
+            raise NoSuchRoom("room %s does not exist" % room)
+        return self.reply(request, room_view(entry))
+
+    @defer.inlineCallbacks
+    def _membership(self, request, room, name, change):
+        self.limit(request, self.writes)
+        room, name = canonical_room(room), canonical_name(name)
+        yield self.authenticate(request, request.content.read(), as_name=name)
+        yield change(room, name)
+        entry = yield self.store.get_room(room)
+        return self.reply(request, room_view(entry))
+
+    @app.route("/v1/rooms/<string:room>/members/<string:name>", methods=["PUT"])
+    def join_room(self, request, room, name):
+        return self._membership(request, room, name, self.store.join_room)
+
+    @app.route("/v1/rooms/<string:room>/members/<string:name>", methods=["DELETE"])
+    def leave_room(self, request, room, name):
+        if canonical_room(room) == GENERAL:
+            raise Forbidden("everyone stays in General")
+        return self._membership(request, room, name, self.store.leave_room)
+
+    # mailbox
+
+    @app.route("/v1/mailbox/<string:name>", methods=["POST"])
+    @defer.inlineCallbacks
+    def deposit(self, request, name):
+        """Leave a message for *name*; the sender is any registered peer, signing the request."""
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        raw, body = self.read_body(request)
+        sender = yield self.authenticate(request, raw)
+        payload = body.get("payload")
+        if not isinstance(payload, str):
+            raise BadRequest("payload must be a string")
+        if len(payload.encode("utf-8")) > schema.MAILBOX_MAX_BYTES:
+            raise BadRequest("payload larger than %d bytes" % schema.MAILBOX_MAX_BYTES)
+        if set(body) - {"payload"}:
+            raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"payload"})))
+        if (yield self.store.get_peer(name)) is None:
+            raise NoSuchPeer("unknown peer %s" % name)
+        now = self.now_ms()
+        message = {"id": "%013x%s" % (now, os.urandom(6).hex()), "from": sender.name, "payload": payload,
+                   "deposited_at": now, "expires_at": now + schema.MAILBOX_TTL * 1000}
+        yield self.store.deposit(name, message, now, schema.MAILBOX_TTL, schema.MAILBOX_MAX_MESSAGES)
+        return self.reply(request, {"id": message["id"], "expires_at": message["expires_at"]}, 201)
+
+    @app.route("/v1/mailbox/<string:name>", methods=["GET"])
+    @defer.inlineCallbacks
+    def fetch(self, request, name):
+        self.limit(request, self.reads)
+        name = canonical_name(name)
+        _, limit = page_args(request)
+        yield self.authenticate(request, b"", as_name=name)
+        messages = yield self.store.fetch(name, self.now_ms(), limit)
+        return self.reply(request, {"messages": messages})
+
+    @app.route("/v1/mailbox/<string:name>/<string:msg_id>", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def ack(self, request, name, msg_id):
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        if not re.fullmatch(r"[0-9a-f]{1,64}", msg_id):
+            raise BadRequest("invalid message id")
+        yield self.authenticate(request, request.content.read(), as_name=name)
+        deleted = yield self.store.ack(name, [msg_id])
+        if not deleted:
+            raise NotFound("no message %s in the mailbox of %s" % (msg_id, name))
+        return self.reply(request, {"deleted": deleted})

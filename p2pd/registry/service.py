@@ -1,0 +1,159 @@
+"""The registry process: HTTP API, STUN responder, store (embedded or external Redis) and the pruner, as
+child services of one MultiService built from the parsed options."""
+
+import json
+import os
+
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from p2pd.errors import P2PDError, StoreUnavailable
+from p2pd.registry.api import RegistryAPI
+from p2pd.registry.http import make_site
+from p2pd.registry.redis_store import RedisStore
+
+log = Logger()
+
+PRUNE_INTERVAL = 15
+
+
+def describe_port(port) -> str:
+    addr = port.getHost()
+    host = addr.host if ":" not in addr.host else "[%s]" % addr.host
+    return "%s:%d" % (host, addr.port)
+
+
+class ListeningService(service.Service):
+    """Listens on an endpoint description while running. Listening happens synchronously in startService
+    (TCP and UDP endpoints listen at once), so a busy port stops the process with a clear message."""
+
+    def __init__(self, reactor, description, factory):
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port = None
+
+    def startService(self):
+        outcome = []
+        endpoints.serverFromString(self.reactor, self.description).listen(self.factory).addBoth(outcome.append)
+        if not outcome or not hasattr(outcome[0], "getHost"):
+            reason = outcome[0].getErrorMessage() if outcome else "listening did not complete"
+            raise SystemExit("p2pd: cannot listen on %s: %s" % (self.description, reason))
+        self.port = outcome[0]
+        service.Service.startService(self)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class UDPService(service.Service):
+    def __init__(self, reactor, port, protocol, interface=""):
+        self.reactor, self.portnum, self.protocol, self.interface = reactor, port, protocol, interface
+        self.port = None
+
+    def startService(self):
+        try:
+            self.port = self.reactor.listenUDP(self.portnum, self.protocol, interface=self.interface)
+        except Exception as e:
+            raise SystemExit("p2pd: cannot listen on udp port %d: %s" % (self.portnum, e))
+        service.Service.startService(self)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class Pruner(TimerService):
+    """Removes expired presence every few seconds; an error is logged and the next tick still runs."""
+
+    def __init__(self, store, clock, interval=PRUNE_INTERVAL):
+        super().__init__(interval, self.tick)
+        self.store = store
+        self.clock = clock  # TimerService runs its LoopingCall on self.clock too
+
+    def tick(self):
+        d = defer.maybeDeferred(self.store.prune, int(self.clock.seconds() * 1000))
+        d.addErrback(self.failed)
+        return d
+
+    def failed(self, failure):
+        if failure.check(StoreUnavailable):
+            log.warn("pruning skipped: {error}", error=failure.value.message)
+        else:
+            log.failure("pruning expired registry state failed; the next tick will retry", failure)
+
+
+class StoreService(service.Service):
+    """Closes the store's connections on shutdown, before an embedded Redis is stopped."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self.store.close()
+
+
+class RegistryService(service.MultiService):
+    def __init__(self, options, reactor):
+        super().__init__()
+        self.options = options
+        self.reactor = reactor
+        self.data_dir = options["data-dir"]
+        self.embedded = None
+        redis_url = options["redis"]
+        if not redis_url:
+            from p2pd.registry.embedded_redis import EmbeddedRedis
+
+            self.embedded = EmbeddedRedis(self.data_dir, reactor)
+            self.embedded.setServiceParent(self)
+            redis_url = self.embedded.url()
+        self.redis_url = redis_url
+        self.store = RedisStore.from_url(redis_url, reactor)
+        StoreService(self.store).setServiceParent(self)
+        self.api = RegistryAPI(self.store, reactor, lease_ttl=options["lease-ttl"],
+                               read_rate=options["read-rate"], write_rate=options["write-rate"])
+        self.http = ListeningService(reactor, options["http"], make_site(self.api.resource()))
+        self.http.setServiceParent(self)
+        self.stun = None
+        if options["stun-port"]:
+            from p2pd.registry.stun import StunResponder
+
+            self.stun = UDPService(reactor, options["stun-port"], StunResponder(reactor),
+                                   options["stun-interface"])
+            self.stun.setServiceParent(self)
+        Pruner(self.store, reactor).setServiceParent(self)
+
+    def startService(self):
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        try:
+            super().startService()
+        except P2PDError as e:
+            raise SystemExit("p2pd: " + e.message)
+        self.store.ensure_general(int(self.reactor.seconds() * 1000)).addErrback(self._general_later)
+        self.announce()
+
+    def _general_later(self, failure):
+        """Redis may still be starting: create General as soon as it answers."""
+        self.reactor.callLater(0.5, lambda: self.store.ensure_general(
+            int(self.reactor.seconds() * 1000)).addErrback(self._general_later) if self.running else None)
+
+    def announce(self):
+        http = describe_port(self.http.port)
+        info = {"pid": os.getpid(), "http": "http://%s" % http, "api": "http://%s/v1/" % http,
+                "stun": None, "redis": self.redis_url, "data_dir": self.data_dir}
+        if self.stun is not None:
+            info["stun"] = describe_port(self.stun.port)
+        path = os.path.join(self.data_dir, "registry.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(info, f)
+        os.replace(path + ".tmp", path)
+        log.info("p2pd registry listening: HTTP API {api} (OpenAPI: {api}openapi.json), STUN udp {stun}, "
+                 "Redis {redis}, data dir {data_dir}", **info)

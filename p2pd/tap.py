@@ -1,0 +1,122 @@
+"""``twistd p2pd``: one Options for both roles, and makeService.
+
+    twistd -n p2pd --role=registry [--http tcp:8000] [--redis URL] [--data-dir DIR] [--stun PORT]
+    twistd -n p2pd --role=peer --name=alice ...
+
+Every option can also come from an INI file (``--config FILE``, section ``[registry]`` or ``[peer]``, keys named
+like the long options); the command line wins. See ``conf/`` for examples.
+"""
+
+import configparser
+import os
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from p2pd.core.names import canonical_name
+from p2pd.errors import InvalidName
+
+ROLES = ("registry", "peer")
+
+
+def default_data_dir(role: str, name: str = None) -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "p2pd", name if role == "peer" and name else role)
+
+
+def check_endpoint(description: str, what: str) -> str:
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError("invalid %s endpoint %r: %s" % (what, description, e))
+    return description
+
+
+class Options(usage.Options):
+    synopsis = "--role=registry|peer [options]"
+    longdesc = __doc__
+
+    optParameters = [
+        ["role", None, None, "registry or peer"],
+        ["config", "c", None, "INI config file (sections [registry] and [peer])"],
+        ["data-dir", "d", None, "state directory (registry: ~/.local/share/p2pd/registry)"],
+        # registry
+        ["http", None, "tcp:8000", "registry: HTTP API endpoint (e.g. tcp:8000:interface=127.0.0.1)"],
+        ["redis", None, None, "registry: redis://host:port/db of an external Redis (default: embedded)"],
+        ["stun", None, "3478", "registry: UDP port of the STUN responder, [HOST:]PORT; 0 turns it off"],
+        ["rate-limit", None, "100/20", "registry: requests per second per client address, READS/WRITES; 0 = off"],
+        ["lease-ttl", None, "60", "registry: seconds a registration or heartbeat keeps a peer online"],
+        # peer
+        ["name", "n", None, "peer: the name to claim"],
+    ]
+
+    def postOptions(self):
+        if self["config"]:
+            self.apply_config(self["config"])
+        role = self["role"]
+        if role not in ROLES:
+            raise usage.UsageError("--role must be one of: %s" % ", ".join(ROLES))
+        getattr(self, "check_" + role)()
+
+    def apply_config(self, path):
+        parser = configparser.ConfigParser()
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except (OSError, configparser.Error, UnicodeDecodeError) as e:
+            raise usage.UsageError("cannot read config file %s: %s" % (path, e))
+        defaults = {long: default for long, _, default, _ in self.optParameters}
+        role = self["role"] or parser.get("p2pd", "role", fallback=None)
+        self["role"] = role
+        if role not in parser:
+            return
+        for key, value in parser[role].items():
+            if key not in defaults or key in ("config", "role"):
+                raise usage.UsageError("unknown option %r in section [%s] of %s" % (key, role, path))
+            if self[key] == defaults[key]:
+                self[key] = value
+
+    def check_registry(self):
+        self["data-dir"] = os.path.abspath(self["data-dir"] or default_data_dir("registry"))
+        check_endpoint(self["http"], "--http")
+        stun = self["stun"]
+        host, _, port = stun.rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise usage.UsageError("--stun must be a UDP port from 0 to 65535 (optionally HOST:PORT), not %r" % stun)
+        self["stun-port"], self["stun-interface"] = int(port), host.strip("[]")
+        try:
+            reads, _, writes = self["rate-limit"].partition("/")
+            self["read-rate"], self["write-rate"] = float(reads), float(writes or reads)
+            if self["read-rate"] < 0 or self["write-rate"] < 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--rate-limit must be READS/WRITES per second, e.g. 100/20 (0 = off)")
+        if not self["lease-ttl"].isdigit() or not 5 <= int(self["lease-ttl"]) <= 86400:
+            raise usage.UsageError("--lease-ttl must be a whole number of seconds from 5 to 86400")
+        self["lease-ttl"] = int(self["lease-ttl"])
+        if self["redis"]:
+            from p2pd.registry.redis_store import parse_redis_url
+
+            try:
+                parse_redis_url(self["redis"])
+            except Exception as e:
+                raise usage.UsageError(str(e))
+
+    def check_peer(self):
+        try:
+            self["name"] = canonical_name(self["name"])
+        except InvalidName as e:
+            raise usage.UsageError("--name: " + e.message if self["name"] else "--name is required for a peer")
+        self["data-dir"] = os.path.abspath(self["data-dir"] or default_data_dir("peer", self["name"]))
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    if options["role"] == "registry":
+        from p2pd.registry.service import RegistryService
+
+        return RegistryService(options, reactor)
+    raise usage.UsageError("the peer role is not available yet")
