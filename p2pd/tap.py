@@ -45,7 +45,7 @@ class Options(usage.Options):
         # registry
         ["http", None, "tcp:8000", "registry: HTTP API endpoint (e.g. tcp:8000:interface=127.0.0.1)"],
         ["redis", None, None, "registry: redis://host:port/db of an external Redis (default: embedded)"],
-        ["stun", None, "3478", "registry: UDP port of the STUN responder, [HOST:]PORT; 0 turns it off"],
+        ["stun", None, "3478", "registry: UDP [HOST:]PORT of the STUN responder; 0 turns it off, HOST:0 picks a free port"],
         ["rate-limit", None, "100/20", "registry: requests per second per client address, READS/WRITES; 0 = off"],
         ["lease-ttl", None, "60", "registry: seconds a registration or heartbeat keeps a peer online"],
         # peer
@@ -85,6 +85,8 @@ class Options(usage.Options):
         host, _, port = stun.rpartition(":")
         if not port.isdigit() or not 0 <= int(port) < 65536:
             raise usage.UsageError("--stun must be a UDP port from 0 to 65535 (optionally HOST:PORT), not %r" % stun)
+        # "0" alone turns STUN off; HOST:0 listens on a free port (tests, demos).
+        self["stun-enabled"] = stun.strip() not in ("0", "off")
         self["stun-port"], self["stun-interface"] = int(port), host.strip("[]")
         try:
             reads, _, writes = self["rate-limit"].partition("/")

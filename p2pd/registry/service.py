@@ -123,7 +123,7 @@ class RegistryService(service.MultiService):
         self.http = ListeningService(reactor, options["http"], make_site(self.api.resource()))
         self.http.setServiceParent(self)
         self.stun = None
-        if options["stun-port"]:
+        if options["stun-enabled"]:
             from p2pd.registry.stun import StunResponder
 
             self.stun = UDPService(reactor, options["stun-port"], StunResponder(reactor),

@@ -1,0 +1,1 @@
+"""The peer daemon: registry client, peer links, control socket, storage."""
