@@ -5,6 +5,7 @@ Writes are checked without waiting for an fsync: redis writes a command to its A
 acknowledged write survives a SIGKILL of redis-server (the page cache keeps it), which is what the tests assert.
 """
 
+import ctypes
 import os
 import select
 import signal
@@ -190,6 +191,25 @@ def test_prefers_redis_server_on_path(tmp_path, monkeypatch):
 
 
 @pytest_twisted.inlineCallbacks
+def test_redis_that_never_answers_fails_readiness_after_the_timeout(tmp_path):
+    """A redis-server that stays silent fails whenReady after ready_timeout; stopService still ends it."""
+    from twisted.internet import reactor
+
+    silent = tmp_path / "silent-redis-server"
+    silent.write_text("#!/bin/sh\nexec sleep 30\n")
+    silent.chmod(0o755)
+    service = EmbeddedRedis(str(tmp_path / "data"), reactor, redis_server=str(silent), ready_timeout=0.3)
+    service.startService()
+    pid = service.pid
+    try:
+        with pytest.raises(RedisStartError, match="did not answer PING on .*redis.sock within 0.3s"):
+            yield service.whenReady()
+    finally:
+        yield service.stopService()
+    assert not alive(pid)
+
+
+@pytest_twisted.inlineCallbacks
 def test_redis_that_exits_at_once_fails_readiness_with_its_output(tmp_path):
     """If redis-server exits during startup, whenReady fails quoting its output; nothing is restarted."""
     from twisted.internet import reactor
@@ -219,6 +239,11 @@ ORPHANING_REGISTRY = textwrap.dedent("""
 """)
 
 
+def _set_child_subreaper(on):
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so the test can reap them even if init does not."""
+    ctypes.CDLL(None, use_errno=True).prctl(36, int(on))
+
+
 def _start_registry_that_will_be_killed(data_dir):
     """A registry in a subprocess; returns (its Popen, its redis-server's pid) once ready."""
     registry = subprocess.Popen([sys.executable, "-c", ORPHANING_REGISTRY, data_dir], cwd=REPO,
@@ -238,6 +263,7 @@ def test_leftover_redis_of_a_sigkilled_registry_is_stopped_and_its_data_kept(tmp
     from twisted.internet import reactor
 
     data_dir = str(tmp_path / "data")
+    _set_child_subreaper(True)
     registry, orphan = _start_registry_that_will_be_killed(data_dir)
     service = EmbeddedRedis(data_dir, reactor)
     try:
@@ -257,3 +283,8 @@ def test_leftover_redis_of_a_sigkilled_registry_is_stopped_and_its_data_kept(tmp
             yield service.stopService()
         if alive(orphan):
             os.kill(orphan, signal.SIGKILL)
+        _set_child_subreaper(False)
+        try:
+            os.waitpid(orphan, 0)  # it became our child when its registry died
+        except ChildProcessError:
+            pass

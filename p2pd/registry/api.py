@@ -143,7 +143,9 @@ class RegistryAPI:
         sig.check_fresh(self.clock.seconds())
         entry = yield self.store.get_peer(signer)
         if entry is None:
-            raise Unauthorized("unknown signer %s: register the name first" % signer)
+            error = Unauthorized("unknown signer %s: register the name first" % signer)
+            error.code = "unknown_signer"
+            raise error
         sig.verify(signing.parse_public_key(entry.key), request.method.decode("ascii"),
                    request.uri.decode("latin-1"), body)
         yield self.use_nonce(signer, sig)

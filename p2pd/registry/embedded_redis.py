@@ -38,9 +38,9 @@ import signal
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -187,11 +187,15 @@ class _PingProtocol(Protocol):
             self.answered.errback(reason)
 
 
+class _PingFactory(Factory):
+    noisy = False  # readiness polls would log "Starting factory" twice each
+    protocol = _PingProtocol
+
+
 @defer.inlineCallbacks
 def ping(reactor, socket_path: str, timeout: float = 1.0):
     """Send one PING over the unix socket; fire with True on ``+PONG``, fail otherwise."""
-    protocol = _PingProtocol()
-    yield connectProtocol(UNIXClientEndpoint(reactor, socket_path, timeout=timeout), protocol)
+    protocol = yield UNIXClientEndpoint(reactor, socket_path, timeout=timeout).connect(_PingFactory())
     try:
         result = yield protocol.answered.addTimeout(timeout, reactor)
     finally:
