@@ -5,7 +5,7 @@
         server.kill(); server.start()              # SIGKILL it, then restart it on the same port and dir
 
 Persistence is AOF with ``appendfsync everysec`` in ``directory``, so data survives ``stop()``/``start()`` and
-also ``kill()`` for writes older than about a second. Output goes to ``directory/redis.log``. On Linux the server
+``kill()`` alike (redis writes each command to the AOF before it replies). Output goes to ``directory/redis.log``. On Linux the server
 gets SIGTERM if the test process dies, so a killed test run leaves no redis-server behind.
 """
 

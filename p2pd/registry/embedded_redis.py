@@ -123,7 +123,7 @@ def render_config(data_dir: str) -> str:
 
 
 class RestartBackoff:
-    """Delays between restarts: ``first``, doubling up to ``cap``; back to ``first`` after a run of ``reset_after`` s."""
+    """Delays between restarts: ``first``, doubling up to ``cap``; ``first`` again after a run of ``reset_after`` s."""
 
     def __init__(self, first: float = 0.5, cap: float = 10.0, reset_after: float = 30.0):
         self.first, self.cap, self.reset_after = first, cap, reset_after
@@ -299,8 +299,11 @@ class EmbeddedRedis(Service):
         if len(os.fsencode(self.socket_path)) > _MAX_UNIX_PATH:
             raise EmbeddedRedisError(f"data dir {self.data_dir} is too deep for a unix socket path; use a shorter one")
         binary = self._redis_server or find_redis_server()
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self._lock.acquire()
+        try:
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            self._lock.acquire()
+        except OSError as e:
+            raise EmbeddedRedisError(f"cannot use data dir {self.data_dir}: {e.strerror}") from e
         Service.startService(self)
         self._stopping, self._outcome, self._backoff = False, None, RestartBackoff()
         self._startup = self._start(binary)
@@ -324,7 +327,10 @@ class EmbeddedRedis(Service):
             log.error("embedded redis failed to start: {error}", error=outcome.getErrorMessage())
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
-            d.callback(outcome) if isinstance(outcome, str) else d.errback(outcome)
+            if isinstance(outcome, str):
+                d.callback(outcome)
+            else:
+                d.errback(outcome)
 
     def stopService(self):
         """Stop redis-server (SIGTERM, SIGKILL after ``stop_timeout``) and release the lock; fires when it exited."""
@@ -394,8 +400,14 @@ class EmbeddedRedis(Service):
 
     def _restart(self):
         self._restart_call = None
-        if not self._stopping:
+        if self._stopping:
+            return
+        try:
             self._spawn(self._redis_server or find_redis_server())
+        except Exception:
+            delay = self._backoff.next_delay(0)
+            log.failure("could not restart redis-server; trying again in {delay}s", delay=delay)
+            self._restart_call = self._reactor.callLater(delay, self._restart)
 
     @defer.inlineCallbacks
     def _wait_for_ping(self, proc):

@@ -138,7 +138,14 @@ class RegistryService(service.MultiService):
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         self.store.ensure_general(int(self.reactor.seconds() * 1000)).addErrback(self._general_later)
-        self.announce()
+        if self.embedded is None:
+            self.announce()
+        else:
+            self.embedded.whenReady().addCallbacks(lambda _: self.announce(), self._redis_failed)
+
+    def _redis_failed(self, failure):
+        log.critical("p2pd: the embedded Redis did not start: {error}", error=failure.getErrorMessage())
+        self.reactor.stop()
 
     def _general_later(self, failure):
         """Redis may still be starting: create General as soon as it answers."""

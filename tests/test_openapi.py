@@ -1,0 +1,494 @@
+"""The registry's OpenAPI document as a contract (RELIABILITY rows 1 and 2).
+
+The document is valid OpenAPI and lists exactly the Klein routes; a real ``twistd p2pd --role=registry`` keeps to
+it under schemathesis (positive and negative data, unsigned), under signed traffic generated here (so the
+operations get past authentication), and answers every JSON bomb with a 4xx in time without dying.
+"""
+
+import collections
+import json
+import re
+import socket
+import time
+import urllib.parse
+
+import pytest
+import pytest_twisted
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openapi_spec_validator import validate as validate_openapi
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, missing_required_header, negative_data_rejection, positive_data_acceptance,
+    response_headers_conformance, response_schema_conformance, status_code_conformance,
+)
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from p2pd.core import jsonbody, signing
+from p2pd.registry.api import OPENAPI, RegistryAPI
+from p2pd.registry.store import MemoryStore
+from tests.registry_process import RegistryProcess
+
+DOCUMENT = json.loads(OPENAPI.read_text(encoding="utf-8"))
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
+IMPLICIT = {"HEAD", "OPTIONS"}  # werkzeug answers HEAD for every GET rule; neither is a documented operation
+
+# Everything the schemathesis run asserts: no 5xx, documented status / content type / headers / body, invalid
+# data refused with a 4xx, valid data not refused for a schema reason, a missing required header refused.
+# `unsupported_method` (405 needs an Allow header) is tested on its own below: the registry does not send one yet.
+CONTRACT = [
+    not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+    response_schema_conformance, negative_data_rejection, positive_data_acceptance, missing_required_header,
+]
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+               response_schema_conformance]
+FUZZ_EXAMPLES = 85  # fuzzing examples per operation and mode; with the coverage phase about 2,000 cases in all
+FUZZ_SEED = 20240611
+DETERMINISTIC = settings(derandomize=True, database=None, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def klein_operations():
+    """{(OpenAPI path, METHOD)} of every route of the Klein app."""
+    found = set()
+    for rule in RegistryAPI.app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^:<>]+)>", r"{\1}", rule.rule)
+        found |= {(path, method) for method in rule.methods - IMPLICIT}
+    return found
+
+
+def documented_operations():
+    return {(path, method.upper()) for path, item in DOCUMENT["paths"].items() for method in item
+            if method in HTTP_METHODS}
+
+
+def test_document_is_valid_openapi():
+    """openapi.json passes the OpenAPI 3 validator (the schema of the spec and its semantic rules)."""
+    validate_openapi(DOCUMENT)
+
+
+def test_document_lists_exactly_the_klein_routes():
+    """Every Klein route appears with the same methods, and the document describes no route the app lacks."""
+    assert documented_operations() == klein_operations()
+
+
+def refs_reached(node, seen=None):
+    """Names of the component schemas that *node* refers to, directly or through other components."""
+    seen = set() if seen is None else seen
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] not in seen:
+            seen.add(ref.rsplit("/", 1)[1])
+            refs_reached(DOCUMENT["components"]["schemas"][ref.rsplit("/", 1)[1]], seen)
+        for value in node.values():
+            refs_reached(value, seen)
+    elif isinstance(node, list):
+        for value in node:
+            refs_reached(value, seen)
+    return seen
+
+
+def test_every_error_reply_is_the_error_object():
+    """Every documented 4xx/5xx reply is a JSON object with `error` and `message`; 429 and 503 carry Retry-After."""
+    responses = DOCUMENT["components"]["responses"]
+    for path, item in DOCUMENT["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            for status, response in operation["responses"].items():
+                response = responses[response["$ref"].rsplit("/", 1)[1]] if "$ref" in response else response
+                if int(status) >= 400:
+                    reached = refs_reached(response["content"]["application/json"]["schema"])
+                    assert reached & {"Error", "HealthUnavailable"}, (method, path, status)
+                if status in ("429", "503"):
+                    assert "Retry-After" in response["headers"], (method, path, status)
+
+
+@pytest_twisted.ensureDeferred
+async def test_served_document_is_the_file():
+    """GET /v1/openapi.json serves this very file as JSON."""
+    http = StubTreq(RegistryAPI(MemoryStore(), Clock()).resource())
+    response = await http.get("http://registry.test/v1/openapi.json")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("Content-Type") == ["application/json"]
+    assert json.loads(await response.content()) == DOCUMENT
+
+
+# Plumbing shared by the in-process and end-to-end tests: one signed request, checked against the document.
+
+SCHEMA = schemathesis.openapi.from_path(OPENAPI, config=schemathesis.Config.from_dict({
+    "seed": FUZZ_SEED,
+    "request-timeout": 5,
+    "generation": {"mode": "all", "max-examples": FUZZ_EXAMPLES, "deterministic": True, "database": "none"},
+    "phases": {"stateful": {"enabled": False}},
+}))
+
+
+class Peer:
+    def __init__(self, name):
+        self.name = name
+        self.identity = signing.Identity.generate()
+        self.key = self.identity.public_text
+
+
+def prepare(base, method, path, body=None, raw=None, content_type="application/json", signer=None,
+            sign_as=None, now=None, nonce=None):
+    """A prepared request; signed by *signer* (a Peer) over exactly the bytes and path that will be sent."""
+    data = raw if raw is not None else (b"" if body is None else jsonbody.dumps(body))
+    headers = {"Content-Type": content_type} if data else {}
+    prepared = requests.Request(method, base + path, data=data or None, headers=headers).prepare()
+    if signer is not None:
+        name = sign_as or signer.name
+        prepared.headers.update(signing.sign_request(
+            signer.identity, name, method, prepared.path_url, data, time.time() if now is None else now, nonce))
+    return prepared
+
+
+def check_against_document(response, method, template, path_parameters=None, checks=CONFORMANCE):
+    """Validate a requests.Response with schemathesis' checks for the operation *method* *template*."""
+    case = SCHEMA[template][method].Case(path_parameters=path_parameters or {})
+    case.validate_response(response, checks=checks)
+
+
+def as_schemathesis_response(code, headers, content, method, url):
+    """A schemathesis Response for a reply that did not come through `requests` (StubTreq)."""
+    return schemathesis.Response(
+        status_code=code, headers={k.lower(): list(v) for k, v in headers.items()}, content=content,
+        request=requests.Request(method, url).prepare(), elapsed=0.0, verify=True)
+
+
+# Every operation, as a request that would succeed: used to reach each documented 429 and 503.
+ALICE_PATHS = {
+    ("/v1/health", "GET"): ("/v1/health", None),
+    ("/v1/openapi.json", "GET"): ("/v1/openapi.json", None),
+    ("/v1/peers", "GET"): ("/v1/peers?limit=5", None),
+    ("/v1/peers/{name}", "GET"): ("/v1/peers/alice", None),
+    ("/v1/peers/{name}", "PUT"): ("/v1/peers/alice", "register"),
+    ("/v1/peers/{name}", "DELETE"): ("/v1/peers/alice", b""),
+    ("/v1/peers/{name}/heartbeat", "POST"): ("/v1/peers/alice/heartbeat", b""),
+    ("/v1/peers/{name}/lease", "DELETE"): ("/v1/peers/alice/lease", b""),
+    ("/v1/rooms", "GET"): ("/v1/rooms", None),
+    ("/v1/rooms", "POST"): ("/v1/rooms", {"name": "Lobby"}),
+    ("/v1/rooms/{room}", "GET"): ("/v1/rooms/general", None),
+    ("/v1/rooms/{room}/members/{name}", "PUT"): ("/v1/rooms/lobby/members/alice", b""),
+    ("/v1/rooms/{room}/members/{name}", "DELETE"): ("/v1/rooms/lobby/members/alice", b""),
+    ("/v1/mailbox/{name}", "POST"): ("/v1/mailbox/alice", {"payload": "hi"}),
+    ("/v1/mailbox/{name}", "GET"): ("/v1/mailbox/alice?limit=5", b""),
+    ("/v1/mailbox/{name}/{msg_id}", "DELETE"): ("/v1/mailbox/alice/0123abc", b""),
+}
+
+
+def test_the_429_and_503_table_covers_every_operation():
+    """The table below names one request for every documented operation."""
+    assert set(ALICE_PATHS) == documented_operations()
+
+
+async def call_in_process(http, alice, template, method):
+    path, body = ALICE_PATHS[(template, method)]
+    if body == "register":
+        body = {"key": alice.key}
+    signed = body is not None
+    body = None if body == b"" else body
+    prepared = prepare("http://registry.test", method, path, body=body, signer=alice if signed else None)
+    headers = {k: [v] for k, v in prepared.headers.items() if k != "Content-Length"}  # StubTreq sets its own
+    response = await http.request(method, prepared.url, data=prepared.body, headers=headers)
+    content = await response.content()
+    headers = {k.decode(): [v.decode() for v in vs] for k, vs in response.headers.getAllRawHeaders()}
+    return as_schemathesis_response(response.code, headers, content, method, prepared.url)
+
+
+def path_parameters(template, method):
+    """The path parameters of the table's request for an operation."""
+    names = re.findall(r"{(\w+)}", template)
+    pattern = re.sub(r"{\w+}", "([^/?]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+    values = re.match(pattern, ALICE_PATHS[(template, method)][0]).groups()
+    return dict(zip(names, values))
+
+
+def world_clock():
+    clock = Clock()
+    clock.advance(time.time())
+    return clock
+
+
+@pytest.mark.parametrize("template,method", sorted(ALICE_PATHS))
+@pytest_twisted.ensureDeferred
+async def test_store_outage_reply_is_documented(template, method):
+    """With the store down every operation but the document itself answers 503 as documented (Retry-After: 1)."""
+    store = MemoryStore()
+    store.available = False
+    http = StubTreq(RegistryAPI(store, world_clock(), read_rate=0, write_rate=0).resource())
+    response = await call_in_process(http, Peer("alice"), template, method)
+    if template == "/v1/openapi.json":
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == ["1"]
+    case = SCHEMA[template][method].Case(path_parameters=path_parameters(template, method))
+    case.validate_response(response, checks=CONFORMANCE[1:])  # 503 is a server error by definition
+
+
+@pytest.mark.parametrize("template,method", sorted(ALICE_PATHS))
+@pytest_twisted.ensureDeferred
+async def test_rate_limit_reply_is_documented(template, method):
+    """Over quota every rate-limited operation answers 429 as documented: integer Retry-After and retry_after."""
+    http = StubTreq(RegistryAPI(MemoryStore(), world_clock(), read_rate=0.01, write_rate=0.01).resource())
+    alice = Peer("alice")
+    await call_in_process(http, alice, template, method)
+    response = await call_in_process(http, alice, template, method)
+    operation = SCHEMA[template][method]
+    if "429" not in operation.definition.raw["responses"]:
+        assert response.status_code != 429
+    else:
+        assert response.status_code == 429, response.content
+        retry_after = response.headers["retry-after"]
+        assert retry_after[0].isdigit() and json.loads(response.content)["retry_after"] == int(retry_after[0])
+    operation.Case(path_parameters=path_parameters(template, method)).validate_response(response, checks=CONFORMANCE)
+
+
+# End to end: a real registry process.
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with RegistryProcess(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def session():
+    with requests.Session() as s:
+        yield s
+
+
+FUZZED = collections.Counter()  # operation label -> cases sent by the schemathesis run
+
+
+@pytest.mark.slow
+@SCHEMA.parametrize()
+def test_registry_keeps_to_its_document_under_fuzzing(case, registry, session):
+    """Schemathesis, positive and negative data, unsigned: no 5xx, every reply documented, invalid data refused."""
+    response = case.call_and_validate(base_url=registry.http, session=session, checks=CONTRACT)
+    FUZZED[case.operation.label] += 1
+    import os
+    if os.environ.get("DBG_FUZZ"):
+        with open("/tmp/oa/fuzz.log", "a") as f:
+            f.write("%s %s %s %s %r %r %r\n" % (case.meta.generation.mode.value if case.meta else "-", case.operation.label, response.status_code, response.request.url[:150], dict(case.headers or {}), case.body if not hasattr(case.body, "__len__") or len(str(case.body)) < 200 else "BIG", response.content[:120]))
+
+
+@pytest.mark.slow
+def test_fuzzing_sent_about_2000_cases():
+    """The schemathesis run above covered every operation with about 2,000 cases in all (runs after it)."""
+    if len(FUZZED) < len(documented_operations()):
+        pytest.skip("the schemathesis run did not run in full in this session")
+    assert set(FUZZED) == {"%s %s" % (m, p) for p, m in documented_operations()}
+    assert sum(FUZZED.values()) >= 1800, FUZZED
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="405 replies carry no Allow header (RFC 9110 section 15.5.6)")
+def test_method_not_allowed_lists_allowed_methods(registry, session):
+    """A method a known path does not support is 405 with an Allow header naming the methods it does support."""
+    response = session.request("PATCH", registry.http + "/v1/peers/alice")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert set(response.headers.get("Allow", "").replace(" ", "").split(",")) >= {"GET", "PUT", "DELETE"}
+
+
+# Signed traffic: hypothesis draws the operation, signer, target and body; the registry's reply must be documented,
+# and where the outcome is known from the request and the registry's state, it must be that outcome.
+
+PEERS = [Peer(n) for n in ("sig-alice", "sig-bob", "sig-carol", "sig-dave")]
+ROOMS = ["General", "Lobby", "lobby", "R2", "x"]
+valid_address = st.one_of(
+    st.tuples(st.ip_addresses(v=4), st.integers(1, 65535)).map(lambda t: "%s:%d" % t),
+    st.tuples(st.ip_addresses(v=6), st.integers(1, 65535)).map(lambda t: "[%s]:%d" % t),
+    st.tuples(st.from_regex(r"\A[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?\Z"), st.integers(1, 65535)).map(
+        lambda t: "%s:%d" % t),
+)
+invalid_address = st.sampled_from(["", "host", "1.2.3.4:0", "1.2.3.4:65536", "[::g]:1", "a b:1", "-x:1", 7, None])
+fingerprint = st.from_regex(r"\Asha256:[0-9a-f]{64}\Z")
+
+
+@st.composite
+def register_bodies(draw, peer):
+    """(body, valid): a registration body for *peer*'s key (or another key), and whether the schema allows it."""
+    body = {"key": peer.key if draw(st.integers(0, 9)) else draw(st.sampled_from(PEERS)).key}
+    valid = True
+    for field in ("tcp", "udp"):
+        if draw(st.booleans()):
+            body[field] = draw(st.lists(valid_address, max_size=3))
+            if draw(st.integers(0, 9)) == 0:
+                body[field].append(draw(invalid_address))
+                valid = False
+    if draw(st.booleans()):
+        body["fingerprint"] = draw(st.one_of(st.none(), fingerprint))
+    if draw(st.booleans()):
+        body["version"] = draw(st.one_of(st.none(), st.text(max_size=64)))
+    if draw(st.integers(0, 9)) == 0:
+        body[draw(st.sampled_from(["nick", "Key", "addresses"]))] = 1
+        valid = False
+    if draw(st.integers(0, 19)) == 0:
+        body["key"] = draw(st.sampled_from(["", "abc", peer.key + "A", None]))
+        valid = False
+    return body, valid
+
+
+SENT = collections.Counter()
+MESSAGE_IDS = []
+
+
+def owner_of(session, base, name):
+    response = session.get(base + "/v1/peers/" + urllib.parse.quote(name))
+    return response.json()["key"] if response.status_code == 200 else None
+
+
+@pytest.mark.slow
+@settings(DETERMINISTIC, max_examples=400)
+@given(data=st.data())
+def test_signed_requests_keep_to_the_document(registry, session, data):
+    """Signed requests, valid and not: no 5xx, every reply documented, and the outcome the request implies."""
+    base = registry.http
+    signer = data.draw(st.sampled_from(PEERS), label="signer")
+    target = signer if data.draw(st.integers(0, 4)) else data.draw(st.sampled_from(PEERS), label="target")
+    spelled = target.name.upper() if data.draw(st.integers(0, 9)) == 0 else target.name
+    registered = owner_of(session, base, signer.name) == signer.key
+    operation = data.draw(st.sampled_from([
+        "register", "register", "register", "heartbeat", "offline", "release", "create_room", "join", "leave",
+        "deposit", "deposit", "fetch", "ack",
+    ]), label="operation")
+    template, method, params, body, expected = None, None, {"name": spelled}, None, None
+    if operation == "register":
+        template, method = "/v1/peers/{name}", "PUT"
+        body, valid = data.draw(register_bodies(signer), label="body")
+        owner = owner_of(session, base, target.name)
+        if not valid:
+            expected = {400}
+        elif target is not signer:
+            expected = {403}
+        elif body["key"] != signer.key:
+            expected = {401}  # signed with the signer's key, verified with the key in the body
+        else:
+            expected = {201} if owner is None else {200} if owner == body["key"] else {409}
+    elif operation in ("heartbeat", "offline", "release"):
+        template, method = {"heartbeat": ("/v1/peers/{name}/heartbeat", "POST"),
+                            "offline": ("/v1/peers/{name}/lease", "DELETE"),
+                            "release": ("/v1/peers/{name}", "DELETE")}[operation]
+        expected = {403} if target is not signer else {200} if registered else {401}
+    elif operation == "create_room":
+        template, method, params = "/v1/rooms", "POST", {}
+        body = {"name": data.draw(st.one_of(st.sampled_from(ROOMS), st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z"),
+                                            st.text(max_size=40)), label="room")}
+        good_name = re.fullmatch(r"[A-Za-z0-9_-]{1,32}", body["name"])
+        expected = {401} if not registered else {201, 409} if good_name else {400}
+    elif operation in ("join", "leave"):
+        template = "/v1/rooms/{room}/members/{name}"
+        method = "PUT" if operation == "join" else "DELETE"
+        params["room"] = data.draw(st.sampled_from(ROOMS), label="room")
+        if operation == "leave" and params["room"].lower() == "general":
+            expected = {403}
+        else:
+            expected = {403} if target is not signer else {200, 404, 409} if registered else {401}
+    elif operation == "deposit":
+        template, method = "/v1/mailbox/{name}", "POST"
+        body = {"payload": data.draw(st.one_of(st.text(max_size=200), st.just("é" * 40000)), label="payload")}
+        if data.draw(st.integers(0, 9)) == 0:
+            body = data.draw(st.sampled_from([{"payload": 1}, {"payload": "x", "to": "y"}, {}, {"payload": None}]))
+        recipient_known = owner_of(session, base, target.name) is not None
+        if not registered:
+            expected = {401}
+        elif not isinstance(body.get("payload"), str) or len(body) != 1 or len(body["payload"].encode()) > 65536:
+            expected = {400}
+        else:
+            expected = {201} if recipient_known else {404}
+    elif operation == "fetch":
+        template, method = "/v1/mailbox/{name}", "GET"
+        limit = data.draw(st.integers(-1, 250), label="limit")
+        expected = {400} if not 1 <= limit <= 200 else {403} if target is not signer else \
+            {200} if registered else {401}
+    else:
+        template, method = "/v1/mailbox/{name}/{msg_id}", "DELETE"
+        params["msg_id"] = data.draw(st.one_of(st.sampled_from(MESSAGE_IDS or ["0"]), st.from_regex(
+            r"\A[0-9a-f]{1,64}\Z")), label="msg_id")
+        expected = {403} if target is not signer else {200, 404} if registered else {401}
+
+    path = template
+    for key, value in params.items():
+        path = path.replace("{%s}" % key, urllib.parse.quote(value, safe=""))
+    if operation == "fetch":
+        path += "?limit=%d" % limit
+    tamper = data.draw(st.sampled_from([None] * 8 + ["stale", "body", "replay"]), label="tamper")
+    now = time.time() - 120 if tamper == "stale" else None
+    prepared = prepare(base, method, path, body=body, signer=signer, now=now)
+    if tamper == "body":
+        prepared.body = (prepared.body or b"") + b" "
+        prepared.headers["Content-Length"] = str(len(prepared.body))
+    response = session.send(prepared, timeout=5)
+    if tamper == "replay" and response.status_code < 300:
+        response = session.send(prepared, timeout=5)
+        expected = {401}
+    elif tamper in ("stale", "body") and expected & {200, 201, 404, 409}:
+        expected = {401}
+    SENT[operation, response.status_code] += 1
+    if response.status_code == 201 and operation == "deposit":
+        MESSAGE_IDS.append(response.json()["id"])
+    check_against_document(response, method, template, params)
+    assert response.status_code in expected, (operation, spelled, body, tamper, response.text)
+
+
+# JSON bombs (row 2): each is answered with a 4xx within 200 ms, and the registry is still up afterwards.
+
+BOMBS = {
+    "nesting-10k": (b"[" * 10000 + b"]" * 10000, "application/json"),
+    "object-nesting-10k": (b'{"a":' * 10000 + b"1" + b"}" * 10000, "application/json"),
+    "int-1e6-digits": (b'{"key":' + b"7" * 1_000_000 + b"}", "application/json"),
+    "int-200k-digits": (b'{"key":' + b"7" * 200_000 + b"}", "application/json"),
+    "nan": (b'{"key":NaN,"payload":NaN,"name":NaN}', "application/json"),
+    "infinity": (b'{"key":-Infinity,"payload":1e999,"name":Infinity}', "application/json"),
+    "duplicate-keys": (b'{"key":"a","key":"b","payload":"a","payload":"b","name":"a","name":"b"}',
+                       "application/json"),
+    "bad-utf8": (b'{"key":"\xff\xfe","payload":"\xc3\x28","name":"\xed\xa0\x80"}', "application/json"),
+    "wrong-content-type": (b'{"payload":"hi","name":"Lobby"}', "text/plain"),
+    "no-content-type": (b'{"payload":"hi","name":"Lobby"}', None),
+    "not-an-object": (b'["payload","hi"]', "application/json"),
+}
+BOMB_TARGETS = [("PUT", "/v1/peers/bomber"), ("POST", "/v1/rooms"), ("POST", "/v1/mailbox/bomber")]
+
+
+def raw_exchange(port, head, body, timeout=5):
+    """Send *head* then *body* on a fresh socket (the server may close before the body is all sent); the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        try:
+            sock.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,path", BOMB_TARGETS)
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+def test_json_bomb_is_refused_quickly(registry, method, path, bomb):
+    """Hostile JSON bodies get a 4xx JSON error within 200 ms and the registry keeps answering."""
+    body, content_type = BOMBS[bomb]
+    head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n" % (
+        method, path, len(body))
+    if content_type:
+        head += "Content-Type: %s\r\n" % content_type
+    started = time.monotonic()
+    reply = raw_exchange(registry.http_port, (head + "\r\n").encode(), body)
+    elapsed = time.monotonic() - started
+    status = int(reply.split(b" ", 2)[1])
+    assert 400 <= status < 500, reply[:300]
+    assert elapsed < 0.2, "%s took %.0f ms" % (bomb, elapsed * 1000)
+    assert registry.proc.poll() is None
+    assert requests.get(registry.http + "/v1/health", timeout=2).status_code == 200
