@@ -20,7 +20,8 @@ Spec keys:
 
 The result has ``completed`` (responses finished inside the window), ``elapsed`` (the window's length),
 ``latencies_us`` (of those responses), ``statuses``, ``errors`` (connection failures and unexpected statuses),
-``exhausted`` (ran out of single-use requests early) and ``cpu`` (percent of one core, ``loadgen`` included).
+``exhausted`` (ran out of single-use requests early) and ``cpu`` (percent of one core for each watched process,
+for this load process as ``loadgen`` and for the whole machine, all cores added up, as ``machine``).
 """
 
 import asyncio
@@ -88,6 +89,16 @@ def cpu_seconds(pid):
         with open("/proc/%d/stat" % pid, "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_busy_seconds():
+    """CPU seconds all cores spent busy so far (from /proc/stat), or None when it cannot be read."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
     except (OSError, ValueError, IndexError):
         return None
 
@@ -232,6 +243,7 @@ async def run(spec):
     def sample(key):
         cpu_at[key] = {label: cpu_seconds(pid) for label, pid in watch.items()}
         cpu_at[key]["loadgen"] = time.process_time()
+        cpu_at[key]["machine"] = machine_busy_seconds()
         cpu_at[key]["wall"] = time.perf_counter()
 
     if not once:
@@ -260,7 +272,7 @@ async def run(spec):
     cpu = {}
     if "start" in cpu_at and "end" in cpu_at:
         wall = cpu_at["end"]["wall"] - cpu_at["start"]["wall"]
-        for label in list(watch) + ["loadgen"]:
+        for label in list(watch) + ["loadgen", "machine"]:
             a, b = cpu_at["start"].get(label), cpu_at["end"].get(label)
             cpu[label] = round(100.0 * (b - a) / wall, 1) if a is not None and b is not None and wall > 0 else None
     return {

@@ -75,12 +75,15 @@ def summarize(parts):
         for code, n in p["statuses"].items():
             statuses[code] = statuses.get(code, 0) + n
     cpu = {}
-    for p in parts:
+    for p in parts:  # the load processes add up; the servers and the machine are the same for all of them
         for label, value in p["cpu"].items():
             if label == "loadgen":
                 cpu[label] = None if value is None or cpu.get(label, 0) is None else cpu.get(label, 0) + value
             else:
                 cpu[label] = value
+    if cpu.get("machine") is not None and None not in (cpu.get(k, 0) for k in ("server", "redis", "loadgen")):
+        ours = sum(cpu.get(k) or 0 for k in ("server", "redis", "loadgen"))
+        cpu["other"] = round(max(0.0, cpu["machine"] - ours), 1)
     ms = lambda us: None if us is None else round(us / 1000.0, 2)  # noqa: E731
     return {
         "requests": completed, "seconds": round(elapsed, 3), "rate": round(completed / elapsed, 1),
@@ -307,7 +310,7 @@ def table(report) -> str:
         % (report["reactors"]["registry"], report["reactors"]["bare"], report["cores"]),
         "",
         "%-10s %-32s %9s %9s %8s %8s %7s %8s   %s" % (
-            "row", "route", "requests", "req/s", "p50 ms", "p99 ms", "errors", "% bare", "CPU % server/redis/loadgen"),
+            "row", "route", "requests", "req/s", "p50 ms", "p99 ms", "errors", "% bare", "CPU % server/redis/loadgen/other"),
     ]
     for key, route in ROWS:
         row = rows[key]
@@ -315,7 +318,7 @@ def table(report) -> str:
         share = "100.0%" if key == "bare" else fmt(100.0 * row["rate"] / bare_rate if bare_rate else None, "%.1f%%")
         lines.append("%-10s %-32s %9d %9.1f %8s %8s %7d %8s   %s" % (
             key, route, row["requests"], row["rate"], fmt(row["p50_ms"], "%.2f"), fmt(row["p99_ms"], "%.2f"),
-            row["errors"], share, "/".join(fmt(cpu.get(k), "%.0f") for k in ("server", "redis", "loadgen"))))
+            row["errors"], share, "/".join(fmt(cpu.get(k), "%.0f") for k in ("server", "redis", "loadgen", "other"))))
     lines += ["", "targets:"]
     for check in report["checks"]:
         lines.append("  %-34s %-12s %s" % (check["check"], check["value"], "PASS" if check["pass"] else "FAIL"))
@@ -331,6 +334,10 @@ def notes(rows):
         load = row["cpu_percent"].get("loadgen")
         if load is not None and load > 80:
             out.append("the load generator used %.0f%% CPU during %s: it may be what limits the rate" % (load, key))
+        other = row["cpu_percent"].get("other")
+        if other is not None and other > 25:
+            out.append("%.0f%% of a core went elsewhere during %s (other processes, kernel networking): "
+                       "figures may be low" % (other, key))
         if row["exhausted"]:
             out.append("%s ran out of pre-signed requests after %.1f s" % (key, row["seconds"]))
         if row["errors"]:

@@ -1,16 +1,53 @@
-"""HTTP plumbing for the registry: a request body cap and a Site with sane timeouts.
+"""HTTP plumbing for the registry: a request body cap, a whole-request deadline and a Site with sane timeouts.
 
 Twisted's web server has no request-body limit of its own, so :class:`LimitedRequest` counts body bytes as
 they arrive (declared by Content-Length or chunked) and answers 413 and closes the connection as soon as the
 cap is passed, never buffering more than the cap.
 """
 
-from twisted.web import server
+from twisted.web import http, server
 
 from p2pd.core import jsonbody
 
 MAX_BODY = 256 * 1024
 IDLE_TIMEOUT = 15
+REQUEST_DEADLINE = 15
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """An HTTP channel that gives each request a deadline from its first byte to its last.
+
+    The idle timeout alone is reset by every byte, so a client trickling one header byte every few seconds
+    (slowloris) or a body byte at a time would hold a connection forever. Here a request that is not complete
+    within ``request_deadline`` seconds gets 408 and the connection is closed.
+    """
+
+    request_deadline = REQUEST_DEADLINE
+    _deadline = None
+
+    def dataReceived(self, data):
+        if self._deadline is None and not self._handlingRequest:
+            self._deadline = self.callLater(self.request_deadline, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self):
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason):
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self):
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self):
+        self._deadline = None
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        self.transport.loseConnection()
 
 
 class LimitedRequest(server.Request):
@@ -59,8 +96,9 @@ class LimitedRequest(server.Request):
         transport.loseConnection()
 
 
-def make_site(resource, max_body=MAX_BODY, timeout=IDLE_TIMEOUT) -> server.Site:
-    site = server.Site(resource, timeout=timeout)
+def make_site(resource, max_body=MAX_BODY, timeout=IDLE_TIMEOUT, reactor=None) -> server.Site:
+    site = server.Site(resource, timeout=timeout, reactor=reactor)
+    site.protocol = DeadlineChannel
     site.requestFactory = type("Request", (LimitedRequest,), {"max_body": max_body})
     site.displayTracebacks = False
     site.noisy = False
