@@ -45,7 +45,7 @@ CONTRACT = [
 ]
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
                response_schema_conformance]
-FUZZ_EXAMPLES = 85  # fuzzing examples per operation and mode; with the coverage phase about 2,000 cases in all
+FUZZ_EXAMPLES = 100  # fuzzing-phase examples per operation; with the coverage phase about 2,000 cases in all
 FUZZ_SEED = 20240611
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -270,12 +270,8 @@ FUZZED = collections.Counter()  # operation label -> cases sent by the schemathe
 @SCHEMA.parametrize()
 def test_registry_keeps_to_its_document_under_fuzzing(case, registry, session):
     """Schemathesis, positive and negative data, unsigned: no 5xx, every reply documented, invalid data refused."""
-    response = case.call_and_validate(base_url=registry.http, session=session, checks=CONTRACT)
+    case.call_and_validate(base_url=registry.http, session=session, checks=CONTRACT)
     FUZZED[case.operation.label] += 1
-    import os
-    if os.environ.get("DBG_FUZZ"):
-        with open("/tmp/oa/fuzz.log", "a") as f:
-            f.write("%s %s %s %s %r %r %r\n" % (case.meta.generation.mode.value if case.meta else "-", case.operation.label, response.status_code, response.request.url[:150], dict(case.headers or {}), case.body if not hasattr(case.body, "__len__") or len(str(case.body)) < 200 else "BIG", response.content[:120]))
 
 
 @pytest.mark.slow
@@ -284,8 +280,11 @@ def test_fuzzing_sent_about_2000_cases():
     if len(FUZZED) < len(documented_operations()):
         pytest.skip("the schemathesis run did not run in full in this session")
     assert set(FUZZED) == {"%s %s" % (m, p) for p, m in documented_operations()}
-    assert sum(FUZZED.values()) >= 1800, FUZZED
+    assert sum(FUZZED.values()) >= 1900, FUZZED
 
+
+# Known deviations from the document, found by the runs above and by hand. Each is a strict xfail: it starts
+# passing (and so fails the suite until the marker goes) once the registry is fixed.
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="405 replies carry no Allow header (RFC 9110 section 15.5.6)")
@@ -297,11 +296,62 @@ def test_method_not_allowed_lists_allowed_methods(registry, session):
     assert set(response.headers.get("Allow", "").replace(" ", "").split(",")) >= {"GET", "PUT", "DELETE"}
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="an encoded slash is decoded before routing: 405 from the heartbeat route")
+def test_encoded_slash_in_a_name_is_an_invalid_name(registry, session):
+    """`%2F` inside {name} stays part of the name (refused as invalid), it does not select another route."""
+    response = session.get(registry.http + "/v1/peers/abc%2Fheartbeat")
+    check_against_document(response, "GET", "/v1/peers/{name}", {"name": "abc/heartbeat"})
+    assert response.status_code == 400
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="Klein answers a non-UTF-8 path with a text/html 400")
+def test_non_utf8_path_gets_a_json_error(registry, session):
+    """A percent-encoded path that is not UTF-8 gets the JSON error object like any other bad name."""
+    response = session.get(registry.http + "/v1/peers/%FF%FEabc")
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"] == "invalid_name"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="page_args calls int() on any isdigit() string: > 4300 digits is a 500")
+@pytest.mark.parametrize("path", ["/v1/peers", "/v1/rooms", "/v1/mailbox/alice"])
+def test_absurdly_long_limit_is_a_bad_request(registry, session, path):
+    """`limit` with thousands of digits is a 400 like any other limit outside 1-200, not a 500."""
+    response = session.get(registry.http + path + "?limit=" + "0" * 4400 + "5")
+    assert response.status_code == 400
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="parse_address: '²'.isdigit() is true but int('²') raises: a 500")
+@pytest.mark.parametrize("address", ["1.2.3.4:\u00b2", "[::1]:\u00b9", "host:\u2460"])
+def test_non_ascii_digit_port_is_a_bad_request(registry, session, address):
+    """A port written with non-ASCII digit characters is refused with 400, not a 500."""
+    peer = Peer("port-tester")
+    response = session.send(prepare(registry.http, "PUT", "/v1/peers/port-tester", {"key": peer.key,
+                                                                                     "tcp": [address]}, signer=peer))
+    assert response.status_code == 400, response.text
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a lone surrogate escape survives jsonbody.loads; payload.encode() raises")
+def test_lone_surrogate_in_a_payload_is_a_bad_request(registry, session):
+    """JSON text that is not valid Unicode (a lone surrogate escape) is refused with 400, not a 500."""
+    peer = Peer("surrogate-tester")
+    assert session.send(prepare(registry.http, "PUT", "/v1/peers/surrogate-tester", {"key": peer.key},
+                                signer=peer)).status_code in (200, 201)
+    response = session.send(prepare(registry.http, "POST", "/v1/mailbox/surrogate-tester",
+                                    raw=b'{"payload":"\\ud800"}', signer=peer))
+    assert response.status_code == 400, response.text
+
+
 # Signed traffic: hypothesis draws the operation, signer, target and body; the registry's reply must be documented,
 # and where the outcome is known from the request and the registry's state, it must be that outcome.
 
 PEERS = [Peer(n) for n in ("sig-alice", "sig-bob", "sig-carol", "sig-dave")]
-ROOMS = ["General", "Lobby", "lobby", "R2", "x"]
+ROOMS = ["Lobby", "R2", "x", "lobby", "General"]
 valid_address = st.one_of(
     st.tuples(st.ip_addresses(v=4), st.integers(1, 65535)).map(lambda t: "%s:%d" % t),
     st.tuples(st.ip_addresses(v=6), st.integers(1, 65535)).map(lambda t: "[%s]:%d" % t),
@@ -312,32 +362,38 @@ invalid_address = st.sampled_from(["", "host", "1.2.3.4:0", "1.2.3.4:65536", "[:
 fingerprint = st.from_regex(r"\Asha256:[0-9a-f]{64}\Z")
 
 
+def rarely(draw, n):
+    """True about once in *n* draws (Hypothesis prefers small integers, so the rare case is the largest one)."""
+    return draw(st.integers(0, n - 1)) == n - 1
+
+
 @st.composite
 def register_bodies(draw, peer):
-    """(body, valid): a registration body for *peer*'s key (or another key), and whether the schema allows it."""
-    body = {"key": peer.key if draw(st.integers(0, 9)) else draw(st.sampled_from(PEERS)).key}
-    valid = True
+    """(body, fields_ok, addresses_ok) for a registration with *peer*'s key (or another key). The registry checks
+    the key, fields, fingerprint and version before the signature, and the addresses after it."""
+    body = {"key": draw(st.sampled_from(PEERS)).key if rarely(draw, 10) else peer.key}
+    fields_ok = addresses_ok = True
     for field in ("tcp", "udp"):
         if draw(st.booleans()):
             body[field] = draw(st.lists(valid_address, max_size=3))
-            if draw(st.integers(0, 9)) == 0:
+            if rarely(draw, 10):
                 body[field].append(draw(invalid_address))
-                valid = False
+                addresses_ok = False
     if draw(st.booleans()):
         body["fingerprint"] = draw(st.one_of(st.none(), fingerprint))
     if draw(st.booleans()):
         body["version"] = draw(st.one_of(st.none(), st.text(max_size=64)))
-    if draw(st.integers(0, 9)) == 0:
+    if rarely(draw, 10):
         body[draw(st.sampled_from(["nick", "Key", "addresses"]))] = 1
-        valid = False
-    if draw(st.integers(0, 19)) == 0:
+        fields_ok = False
+    if rarely(draw, 20):
         body["key"] = draw(st.sampled_from(["", "abc", peer.key + "A", None]))
-        valid = False
-    return body, valid
+        fields_ok = False
+    return body, fields_ok, addresses_ok
 
 
 SENT = collections.Counter()
-MESSAGE_IDS = []
+MESSAGE_IDS = collections.defaultdict(list)  # canonical recipient -> ids deposited for it
 
 
 def owner_of(session, base, name):
@@ -353,22 +409,22 @@ def signed_case(data, session, base):
     outcomes). *refusal* is the status the registry gives before it looks at the signature (or None), *outcomes*
     the statuses it may give once the signature is good; *needs_owner*: only a registered signer gets that far."""
     signer = data.draw(st.sampled_from(PEERS), label="signer")
-    target = signer if data.draw(st.integers(0, 4)) else data.draw(st.sampled_from(PEERS), label="target")
-    params = {"name": target.name.upper() if data.draw(st.integers(0, 9)) == 0 else target.name}
+    target = data.draw(st.sampled_from(PEERS), label="target") if rarely(data.draw, 5) else signer
+    params = {"name": target.name.upper() if rarely(data.draw, 10) else target.name}
     mismatch = 403 if target is not signer else None
-    operation = data.draw(st.sampled_from([
-        "register", "register", "register", "heartbeat", "offline", "release", "create_room", "join", "leave",
-        "deposit", "deposit", "fetch", "ack",
+    operation = "release" if rarely(data.draw, 25) else data.draw(st.sampled_from([
+        "register", "join", "deposit", "create_room", "ack", "leave", "fetch", "heartbeat", "register", "deposit",
+        "join", "ack", "offline",
     ]), label="operation")
     query, body, needs_owner = "", None, True
     if operation == "register":
         template, method, needs_owner = "/v1/peers/{name}", "PUT", False
-        body, valid = data.draw(register_bodies(signer), label="body")
+        body, fields_ok, addresses_ok = data.draw(register_bodies(signer), label="body")
         owner = owner_of(session, base, target.name)
-        refusal = 400 if not valid else mismatch
+        refusal = 400 if not fields_ok else mismatch
         # signed with the signer's key, verified with the key in the body
-        outcomes = {401} if body["key"] != signer.key else {201} if owner is None else \
-            {200} if owner == body["key"] else {409}
+        outcomes = {401} if body["key"] != signer.key else {400} if not addresses_ok else \
+            {201} if owner is None else {200} if owner == body["key"] else {409}
     elif operation in ("heartbeat", "offline", "release"):
         template, method = {"heartbeat": ("/v1/peers/{name}/heartbeat", "POST"),
                             "offline": ("/v1/peers/{name}/lease", "DELETE"),
@@ -376,8 +432,8 @@ def signed_case(data, session, base):
         refusal, outcomes = mismatch, {200}
     elif operation == "create_room":
         template, method, params = "/v1/rooms", "POST", {}
-        body = {"name": data.draw(st.one_of(st.sampled_from(ROOMS), st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z"),
-                                            st.text(max_size=40)), label="room")}
+        body = {"name": data.draw(st.sampled_from(ROOMS), label="room") if not rarely(data.draw, 4) else
+                data.draw(st.one_of(st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z"), st.text(max_size=40)), label="room")}
         refusal = None
         outcomes = {201, 409} if re.fullmatch(r"[A-Za-z0-9_-]{1,32}", body["name"]) else {400}
     elif operation in ("join", "leave"):
@@ -388,9 +444,9 @@ def signed_case(data, session, base):
         outcomes = {200, 404, 409}
     elif operation == "deposit":
         template, method, refusal = "/v1/mailbox/{name}", "POST", None
-        body = {"payload": "é" * 40000 if data.draw(st.integers(0, 19)) == 0 else
+        body = {"payload": "é" * 40000 if rarely(data.draw, 20) else
                 data.draw(st.text(max_size=200), label="payload")}
-        if data.draw(st.integers(0, 9)) == 0:
+        if rarely(data.draw, 10):
             body = data.draw(st.sampled_from([{"payload": 1}, {"payload": "x", "to": "y"}, {}, {"payload": None}]))
         payload = body.get("payload")
         if not isinstance(payload, str) or len(body) != 1 or len(payload.encode()) > 65536:
@@ -404,19 +460,31 @@ def signed_case(data, session, base):
         refusal, outcomes = 400 if not 1 <= limit <= 200 else mismatch, {200}
     else:
         template, method = "/v1/mailbox/{name}/{msg_id}", "DELETE"
-        params["msg_id"] = data.draw(st.one_of(st.sampled_from(MESSAGE_IDS or ["0"]), st.from_regex(
-            r"\A[0-9a-f]{1,64}\Z")), label="msg_id")
+        mine = MESSAGE_IDS.get(target.name)
+        params["msg_id"] = data.draw(st.sampled_from(mine), label="msg_id") if mine and not rarely(data.draw, 4) \
+            else data.draw(st.from_regex(r"\A[0-9a-f]{1,64}\Z"), label="msg_id")
         refusal, outcomes = mismatch, {200, 404}
     return operation, template, method, params, query, body, signer, refusal, outcomes, needs_owner
 
 
+@pytest.fixture(scope="module")
+def signed_world(registry, session):
+    """The signers registered (later requests may release and claim them again) and the room Lobby created."""
+    for peer in PEERS:
+        response = session.send(prepare(registry.http, "PUT", "/v1/peers/" + peer.name, {"key": peer.key}, signer=peer))
+        assert response.status_code in (200, 201), response.text
+    response = session.send(prepare(registry.http, "POST", "/v1/rooms", {"name": "Lobby"}, signer=PEERS[0]))
+    assert response.status_code in (201, 409), response.text
+    return registry
+
+
 @pytest.mark.slow
-@settings(DETERMINISTIC, max_examples=400)
+@settings(DETERMINISTIC, max_examples=500)
 @given(data=st.data())
-def test_signed_requests_keep_to_the_document(registry, session, data):
+def test_signed_requests_keep_to_the_document(signed_world, session, data):
     """Signed requests, valid, invalid and tampered: no 5xx, every reply documented, and the outcome implied by the
     request and the registry's state (checks before the signature, 401 for any bad signature, else the result)."""
-    base = registry.http
+    base = signed_world.http
     operation, template, method, params, query, body, signer, refusal, outcomes, needs_owner = \
         signed_case(data, session, base)
     registered = owner_of(session, base, signer.name) == signer.key
@@ -434,7 +502,7 @@ def test_signed_requests_keep_to_the_document(registry, session, data):
         prepared.headers["Content-Length"] = str(len(prepared.body))
     if tamper == "garbage-signature":
         prepared.headers["X-P2PD-Signature"] = data.draw(st.from_regex(r"\A[A-Za-z0-9_-]{0,100}\Z"), label="sig")
-    if operation == "register" and tamper == "other-key":
+    if operation == "register" and tamper == "other-key" and body["key"] == signer.key:
         outcomes = {401}  # the body's key did not sign
     response = session.send(prepared, timeout=5)
     bad_signature = tamper in ("stale", "garbage-signature") or tamper == "other-key" and operation != "register" \
@@ -445,32 +513,44 @@ def test_signed_requests_keep_to_the_document(registry, session, data):
         expected = {401}
     SENT[operation, response.status_code] += 1
     if response.status_code == 201 and operation == "deposit":
-        MESSAGE_IDS.append(response.json()["id"])
+        MESSAGE_IDS[params["name"].lower()].append(response.json()["id"])
     check_against_document(response, method, template, params)
     assert response.status_code in expected, (operation, params, body, tamper, response.text)
 
 
+@pytest.mark.slow
+def test_signed_traffic_reached_success_and_refusal():
+    """The signed run above got every operation accepted at least once, and refused too (runs after it)."""
+    if not SENT:
+        pytest.skip("the signed run did not run in this session")
+    print(sorted(SENT.items()))
+    for operation in {op for op, _ in SENT}:
+        assert any(op == operation and status < 300 for op, status in SENT), operation
+        assert any(op == operation and status >= 400 for op, status in SENT), operation
+
+
 # JSON bombs (row 2): each is answered with a 4xx within 200 ms, and the registry is still up afterwards.
 
-BOMBS = {
-    "nesting-10k": (b"[" * 10000 + b"]" * 10000, "application/json"),
-    "object-nesting-10k": (b'{"a":' * 10000 + b"1" + b"}" * 10000, "application/json"),
-    "int-1e6-digits": (b'{"key":' + b"7" * 1_000_000 + b"}", "application/json"),
-    "int-200k-digits": (b'{"key":' + b"7" * 200_000 + b"}", "application/json"),
-    "nan": (b'{"key":NaN,"payload":NaN,"name":NaN}', "application/json"),
-    "infinity": (b'{"key":-Infinity,"payload":1e999,"name":Infinity}', "application/json"),
+BOMBS = {  # name: (body, Content-Type, status)
+    "nesting-10k": (b"[" * 10000 + b"]" * 10000, "application/json", 400),
+    "object-nesting-10k": (b'{"a":' * 10000 + b"1" + b"}" * 10000, "application/json", 400),
+    "int-1e6-digits": (b'{"key":' + b"7" * 1_000_000 + b"}", "application/json", 413),  # over the body cap
+    "int-200k-digits": (b'{"key":' + b"7" * 200_000 + b"}", "application/json", 400),
+    "nan": (b'{"key":NaN,"payload":NaN,"name":NaN}', "application/json", 400),
+    "infinity": (b'{"key":-Infinity,"payload":1e999,"name":Infinity}', "application/json", 400),
     "duplicate-keys": (b'{"key":"a","key":"b","payload":"a","payload":"b","name":"a","name":"b"}',
-                       "application/json"),
-    "bad-utf8": (b'{"key":"\xff\xfe","payload":"\xc3\x28","name":"\xed\xa0\x80"}', "application/json"),
-    "wrong-content-type": (b'{"payload":"hi","name":"Lobby"}', "text/plain"),
-    "no-content-type": (b'{"payload":"hi","name":"Lobby"}', None),
-    "not-an-object": (b'["payload","hi"]', "application/json"),
+                       "application/json", 400),
+    "bad-utf8": (b'{"key":"\xff\xfe","payload":"\xc3\x28","name":"\xed\xa0\x80"}', "application/json", 400),
+    "not-an-object": (b'["payload","hi"]', "application/json", 400),
+    "wrong-content-type": (b'{"payload":"hi","name":"Lobby"}', "text/plain", 415),
+    "no-content-type": (b'{"payload":"hi","name":"Lobby"}', None, 415),
 }
 BOMB_TARGETS = [("PUT", "/v1/peers/bomber"), ("POST", "/v1/rooms"), ("POST", "/v1/mailbox/bomber")]
 
 
 def raw_exchange(port, head, body, timeout=5):
-    """Send *head* then *body* on a fresh socket (the server may close before the body is all sent); the reply."""
+    """Send *head* then *body* on a fresh connection (the server may close before the body is all sent);
+    (status, headers, body) of the reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head)
         try:
@@ -478,29 +558,49 @@ def raw_exchange(port, head, body, timeout=5):
         except (BrokenPipeError, ConnectionResetError):
             pass
         reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = sock.recv(65536)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             reply += chunk
-    return reply
+    head, _, content = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    if headers.get("transfer-encoding") == "chunked":
+        content = dechunk(content)
+    return int(lines[0].split(" ", 2)[1]), headers, content
+
+
+def dechunk(data):
+    out = b""
+    while data:
+        size, _, data = data.partition(b"\r\n")
+        size = int(size.split(b";")[0], 16)
+        if not size:
+            break
+        out, data = out + data[:size], data[size + 2:]
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,path", BOMB_TARGETS)
 @pytest.mark.parametrize("bomb", sorted(BOMBS))
 def test_json_bomb_is_refused_quickly(registry, method, path, bomb):
-    """Hostile JSON bodies get a 4xx JSON error within 200 ms and the registry keeps answering."""
-    body, content_type = BOMBS[bomb]
+    """Hostile JSON bodies get the documented 4xx JSON error within 200 ms and the registry keeps answering."""
+    body, content_type, expected = BOMBS[bomb]
     head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n" % (
         method, path, len(body))
     if content_type:
         head += "Content-Type: %s\r\n" % content_type
     started = time.monotonic()
-    reply = raw_exchange(registry.http_port, (head + "\r\n").encode(), body)
+    status, headers, content = raw_exchange(registry.http_port, (head + "\r\n").encode(), body)
     elapsed = time.monotonic() - started
-    status = int(reply.split(b" ", 2)[1])
-    assert 400 <= status < 500, reply[:300]
+    assert status == expected, content[:300]
+    assert headers["content-type"] == "application/json"
+    assert set(json.loads(content)) >= {"error", "message"}
     assert elapsed < 0.2, "%s took %.0f ms" % (bomb, elapsed * 1000)
     assert registry.proc.poll() is None
     assert requests.get(registry.http + "/v1/health", timeout=2).status_code == 200

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
 
 from p2pd.core import jsonbody, signing, stun
@@ -826,6 +826,39 @@ async def test_sigkill_and_restart_loses_nothing(tmp_path):
         assert orphan == new or not alive(orphan) or orphan not in servers
         assert (await call("GET", reg.http + "/v1/health")).code == 200
     finally:
+        reg.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_reaches_redis_even_when_the_orphan_is_slow_to_exit(tmp_path):
+    """After a SIGKILL, the leftover redis-server may take a while to go (a long fsync, a busy host): the
+    restarted registry's first Redis connections land on it and time out. Once it is gone and the fresh
+    redis-server runs, the registry must still become healthy and serve the data (within 5 s)."""
+    import signal
+
+    reg = RegistryProcess(tmp_path / "data")
+    orphan = None
+    try:
+        reg.start()
+        reg.wait_healthy()
+        peer = await new_peer(reg.http, "patient")
+        orphan = int(open(os.path.join(reg.data_dir, "redis.pid")).read())
+        reg.kill()
+        os.kill(orphan, signal.SIGSTOP)  # the orphan is wedged for 2 s
+        starting = threads.deferToThread(reg.start)  # start() returns once the fresh redis-server is ready
+        await sleep(2)
+        os.kill(orphan, signal.SIGCONT)  # now it handles the SIGTERM it was sent and exits
+        await starting
+        back = time.monotonic()
+        while (await call("GET", reg.http + "/v1/health")).code != 200:
+            assert time.monotonic() - back < 5, "registry still unhealthy 5 s after the orphan went:\n" + "".join(
+                line for line in reg.log_tail(60).splitlines(True) if "Scheduling retry" not in line)
+            await sleep(0.2)
+        reply = await call("GET", reg.http + "/v1/peers/" + peer.name)
+        assert reply.code == 200 and reply.body["key"] == peer.identity.public_text, reply
+    finally:
+        if orphan is not None and alive(orphan):
+            os.kill(orphan, signal.SIGCONT)
         reg.stop()
 
 
