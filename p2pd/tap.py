@@ -52,6 +52,13 @@ class Options(usage.Options):
         ["name", "n", None, "peer: the name to claim"],
     ]
 
+    def parseOptions(self, options=None):
+        """Bad options end the process with one line on stderr (twistd itself would print to stdout)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit("twistd p2pd: %s\n(see: twistd p2pd --help)" % (e,))
+
     def postOptions(self):
         if self["config"]:
             self.apply_config(self["config"])

@@ -179,29 +179,54 @@ def parse_redis_url(url: str) -> dict:
 class RedisStore:
     """The store contract of :mod:`p2pd.registry.store` on a Redis server."""
 
-    def __init__(self, redis, clock, timeout=1.5):
-        self.redis = redis
+    def __init__(self, clock, timeout=1.5, poolsize=8):
+        self.redis = None
+        self.url = None
         self.clock = clock
         self.timeout = timeout
+        self.poolsize = poolsize
+        self.closed = False
 
     @classmethod
     def from_url(cls, url, reactor, poolsize=8, timeout=1.5):
+        store = cls(reactor, timeout, poolsize)
+        store.connect(url)
+        return store
+
+    def connect(self, url):
+        """Open the connection pool to *url*. Until then every call is StoreUnavailable."""
         args = parse_redis_url(url)
-        common = dict(dbid=args["dbid"], poolsize=poolsize, reconnect=True, password=args["password"],
-                      convertNumbers=False, replyTimeout=timeout, connectTimeout=timeout)
+        self.url = url
+        # dbid=None for db 0: txredisapi stops reconnecting for good when the SELECT it sends on connect fails.
+        common = dict(dbid=args["dbid"] or None, poolsize=self.poolsize, reconnect=True,
+                      password=args["password"], convertNumbers=False, replyTimeout=self.timeout,
+                      connectTimeout=self.timeout)
         if "path" in args:
-            redis = txredisapi.lazyUnixConnectionPool(args["path"], **common)
+            self.redis = txredisapi.lazyUnixConnectionPool(args["path"], **common)
         else:
-            redis = txredisapi.lazyConnectionPool(args["host"], args["port"], **common)
-        factory = redis._factory
+            self.redis = txredisapi.lazyConnectionPool(args["host"], args["port"], **common)
+        factory = self.redis._factory
         factory.initialDelay, factory.factor, factory.maxDelay, factory.jitter = 0.1, 2.0, 1.0, 0.1
-        return cls(redis, reactor, timeout)
 
     def close(self):
+        self.closed = True
+        if self.redis is None:
+            return defer.succeed(None)
         return self.redis.disconnect()
+
+    def _heal(self):
+        """txredisapi gives up reconnecting if the AUTH/SELECT it sends on connect fails; start a new pool."""
+        if self.redis is not None and self.redis._factory.stopped and not self.closed:
+            log.warn("Redis connection pool gave up reconnecting; opening a new one")
+            old, self.redis = self.redis, None
+            old.disconnect().addErrback(lambda f: None)
+            self.connect(self.url)
 
     def _call(self, method, *args):
         """Run one Redis command under the timeout; any connection trouble becomes StoreUnavailable."""
+        if self.redis is None:
+            return defer.fail(StoreUnavailable("Redis is not connected yet"))
+        self._heal()
         try:
             d = getattr(self.redis, method)(*args)
         except Exception as e:  # txredisapi raises synchronously when it has given up connecting

@@ -79,7 +79,9 @@ class Pruner(TimerService):
         self.clock = clock  # TimerService runs its LoopingCall on self.clock too
 
     def tick(self):
-        d = defer.maybeDeferred(self.store.prune, int(self.clock.seconds() * 1000))
+        now = int(self.clock.seconds() * 1000)
+        d = defer.maybeDeferred(self.store.prune, now)
+        d.addCallback(lambda _: self.store.ensure_general(now))  # General comes back even if Redis lost it
         d.addErrback(self.failed)
         return d
 
@@ -116,7 +118,9 @@ class RegistryService(service.MultiService):
             self.embedded.setServiceParent(self)
             redis_url = self.embedded.url()
         self.redis_url = redis_url
-        self.store = RedisStore.from_url(redis_url, reactor)
+        self.store = RedisStore(reactor)
+        if self.embedded is None:
+            self.store.connect(redis_url)
         StoreService(self.store).setServiceParent(self)
         self.api = RegistryAPI(self.store, reactor, lease_ttl=options["lease-ttl"],
                                read_rate=options["read-rate"], write_rate=options["write-rate"])
@@ -141,7 +145,12 @@ class RegistryService(service.MultiService):
         if self.embedded is None:
             self.announce()
         else:
-            self.embedded.whenReady().addCallbacks(lambda _: self.announce(), self._redis_failed)
+            self.embedded.whenReady().addCallbacks(self._redis_ready, self._redis_failed)
+
+    def _redis_ready(self, url):
+        """Connect only once the embedded Redis answers: never to a leftover server that is shutting down."""
+        self.store.connect(url)
+        self.announce()
 
     def _redis_failed(self, failure):
         log.critical("p2pd: the embedded Redis did not start: {error}", error=failure.getErrorMessage())

@@ -1,0 +1,122 @@
+"""The peer-to-peer line protocol, v1: one JSON object per line, over TLS with both sides' keys pinned.
+
+Both sides open with ``hello``; everything else waits for it. Frames (``t`` is the type)::
+
+    {"t": "hello", "v": 1, "name": "alice", "agent": "p2pd/0.1.0"}
+    {"t": "msg", "id": ID, "from": "alice", "seq": 7, "ts": MS, "body": "text"}      one chat message
+    {"t": "msg", ..., "room": "G1"}                                                   a room message
+    {"t": "ack", "id": ID}                                   stored in the receiver's history: delivered
+    {"t": "ping", "n": 3} / {"t": "pong", "n": 3}            keepalive (idle links are probed, dead ones closed)
+    {"t": "error", "code": "bad_frame", "message": "...", "ref": ID?}
+    {"t": "bye"}
+
+``id`` is 32 lowercase hex digits chosen by the sender; ``seq`` counts the sender's messages to this recipient
+from 1, so the receiver can keep per-sender order and notice a gap (a message still in the mailbox). Unknown
+frame types get an ``error`` reply, never a crash; a frame that is not JSON, too long, or misses a field is a
+:class:`FrameError` whose message is what goes back to the peer.
+"""
+
+import re
+
+from p2pd.core import jsonbody
+from p2pd.errors import BadRequest
+
+VERSION = 1
+MAX_LINE = 96 * 1024  # longest line accepted, in bytes (a chat message body is at most MAX_BODY)
+MAX_BODY = 64 * 1024  # bytes of UTF-8 text in one message
+ID_RE = re.compile(r"[0-9a-f]{32}")
+NAME_RE = re.compile(r"[a-z0-9_-]{3,32}")
+ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class FrameError(ValueError):
+    """A frame we cannot accept; ``code`` and ``str(self)`` go back to the peer in an ``error`` frame."""
+
+    def __init__(self, message, code="bad_frame", ref=None):
+        super().__init__(message)
+        self.code = code
+        self.ref = ref
+
+
+def _want(frame, field, kind, check=None, optional=False):
+    value = frame.get(field)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise FrameError("field %r of a %s frame must be %s" % (field, frame.get("t"), kind.__name__),
+                         ref=frame.get("id") if isinstance(frame.get("id"), str) else None)
+    if check is not None and not check(value):
+        raise FrameError("field %r of a %s frame is invalid" % (field, frame.get("t")),
+                         ref=frame.get("id") if isinstance(frame.get("id"), str) else None)
+    return value
+
+
+def _hello(f):
+    _want(f, "v", int)
+    _want(f, "name", str, NAME_RE.fullmatch)
+    _want(f, "agent", str, lambda a: len(a) <= 100, optional=True)
+
+
+def _text_ok(text, limit):
+    try:
+        return len(text.encode("utf-8")) <= limit
+    except UnicodeEncodeError:  # lone surrogates from "\ud800" escapes
+        return False
+
+
+def _msg(f):
+    _want(f, "id", str, ID_RE.fullmatch)
+    _want(f, "from", str, NAME_RE.fullmatch)
+    _want(f, "seq", int, lambda n: 0 < n < 2 ** 53)
+    _want(f, "ts", int, lambda n: 0 <= n < 2 ** 53)
+    _want(f, "body", str, lambda b: _text_ok(b, MAX_BODY))
+    _want(f, "room", str, ROOM_RE.fullmatch, optional=True)
+
+
+def _ack(f):
+    _want(f, "id", str, ID_RE.fullmatch)
+
+
+def _ping(f):
+    _want(f, "n", int, lambda n: 0 <= n < 2 ** 53)
+
+
+def _error(f):
+    _want(f, "code", str, lambda c: len(c) <= 64)
+    _want(f, "message", str, lambda m: len(m) <= 1000)
+
+
+CHECKS = {"hello": _hello, "msg": _msg, "ack": _ack, "ping": _ping, "pong": _ping, "error": _error,
+          "bye": lambda f: None}
+
+
+def decode(line: bytes) -> dict:
+    """Parse and validate one line (without its delimiter) into a frame dict."""
+    if len(line) > MAX_LINE:
+        raise FrameError("line longer than %d bytes" % MAX_LINE, code="line_too_long")
+    try:
+        frame = jsonbody.loads_object(line)
+    except BadRequest as e:
+        raise FrameError(e.message) from None
+    kind = frame.get("t")
+    check = CHECKS.get(kind) if isinstance(kind, str) else None
+    if check is None:
+        raise FrameError("unknown frame type %r" % (kind,), code="unknown_frame")
+    check(frame)
+    return frame
+
+
+def encode(frame: dict) -> bytes:
+    """One frame as a line, without the delimiter."""
+    return jsonbody.dumps(frame)
+
+
+def hello(name, agent):
+    return {"t": "hello", "v": VERSION, "name": name, "agent": agent}
+
+
+def error(code, message, ref=None):
+    frame = {"t": "error", "code": code, "message": message[:1000]}
+    if ref:
+        frame["ref"] = ref
+    return frame
