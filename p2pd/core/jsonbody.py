@@ -63,6 +63,22 @@ def _depth_ok(text: str) -> bool:
     return True
 
 
+def _check_strings(obj, depth=0):
+    """Refuse lone surrogates ("\\ud800"): they decode to str but cannot be encoded or stored."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("JSON string with a lone surrogate escape") from None
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_strings(key, depth)
+            _check_strings(value, depth + 1)
+    elif isinstance(obj, list):
+        for value in obj:
+            _check_strings(value, depth + 1)
+
+
 def loads(data):
     """Parse *data* (bytes or str) strictly; raise :class:`BadRequest` with a clear message."""
     if isinstance(data, (bytes, bytearray)):
@@ -73,7 +89,7 @@ def loads(data):
     if not _depth_ok(data):
         raise BadRequest("JSON nested deeper than %d levels" % MAX_DEPTH)
     try:
-        return json.loads(
+        obj = json.loads(
             data,
             parse_constant=_no_constants,
             object_pairs_hook=_no_duplicates,
@@ -84,6 +100,9 @@ def loads(data):
         raise
     except (ValueError, RecursionError) as e:
         raise BadRequest("malformed JSON: %s" % (e,)) from None
+    if "\\u" in data:
+        _check_strings(obj)
+    return obj
 
 
 def loads_object(data) -> dict:

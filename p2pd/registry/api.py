@@ -20,7 +20,7 @@ from p2pd.core import jsonbody, signing
 from p2pd.core.names import canonical_name, canonical_room, room_display
 from p2pd.core.ratelimit import RateLimiter
 from p2pd.errors import (
-    BadRequest, Forbidden, NotFound, P2PDError, StoreUnavailable, TooManyRequests, Unauthorized,
+    BadRequest, InvalidName, Forbidden, NotFound, P2PDError, StoreUnavailable, TooManyRequests, Unauthorized,
     UnsupportedMediaType,
 )
 from p2pd.registry import schema
@@ -40,7 +40,7 @@ def parse_address(text) -> str:
     if not isinstance(text, str) or len(text) > 270:
         raise BadRequest("an address must be a 'host:port' string")
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise BadRequest("invalid address %r: expected host:port with a port in 1-65535" % (text,))
     if host.startswith("[") and host.endswith("]"):
         try:
@@ -66,9 +66,21 @@ def page_args(request):
     """``after`` cursor and ``limit`` from the query string."""
     after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
     raw = request.args.get(b"limit", [b"50"])[0]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not re.fullmatch(rb"[0-9]{1,3}", raw) or not 1 <= int(raw) <= MAX_PAGE:
         raise BadRequest("limit must be an integer from 1 to %d" % MAX_PAGE)
     return after, int(raw)
+
+
+def signer_name(sig) -> str:
+    try:
+        return canonical_name(sig.name)
+    except InvalidName:
+        raise Unauthorized("%s is not a valid peer name" % signing.H_NAME) from None
+
+
+def client_host(request) -> str:
+    """The client's IP address ("local" on a unix socket)."""
+    return getattr(request.getClientAddress(), "host", None) or "local"
 
 
 def peer_view(entry, now_ms) -> dict:
@@ -113,7 +125,7 @@ class RegistryAPI:
         return jsonbody.dumps(body)
 
     def limit(self, request, limiter):
-        wait = limiter.check(request.getClientAddress().host, self.clock.seconds())
+        wait = limiter.check(client_host(request), self.clock.seconds())
         if wait:
             raise TooManyRequests("too many requests from your address; retry in %d s" % wait, retry_after=wait)
 
@@ -137,7 +149,7 @@ class RegistryAPI:
         *as_name*: the canonical name the request acts for; the signer must be that name (403 otherwise).
         """
         sig = self.signed(request)
-        signer = canonical_name(sig.name)
+        signer = signer_name(sig)
         if as_name is not None and signer != as_name:
             raise Forbidden("%s may not act for %s" % (signer, as_name))
         sig.check_fresh(self.clock.seconds())
@@ -175,6 +187,9 @@ class RegistryAPI:
 
     @app.handle_errors(WerkzeugMethodNotAllowed)
     def method_not_allowed(self, request, failure):
+        allowed = sorted(failure.value.valid_methods or ())
+        if allowed:
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
         return self.reply(request, {"error": "method_not_allowed", "message": "method not allowed here"}, 405)
 
     @app.handle_errors(Exception)
@@ -228,8 +243,8 @@ class RegistryAPI:
         self.limit(request, self.writes)
         name = canonical_name(name)
         raw, body = self.read_body(request)
-        key_text = body.get("key")
-        key = signing.parse_public_key(key_text)
+        key = signing.parse_public_key(body.get("key"))
+        key_text = signing.public_key_text(key)  # one spelling per key: base64url has several for 32 bytes
         fingerprint = body.get("fingerprint")
         if fingerprint is not None and not (isinstance(fingerprint, str) and FINGERPRINT_RE.fullmatch(fingerprint)):
             raise BadRequest("fingerprint must be 'sha256:' followed by 64 lowercase hex digits")
@@ -240,13 +255,13 @@ class RegistryAPI:
         if version is not None and not (isinstance(version, str) and len(version) <= 64):
             raise BadRequest("version must be a short string")
         sig = self.signed(request)
-        if canonical_name(sig.name) != name:
+        if signer_name(sig) != name:
             raise Forbidden("the request is signed as %s, not %s" % (sig.name, name))
         sig.check_fresh(self.clock.seconds())
         sig.verify(key, "PUT", request.uri.decode("latin-1"), raw)
         now = self.now_ms()
         record = {"fingerprint": fingerprint, "tcp": address_list(body, "tcp"), "udp": address_list(body, "udp"),
-                  "observed": request.getClientAddress().host, "version": version, "updated_at": now}
+                  "observed": client_host(request), "version": version, "updated_at": now}
         existing = yield self.store.get_peer(name)
         if existing is not None and existing.key == key_text:
             record["registered_at"] = existing.record.get("registered_at", now)
@@ -303,6 +318,8 @@ class RegistryAPI:
         self.limit(request, self.writes)
         raw, body = self.read_body(request)
         entry = yield self.authenticate(request, raw)
+        if set(body) - {"name"}:
+            raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"name"})))
         display = room_display(body.get("name"))
         room = canonical_room(display)
         yield self.store.create_room(room, {"name": display, "creator": entry.name, "created_at": self.now_ms()})
@@ -369,7 +386,7 @@ class RegistryAPI:
         self.limit(request, self.reads)
         name = canonical_name(name)
         _, limit = page_args(request)
-        yield self.authenticate(request, b"", as_name=name)
+        yield self.authenticate(request, request.content.read(), as_name=name)
         messages = yield self.store.fetch(name, self.now_ms(), limit)
         return self.reply(request, {"messages": messages})
 

@@ -5,6 +5,8 @@ they arrive (declared by Content-Length or chunked) and answers 413 and closes t
 cap is passed, never buffering more than the cap.
 """
 
+from urllib.parse import unquote_to_bytes
+
 from twisted.web import http, server
 
 from p2pd.core import jsonbody
@@ -46,8 +48,29 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _too_slow(self):
         self._deadline = None
-        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        self.transport.write(raw_error(408, b"Request Timeout", "request_timeout",
+                                       "request not complete within %d s" % self.request_deadline))
         self.transport.loseConnection()
+
+
+def raw_error(status: int, reason: bytes, code: str, message: str) -> bytes:
+    """A complete JSON error response that closes the connection, for answers given outside Klein."""
+    body = jsonbody.dumps({"error": code, "message": message})
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, reason, len(body))) + body
+
+
+def path_problem(path: bytes):
+    """Why a request path is refused before routing, or None: an encoded slash would be decoded into a path
+    separator (and route ``abc%2Fheartbeat`` elsewhere), and a path must decode as UTF-8."""
+    raw = path.split(b"?", 1)[0]
+    if b"%2f" in raw.lower() or b"%5c" in raw.lower():
+        return "encoded '/' or '\\' in the path"
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the path is not valid UTF-8 once percent-decoded"
+    return None
 
 
 class LimitedRequest(server.Request):
@@ -76,6 +99,12 @@ class LimitedRequest(server.Request):
     def requestReceived(self, command, path, version):
         if self.rejected:
             return
+        problem = path_problem(path)
+        if problem:
+            self.rejected = True
+            self.channel.transport.write(raw_error(400, b"Bad Request", "bad_path", problem))
+            self.channel.transport.loseConnection()
+            return
         super().requestReceived(command, path, version)
 
     def _too_large(self):
@@ -83,16 +112,9 @@ class LimitedRequest(server.Request):
         if self.rejected:
             return
         self.rejected = True
-        body = jsonbody.dumps({
-            "error": "too_large",
-            "message": "request body larger than %d bytes" % self.max_body,
-        })
-        head = (
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-        )
         transport = self.channel.transport
-        transport.write(head + body)
+        transport.write(raw_error(413, b"Payload Too Large", "too_large",
+                                  "request body larger than %d bytes" % self.max_body))
         transport.loseConnection()
 
 
