@@ -48,7 +48,7 @@ async def fails_with(d, kind, code=None):
 @pytest_twisted.ensureDeferred
 async def test_health_ok_then_503_when_store_is_down(world):
     """Health is 200 while the store answers and 503 (JSON, Retry-After) while it does not."""
-    assert (await world.client("x").health()) == {"status": "ok"}
+    assert (await world.client("x").health()) == {"status": "ok", "stun": None}
     world.store.available = False
     response = await world.raw("GET", "/v1/health")
     assert response.code == 503

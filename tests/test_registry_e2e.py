@@ -578,7 +578,7 @@ def test_registry_survives_every_malformed_body(registry):
                 assert not answer.startswith(b"HTTP/1.1 5")
     assert alive(registry.pid)
     status, body, _ = raw_request(registry, "GET", "/v1/health", None)
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body["status"]) == (200, "ok")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -909,7 +909,7 @@ def test_second_registry_on_the_same_data_dir_refuses(registry, tmp_path):
     assert "in use" in said, said
     assert "Traceback" not in said, said
     status, body, _ = raw_request(registry, "GET", "/v1/health", None)
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body["status"]) == (200, "ok")
     assert alive(registry.pid)
 
 

@@ -45,15 +45,28 @@ def b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def parse_public_key(text) -> Ed25519PublicKey:
-    """Decode a base64url raw Ed25519 public key; :class:`BadRequest` when it is not one."""
+def parse_public_key(text, field="key") -> Ed25519PublicKey:
+    """Decode a base64url raw 32-byte public key; :class:`BadRequest` when it is not one.
+
+    For ``box`` (an X25519 key) the bytes are only checked for length, and handed back as an Ed25519 object
+    just so :func:`public_key_text` can re-encode them canonically."""
     try:
         raw = b64d(text)
         if len(raw) != 32:
             raise ValueError("wrong length")
+        if field == "box":
+            return _RawKey(raw)
         return Ed25519PublicKey.from_public_bytes(raw)
     except (ValueError, TypeError):
-        raise BadRequest("key must be a base64url Ed25519 public key (32 bytes)") from None
+        raise BadRequest("%s must be a base64url public key (32 bytes)" % field) from None
+
+
+class _RawKey:
+    def __init__(self, raw):
+        self.raw = raw
+
+    def public_bytes(self, *_):
+        return self.raw
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:

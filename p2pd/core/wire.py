@@ -22,8 +22,8 @@ from p2pd.core import jsonbody
 from p2pd.errors import BadRequest
 
 VERSION = 1
-MAX_LINE = 96 * 1024  # longest line accepted, in bytes (a chat message body is at most MAX_BODY)
-MAX_BODY = 64 * 1024  # bytes of UTF-8 text in one message
+MAX_LINE = 64 * 1024  # longest line accepted, in bytes
+MAX_BODY = 16 * 1024  # bytes of UTF-8 text in one message (it must also fit a sealed mailbox deposit)
 ID_RE = re.compile(r"[0-9a-f]{32}")
 NAME_RE = re.compile(r"[a-z0-9_-]{3,32}")
 ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")

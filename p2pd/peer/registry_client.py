@@ -77,10 +77,12 @@ class RegistryClient:
 
     # peers
 
-    def register(self, tcp=(), udp=(), fingerprint=None, version=None):
+    def register(self, tcp=(), udp=(), fingerprint=None, version=None, box=None):
         body = {"key": self.identity.public_text, "tcp": list(tcp), "udp": list(udp)}
         if fingerprint:
             body["fingerprint"] = fingerprint
+        if box:
+            body["box"] = box
         if version:
             body["version"] = version
         return self.request("PUT", self._peer(), body, signed=True)

@@ -106,6 +106,7 @@ class RegistryAPI:
     def __init__(self, store, clock, lease_ttl=schema.LEASE_TTL, read_rate=100, write_rate=20):
         self.store = store
         self.clock = clock
+        self.stun_port = None  # set by the service once the STUN responder listens
         self.lease_ttl = lease_ttl
         self.reads = RateLimiter(read_rate, read_rate * 2)
         self.writes = RateLimiter(write_rate, write_rate * 2)
@@ -208,7 +209,7 @@ class RegistryAPI:
         except StoreUnavailable as e:
             request.setHeader(b"Retry-After", b"1")
             return self.reply(request, {"status": "unavailable", "error": e.code, "message": e.message}, 503)
-        return self.reply(request, {"status": "ok"})
+        return self.reply(request, {"status": "ok", "stun": self.stun_port})
 
     @app.route("/v1/openapi.json", methods=["GET"])
     def openapi(self, request):
@@ -248,7 +249,10 @@ class RegistryAPI:
         fingerprint = body.get("fingerprint")
         if fingerprint is not None and not (isinstance(fingerprint, str) and FINGERPRINT_RE.fullmatch(fingerprint)):
             raise BadRequest("fingerprint must be 'sha256:' followed by 64 lowercase hex digits")
-        unknown = set(body) - {"key", "fingerprint", "tcp", "udp", "version"}
+        box = body.get("box")
+        if box is not None:
+            box = signing.public_key_text(signing.parse_public_key(box, "box"))
+        unknown = set(body) - {"key", "fingerprint", "tcp", "udp", "version", "box"}
         if unknown:
             raise BadRequest("unknown fields: %s" % ", ".join(sorted(unknown)))
         version = body.get("version")
@@ -260,7 +264,7 @@ class RegistryAPI:
         sig.check_fresh(self.clock.seconds())
         sig.verify(key, "PUT", request.uri.decode("latin-1"), raw)
         now = self.now_ms()
-        record = {"fingerprint": fingerprint, "tcp": address_list(body, "tcp"), "udp": address_list(body, "udp"),
+        record = {"fingerprint": fingerprint, "box": box, "tcp": address_list(body, "tcp"), "udp": address_list(body, "udp"),
                   "observed": client_host(request), "version": version, "updated_at": now}
         existing = yield self.store.get_peer(name)
         if existing is not None and existing.key == key_text:

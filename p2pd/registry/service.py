@@ -167,6 +167,7 @@ class RegistryService(service.MultiService):
                 "stun": None, "redis": self.redis_url, "data_dir": self.data_dir}
         if self.stun is not None:
             info["stun"] = describe_port(self.stun.port)
+            self.api.stun_port = self.stun.port.getHost().port
         path = os.path.join(self.data_dir, "registry.json")
         with open(path + ".tmp", "w") as f:
             json.dump(info, f)

@@ -1,0 +1,550 @@
+"""The peer daemon's facade: one-to-one chat that never loses a message.
+
+Every outgoing message is stored (history + outbox) and committed before ``send_message`` answers, so a crash
+right after ``p2pctl msg`` returns loses nothing. The outbox drains in per-recipient ``seq`` order over one
+authenticated link; a message leaves it only when the recipient acknowledges it (the recipient acknowledges
+only after its own commit) or when the registry's mailbox has accepted it sealed for the recipient. Links that
+drop put their unacknowledged messages back in line; duplicates are dropped by id on the receiving side.
+
+The receiving side keeps per-sender order: a message whose ``seq`` skips ahead (the missing ones may sit in
+our mailbox) waits until the mailbox has been fetched.
+
+Identities are pinned on first contact (trust on first use, like SSH): if the registry later hands out another
+key for a name we know, links to it are refused and nothing is sealed for it until the user resolves it.
+"""
+
+import json
+from collections import OrderedDict
+
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2pd import __version__
+from p2pd.core import wire
+from p2pd.core.names import canonical_name
+from p2pd.errors import BadRequest, NotFound, P2PDError
+from p2pd.peer.link import IdentityMismatchError, LinkFailed, PeerLink
+
+log = Logger()
+
+FLUSH_DELAY = 0  # acks and delivered events go out at the end of the reactor turn, after one commit
+DIAL_TIMEOUT = 5
+RETRY_MIN = 2.0
+RETRY_MAX = 60.0
+MAILBOX_POLL = 30.0
+MAILBOX_PAGE = 50
+
+
+class PeerOffline(P2PDError):
+    code = "peer_offline"
+    status = 409
+
+
+class NoSuchPeer(NotFound):
+    code = "unknown_peer"
+
+
+def now_ms(clock) -> int:
+    return int(clock.seconds() * 1000)
+
+
+class PeerDaemon:
+    """Chat, links and the outbox of one peer; see :mod:`p2pd.peer.facade` for the control-side contract."""
+
+    def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, advertise=None):
+        self.name = name
+        self.identity = identity
+        self.storage = storage
+        self.registry = registry
+        self.clock = reactor
+        self.reactor = reactor
+        self.tls = tls  # object with client_endpoint(reactor, host, port) and peer_key(transport)
+        self.data_dir = data_dir
+        self.addresses = {"tcp": [], "udp": [], "public": None}
+        self.links = {}  # peer -> ready PeerLink (the newest)
+        self.queues = {}  # peer -> OrderedDict(id -> message): the outbox, in memory, in seq order
+        self.waiters = {}  # message id -> [Deferred]
+        self.dialing = {}  # peer -> Deferred of a dial in progress
+        self.retry_at = {}  # peer -> (next attempt time, backoff)
+        self.last_error = {}  # peer -> why the last dial failed
+        self.subscribers = []
+        self.registry_state = {"state": "starting", "message": "not registered yet"}
+        self._flush_call = None
+        self._acks = []  # (link, id) to send after the next commit
+        self._after_commit = []  # callables to run after the next commit
+        self._fetching = None
+        self.started = False
+        for msg in storage.outbox(limit=10**9):
+            self.queues.setdefault(msg["recipient"], OrderedDict())[msg["id"]] = msg
+
+    # lifecycle
+
+    def start(self):
+        self.started = True
+        self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
+
+    def stop(self):
+        self.started = False
+        if self._poll.active():
+            self._poll.cancel()
+        for link in list(self.links.values()):
+            link.send({"t": "bye"})
+            link.transport.loseConnection()
+        self.flush()
+
+    def _periodic(self):
+        if not self.started:
+            return
+        self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
+        if self.registry_state["state"] == "online":
+            self.fetch_mailbox()
+        for peer in list(self.queues):
+            self.pump(peer)
+
+    # registry and presence hooks
+
+    def register(self):
+        return self.registry.register(tcp=self.addresses["tcp"], udp=self.addresses["udp"],
+                                      fingerprint=self.identity.fingerprint, box=self.identity.box_public_text,
+                                      version="p2pd/" + __version__)
+
+    def heartbeat_interval(self, record) -> float:
+        lease = record.get("lease_expires")
+        if lease:
+            return max(2.0, (lease / 1000.0 - self.clock.seconds()) / 3.0)
+        return 20.0
+
+    def registry_changed(self, state, message):
+        previous = self.registry_state["state"]
+        self.registry_state = {"state": state, "message": message}
+        if state != previous:
+            self.emit({"event": "registry", "state": state, "message": message})
+        if state == "online" and previous != "online":
+            self.fetch_mailbox()
+            for peer in list(self.queues):
+                self.retry_at.pop(peer, None)
+                self.pump(peer)
+
+    @defer.inlineCallbacks
+    def lookup(self, name):
+        """The registry record of *name*, checked against our pin for it (trust on first use)."""
+        try:
+            record = yield self.registry.lookup(name)
+        except NotFound:
+            raise NoSuchPeer("unknown peer %s: nobody registered that name" % name) from None
+        pinned = self.storage.get("pin:" + name)
+        if pinned is not None and pinned != record["key"]:
+            raise IdentityMismatchError(
+                "the registry now gives %s another key than the one we pinned at first contact; "
+                "refusing to talk to it (if %s really changed keys, remove the pin)" % (name, name))
+        return record
+
+    def pin(self, name, key):
+        if self.storage.get("pin:" + name) is None:
+            self.storage.put("pin:" + name, key)
+            self.schedule_flush()
+
+    # links
+
+    def tls_peer_key(self, transport):
+        return self.tls.peer_key(transport)
+
+    @defer.inlineCallbacks
+    def verify_peer(self, name, key):
+        """An incoming link claims *name* and showed *key* in TLS: they must match the registry and our pin."""
+        record = yield self.lookup(name)
+        if record["key"] != key:
+            raise IdentityMismatchError("%s presented a key that is not the one the registry holds for it" % name)
+        self.pin(name, key)
+        return record
+
+    def link_up(self, link):
+        old = self.links.get(link.peer)
+        self.links[link.peer] = link
+        self.retry_at.pop(link.peer, None)
+        self.last_error.pop(link.peer, None)
+        log.info("link with {peer} up ({direction})", peer=link.peer, direction="out" if link.outgoing else "in")
+        if old is None:
+            self.emit({"event": "peer", "name": link.peer, "state": "connected"})
+        self.send_queued(link)
+
+    def link_down(self, link):
+        if self.links.get(link.peer) is link:
+            del self.links[link.peer]
+            self.emit({"event": "peer", "name": link.peer, "state": "disconnected"})
+            if link.inflight and self.started:
+                self.clock.callLater(0.2, self.pump, link.peer)
+
+    def dial(self, peer):
+        """Deferred[PeerLink]: an authenticated link to *peer*, reusing one that is up or being set up."""
+        if peer in self.links:
+            return defer.succeed(self.links[peer])
+        waiter = defer.Deferred()
+        if peer in self.dialing:
+            self.dialing[peer].append(waiter)
+        else:
+            self.dialing[peer] = [waiter]
+            defer.ensureDeferred(self._dial(peer)).addBoth(self._dialled, peer)
+        return waiter
+
+    def _dialled(self, result, peer):
+        for waiter in self.dialing.pop(peer, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _dial(self, peer):
+        record = await self.lookup(peer)
+        if not record.get("online"):
+            raise PeerOffline("%s is offline" % peer)
+        errors = []
+        for address in record.get("tcp") or []:
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            link = PeerLink(self, self.clock, expected=(peer, record["key"]))
+            try:
+                endpoint = self.tls.client_endpoint(self.reactor, host, int(port), timeout=DIAL_TIMEOUT)
+                await endpoints.connectProtocol(endpoint, link)
+                await link.when_ready.addTimeout(DIAL_TIMEOUT * 2, self.clock)
+                self.pin(peer, record["key"])
+                return link
+            except IdentityMismatchError:
+                raise
+            except LinkFailed as e:
+                if e.code == "identity_mismatch":
+                    raise IdentityMismatchError(e.message) from None
+                errors.append("%s: %s" % (address, e.message))
+            except Exception as e:
+                errors.append("%s: %s" % (address, getattr(e, "message", None) or e.__class__.__name__))
+                if link.transport is not None:
+                    link.transport.abortConnection()
+        raise LinkFailed("cannot reach %s (%s)" % (peer, "; ".join(errors) or "no address registered"))
+
+    def link_frame(self, link, frame):
+        kind = frame["t"]
+        if kind == "msg":
+            self.receive(link, frame)
+        elif kind == "ack":
+            self.acked(link, frame["id"])
+        elif kind == "error":
+            log.info("{peer} reported {code}: {message}", peer=link.peer, code=frame["code"],
+                     message=frame["message"])
+            ref = frame.get("ref")
+            if ref and ref in link.inflight:
+                link.inflight.discard(ref)
+                self.fail_message(link.peer, ref, "%s refused it: %s" % (link.peer, frame["message"]))
+
+    # receiving
+
+    def receive(self, link, frame):
+        if frame["from"] != link.peer:
+            link.send(wire.error("bad_frame", "messages on this link must come from %s" % link.peer, frame["id"]))
+            return
+        if frame.get("room"):
+            link.send(wire.error("unsupported", "room messages are not supported by this peer yet", frame["id"]))
+            return
+        if link.backlog is not None:
+            link.backlog.append(frame)
+            return
+        last = self.storage.last_seq(frame["from"], frame["from"])
+        if frame["seq"] > last + 1 and not self.storage.has_message(frame["id"]):
+            # earlier messages may be waiting in our mailbox: fetch it first, then go on in order
+            link.backlog = [frame]
+            self.fetch_mailbox().addBoth(lambda _: self._drain(link))
+            return
+        self.accept(frame, via="direct", link=link)
+
+    def _drain(self, link):
+        frames, link.backlog = link.backlog or [], None
+        for frame in frames:
+            self.accept(frame, via="direct", link=link)
+
+    def accept(self, frame, via, link=None, after_commit=None):
+        msg = {"id": frame["id"], "sender": frame["from"], "recipient": self.name, "seq": frame["seq"],
+               "ts": frame["ts"], "body": frame["body"], "room": frame.get("room")}
+        if self.storage.add_incoming(msg, now_ms(self.clock)):
+            stored = dict(msg, conversation=frame["from"], direction="in", via=via)
+            self._after_commit.append(lambda: self.emit({"event": "message", "message": stored}))
+        if link is not None:
+            self._acks.append((link, frame["id"]))
+        if after_commit is not None:
+            self._after_commit.append(after_commit)
+        self.schedule_flush()
+
+    def schedule_flush(self):
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(FLUSH_DELAY, self.flush)
+
+    def flush(self):
+        """One commit for everything this reactor turn stored, then the acks and events it allows."""
+        self._flush_call = None
+        self.storage.commit()
+        acks, self._acks = self._acks, []
+        for link, msg_id in acks:
+            link.send({"t": "ack", "id": msg_id})
+        after, self._after_commit = self._after_commit, []
+        for action in after:
+            try:
+                action()
+            except Exception:
+                log.failure("after-commit action failed")
+
+    # sending
+
+    def send_message(self, to, text, wait=10.0):
+        try:
+            to = canonical_name(to)
+        except P2PDError as e:
+            return defer.fail(e)
+        if not isinstance(text, str) or not text:
+            return defer.fail(BadRequest("the message is empty"))
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return defer.fail(BadRequest("the message is not valid Unicode text"))
+        if size > wire.MAX_BODY:
+            return defer.fail(BadRequest("the message is %d bytes; the limit is %d" % (size, wire.MAX_BODY)))
+        if to == self.name:
+            return defer.fail(BadRequest("you cannot send a message to yourself"))
+        return defer.ensureDeferred(self._send(to, text, wait))
+
+    async def _send(self, to, text, wait):
+        if to not in self.links:
+            try:
+                await self.lookup(to)
+            except NoSuchPeer:
+                raise
+            except IdentityMismatchError:
+                pass  # queue it: it goes out once the real peer is back (or the pin is resolved)
+            except Exception:
+                pass  # the registry is unreachable: the outbox keeps it until we can deliver
+        msg = self.storage.add_outgoing(to, text, now_ms(self.clock))
+        self.storage.commit()
+        stored = dict(msg, direction="out")
+        self.emit({"event": "message", "message": stored})
+        waiter = defer.Deferred()
+        self.waiters.setdefault(msg["id"], []).append(waiter)
+        self.queues.setdefault(to, OrderedDict())[msg["id"]] = msg
+        timer = self.clock.callLater(wait, self._resolve, msg["id"],
+                                     {"status": "queued", "via": "outbox", "reason": "not acknowledged yet"})
+        waiter.addBoth(lambda r: (timer.cancel() if timer.active() else None) or r)
+        link = self.links.get(to)
+        if link is not None:
+            self.send_frame(link, msg)
+        else:
+            self.pump(to)
+        result = await waiter
+        return dict(result, id=msg["id"], to=to)
+
+    def _resolve(self, msg_id, outcome):
+        for waiter in self.waiters.pop(msg_id, []):
+            if not waiter.called:
+                waiter.callback(outcome)
+
+    def send_frame(self, link, msg):
+        link.inflight.add(msg["id"])
+        link.send({"t": "msg", "id": msg["id"], "from": self.name, "seq": msg["seq"], "ts": msg["ts"],
+                   "body": msg["body"]})
+
+    def send_queued(self, link):
+        for msg in list(self.queues.get(link.peer, {}).values()):
+            if msg["id"] not in link.inflight:
+                self.send_frame(link, msg)
+
+    def acked(self, link, msg_id):
+        link.inflight.discard(msg_id)
+        queue = self.queues.get(link.peer)
+        if queue is not None:
+            queue.pop(msg_id, None)
+            if not queue:
+                del self.queues[link.peer]
+        if self.storage.mark_delivered(msg_id, "direct", now_ms(self.clock)):
+            peer = link.peer
+            self._after_commit.append(lambda: self._delivered(msg_id, peer, "direct"))
+            self.schedule_flush()
+
+    def _delivered(self, msg_id, peer, via):
+        self.emit({"event": "delivered", "id": msg_id, "to": peer, "via": via})
+        self._resolve(msg_id, {"status": "delivered", "via": via})
+
+    def fail_message(self, peer, msg_id, reason):
+        queue = self.queues.get(peer, {})
+        queue.pop(msg_id, None)
+        self.storage.mark_failed(msg_id, reason, now_ms(self.clock))
+        self.storage.commit()
+        self.emit({"event": "failed", "id": msg_id, "to": peer, "reason": reason})
+        for waiter in self.waiters.pop(msg_id, []):
+            if not waiter.called:
+                waiter.errback(P2PDError(reason))
+
+    def pump(self, peer):
+        """Get *peer*'s queued messages moving: over a link, else through the mailbox, else later."""
+        if not self.queues.get(peer):
+            self.queues.pop(peer, None)
+            return
+        link = self.links.get(peer)
+        if link is not None:
+            return self.send_queued(link)
+        if peer in self.dialing or not self.started:
+            return
+        when, _ = self.retry_at.get(peer, (0, RETRY_MIN))
+        if when > self.clock.seconds():
+            return
+        self.dial(peer).addErrback(self._undeliverable, peer)
+
+    def _undeliverable(self, failure, peer):
+        error = failure.value
+        reason = getattr(error, "message", None) or str(error)
+        self.last_error[peer] = reason
+        _, backoff = self.retry_at.get(peer, (0, RETRY_MIN))
+        self.retry_at[peer] = (self.clock.seconds() + backoff, min(backoff * 2, RETRY_MAX))
+        if isinstance(error, NoSuchPeer):
+            for msg_id in list(self.queues.get(peer, {})):
+                self.fail_message(peer, msg_id, reason)
+            return
+        if isinstance(error, (PeerOffline, LinkFailed)):
+            return self.deposit(peer, reason)
+        # identity mismatch, registry unreachable: keep everything queued and try again later
+        log.info("messages for {peer} stay queued: {reason}", peer=peer, reason=reason)
+        for msg_id in list(self.queues.get(peer, {})):
+            self._resolve(msg_id, {"status": "queued", "via": "outbox", "reason": reason})
+            self.emit({"event": "queued", "id": msg_id, "to": peer, "reason": reason})
+
+    @defer.inlineCallbacks
+    def deposit(self, peer, reason):
+        """Seal *peer*'s queued messages into the registry mailbox, in order; stop at the first failure."""
+        from p2pd.core.sealed import seal
+
+        try:
+            record = yield self.lookup(peer)
+        except Exception as e:
+            log.info("cannot deposit for {peer}: {error}", peer=peer, error=e)
+            return
+        box = record.get("box")
+        if not box:
+            log.info("{peer} has no mailbox key; messages stay queued", peer=peer)
+            return
+        for msg in list(self.queues.get(peer, {}).values()):
+            if peer in self.links:
+                return self.send_queued(self.links[peer])
+            frame = {"t": "msg", "id": msg["id"], "from": self.name, "seq": msg["seq"], "ts": msg["ts"],
+                     "body": msg["body"]}
+            token = seal(self.identity.signing, self.name, peer, box,
+                         json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            try:
+                deposited = yield self.registry.deposit(peer, token)
+            except Exception as e:
+                log.info("mailbox deposit for {peer} failed: {error}", peer=peer, error=e)
+                return
+            self.queues.get(peer, {}).pop(msg["id"], None)
+            self.storage.mark_deposited(msg["id"], deposited["id"], now_ms(self.clock))
+            self.storage.commit()
+            self.emit({"event": "queued", "id": msg["id"], "to": peer,
+                       "reason": "%s; in the registry mailbox until %s is back" % (reason, peer)})
+            self._resolve(msg["id"], {"status": "queued", "via": "mailbox", "reason": reason})
+        if not self.queues.get(peer):
+            self.queues.pop(peer, None)
+
+    # the mailbox
+
+    def fetch_mailbox(self):
+        """Deferred: collect, verify, store and acknowledge what waits for us in the registry mailbox."""
+        if self._fetching is None:
+            self._fetching = defer.ensureDeferred(self._fetch())
+
+            def done(result):
+                self._fetching = None
+                if isinstance(result, defer.Failure):
+                    log.info("mailbox fetch failed: {error}", error=result.getErrorMessage())
+                return None
+
+            self._fetching.addBoth(done)
+        d = defer.Deferred()
+        self._fetching.addBoth(lambda r: d.callback(None) or r)
+        return d
+
+    async def _fetch(self):
+        from p2pd.core.sealed import SealedError, open_sealed
+
+        while True:
+            reply = await self.registry.fetch(limit=MAILBOX_PAGE)
+            messages = reply.get("messages", [])
+            for item in messages:
+                try:
+                    sealed = open_sealed(item["payload"], self.identity.box_private, self.name)
+                    record = await self.lookup(sealed.sender_name)
+                    sealed.verify(record["key"])
+                    frame = wire.decode(sealed.payload)
+                    if frame["t"] != "msg" or frame["from"] != sealed.sender_name:
+                        raise SealedError("sealed content is not a message from its sender")
+                except (SealedError, wire.FrameError, NoSuchPeer) as e:
+                    log.warn("dropping an unreadable mailbox message {id} from {sender}: {error}",
+                             id=item.get("id"), sender=item.get("from"), error=e)
+                    await self.registry.ack(item["id"])
+                    continue
+                done = defer.Deferred()
+                self.accept(frame, via="mailbox", after_commit=lambda d=done: d.callback(None))
+                await done  # committed: now the registry may forget it
+                await self.registry.ack(item["id"])
+            if len(messages) < MAILBOX_PAGE:
+                return
+
+    # facade for the control socket
+
+    def emit(self, event):
+        for callback in list(self.subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.failure("event subscriber failed")
+
+    def subscribe(self, callback):
+        self.subscribers.append(callback)
+
+    def unsubscribe(self, callback):
+        if callback in self.subscribers:
+            self.subscribers.remove(callback)
+
+    def status(self):
+        return {
+            "name": self.name, "key": self.identity.public_text, "fingerprint": self.identity.fingerprint,
+            "data_dir": self.data_dir, "addresses": self.addresses, "version": __version__,
+            "registry": dict(self.registry_state, url=self.registry.base),
+            "outbox": sum(len(q) for q in self.queues.values()),
+            "links": [{"peer": p, "direction": "out" if l.outgoing else "in", "since": int(l.since * 1000)}
+                      for p, l in sorted(self.links.items())],
+        }
+
+    @defer.inlineCallbacks
+    def peers(self):
+        found, after = [], None
+        while True:
+            page = yield self.registry.peers(after=after, limit=200)
+            found.extend(p for p in page["peers"] if p["name"] != self.name)
+            after = page.get("next")
+            if not after or len(found) > 10000:
+                return found
+
+    @defer.inlineCallbacks
+    def whois(self, name):
+        name = canonical_name(name)
+        try:
+            record = yield self.registry.lookup(name)
+        except NotFound:
+            raise NoSuchPeer("unknown peer %s: nobody registered that name" % name) from None
+        pinned = self.storage.get("pin:" + name)
+        record["reachability"] = {
+            "link": "connected" if name in self.links else "none",
+            "direct": name in self.links,
+            "pinned": pinned is not None, "pin_matches": pinned is None or pinned == record["key"],
+            "last_error": self.last_error.get(name),
+            "queued": len(self.queues.get(name, {})),
+        }
+        return record
+
+    def history(self, conversation=None, limit=100):
+        if conversation is not None:
+            conversation = canonical_name(conversation)
+        return self.storage.history(conversation, limit=limit)

@@ -1,0 +1,45 @@
+"""What the peer daemon offers to its control socket (and so to p2pctl). The control protocol maps one request
+``{"id": N, "cmd": "<name>", ...args}`` onto one method here; a method returns a JSON-able value or a Deferred
+of one, and raises :mod:`p2pd.errors` exceptions whose ``code`` and ``message`` go back to the client.
+
+Events are dicts ``{"event": "<kind>", ...}`` pushed to every subscriber:
+
+    {"event": "message", "message": {id, conversation, sender, recipient, room, seq, ts, body, direction, ...}}
+    {"event": "delivered", "id": ID, "to": NAME, "via": "direct"|"mailbox"}
+    {"event": "queued", "id": ID, "to": NAME, "reason": "..."}        (peer offline: waiting in outbox/mailbox)
+    {"event": "failed", "id": ID, "to": NAME, "reason": "..."}
+    {"event": "peer", "name": NAME, "state": "online"|"offline"|"connected"|"disconnected"}
+    {"event": "registry", "state": "online"|"unreachable", "message": "..."}
+"""
+
+from typing import Protocol
+
+
+class DaemonFacade(Protocol):
+    name: str
+
+    def status(self) -> dict:
+        """{"name", "key", "fingerprint", "data_dir", "addresses": {"tcp": [...], "udp": [...], "public": ...},
+        "registry": {"url", "state": "online"|"unreachable"|"starting", "message"}, "outbox": int,
+        "links": [{"peer", "direction", "since"}], "version"}"""
+
+    def peers(self):
+        """Deferred[list of online peer records from the registry, without ourselves]."""
+
+    def whois(self, name: str):
+        """Deferred[dict]: the registry record of *name* plus {"reachability": {"link": "connected"|"none",
+        "direct": bool, "last_error": str|None}}; NoSuchPeer if unknown."""
+
+    def send_message(self, to: str, text: str, wait: float = 10.0):
+        """Deferred[{"id", "to", "status": "delivered"|"queued", "via": "direct"|"mailbox"|"outbox"}]: fires when
+        the recipient acknowledged it, or when it is known to be queued (peer offline/unreachable, or *wait*
+        seconds passed). NoSuchPeer for an unknown name, BadRequest for empty/oversized text."""
+
+    def history(self, conversation: str | None = None, limit: int = 100) -> list:
+        """Stored messages, oldest first (the newest *limit*)."""
+
+    def subscribe(self, callback) -> None:
+        """Call callback(event_dict) for every event until unsubscribe(callback)."""
+
+    def unsubscribe(self, callback) -> None:
+        ...

@@ -1,0 +1,186 @@
+"""A link to another peer: TLS (both keys pinned), then the v1 line protocol of :mod:`p2pd.core.wire`.
+
+The protocol is a thin adapter: it decodes lines, checks the handshake, keeps the link alive, and hands
+authenticated frames to the daemon (``daemon.link_up``, ``link_frame``, ``link_down``). Identity is checked
+twice: the TLS certificate's key must be the key the registry (and our pin) holds for the name the peer claims,
+and nothing but ``hello`` is accepted before that check passes.
+"""
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
+
+from p2pd import __version__
+from p2pd.core import wire
+from p2pd.errors import P2PDError
+
+log = Logger()
+
+PING_AFTER = 10  # seconds without traffic before we probe
+DEAD_AFTER = 30  # seconds without any traffic before the link is declared dead
+HANDSHAKE_TIMEOUT = 15
+
+
+@implementer(IHandshakeListener)
+class PeerLink(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = wire.MAX_LINE
+
+    def __init__(self, daemon, clock, expected=None):
+        self.daemon = daemon
+        self.clock = clock
+        self.expected = expected  # (name, key) when we dialled; None for an incoming link
+        self.peer = None  # the authenticated peer name
+        self.peer_key = None  # the key the TLS handshake showed
+        self.ready = False
+        self.closed = False
+        self.outgoing = expected is not None
+        self.inflight = set()  # message ids sent on this link, not yet acknowledged
+        self.backlog = None  # frames held while an earlier one waits (e.g. for a mailbox fetch)
+        self.last_rx = clock.seconds()
+        self.since = clock.seconds()
+        self._timer = None
+        self._ping_n = 0
+        self.when_ready = defer.Deferred()
+
+    # connection
+
+    def connectionMade(self):
+        self._arm(HANDSHAKE_TIMEOUT)
+
+    def handshakeCompleted(self):
+        try:
+            self.peer_key = self.daemon.tls_peer_key(self.transport)
+            if self.expected is not None and self.peer_key != self.expected[1]:
+                raise IdentityMismatchError("%s presented a key that is not the one the registry holds for it"
+                                            % self.expected[0])
+        except P2PDError as e:
+            return self.fail(getattr(e, "code", "identity_mismatch"), e.message)
+        self.send(wire.hello(self.daemon.name, "p2pd/" + __version__))
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self._disarm()
+        if not self.when_ready.called:
+            self.when_ready.errback(LinkFailed("connection closed before the handshake completed"))
+        if self.ready:
+            self.daemon.link_down(self)
+
+    # lines
+
+    def lineReceived(self, line):
+        self.last_rx = self.clock.seconds()
+        try:
+            frame = wire.decode(line)
+        except wire.FrameError as e:
+            self.send(wire.error(e.code, str(e), e.ref))
+            return
+        if not self.ready:
+            return self._handshake(frame)
+        kind = frame["t"]
+        if kind == "ping":
+            self.send({"t": "pong", "n": frame["n"]})
+        elif kind == "pong":
+            pass
+        elif kind == "bye":
+            self.transport.loseConnection()
+        elif kind == "hello":
+            self.send(wire.error("bad_frame", "hello was already exchanged"))
+        else:
+            self.daemon.link_frame(self, frame)
+
+    def lineLengthExceeded(self, line):
+        self.fail("line_too_long", "line longer than %d bytes" % self.MAX_LENGTH)
+
+    def _handshake(self, frame):
+        if frame["t"] == "error":
+            return self.fail(frame["code"], "peer refused the link: " + frame["message"], reply=False)
+        if frame["t"] != "hello":
+            return self.fail("handshake", "expected hello first")
+        if frame["v"] != wire.VERSION:
+            return self.fail("unsupported_version", "this peer speaks protocol version %d" % wire.VERSION)
+        if self.peer_key is None:
+            return self.fail("identity_mismatch", "no verified TLS certificate")
+        if self.expected is not None and frame["name"] != self.expected[0]:
+            return self.fail("identity_mismatch", "dialled %s but %s answered" % (self.expected[0], frame["name"]))
+        if self.peer is not None:
+            return
+        self.peer = frame["name"]
+        d = self.daemon.verify_peer(frame["name"], self.peer_key)
+        d.addCallbacks(self._verified, self._refused)
+
+    def _verified(self, _):
+        if self.closed:
+            return
+        self.ready = True
+        self._arm(PING_AFTER)
+        self.daemon.link_up(self)
+        self.when_ready.callback(self)
+
+    def _refused(self, failure):
+        error = failure.value
+        if isinstance(error, P2PDError):
+            self.fail(error.code, error.message)
+        else:
+            log.failure("verifying {peer} failed", failure, peer=self.peer)
+            self.fail("internal", "could not verify the peer")
+
+    # sending
+
+    def send(self, frame):
+        if not self.closed:
+            self.transport.write(wire.encode(frame) + b"\n")
+
+    def fail(self, code, message, reply=True):
+        log.info("link {direction} {peer}: {code}: {message}", direction="to" if self.outgoing else "from",
+                 peer=self.peer or (self.expected or ("?",))[0], code=code, message=message)
+        if reply:
+            self.send(wire.error(code, message))
+        if not self.when_ready.called:
+            self.when_ready.errback(LinkFailed(message, code))
+        self.transport.loseConnection()
+
+    # keepalive: one timer, re-armed from the time of the last traffic
+
+    def _arm(self, delay):
+        self._disarm()
+        self._timer = self.clock.callLater(delay, self._tick)
+
+    def _disarm(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _tick(self):
+        self._timer = None
+        if self.closed:
+            return
+        if not self.ready:
+            return self.fail("handshake", "handshake not completed within %d s" % HANDSHAKE_TIMEOUT)
+        idle = self.clock.seconds() - self.last_rx
+        if idle >= DEAD_AFTER:
+            log.info("link with {peer} silent for {idle:.0f} s: closing", peer=self.peer, idle=idle)
+            self.transport.abortConnection()
+            return
+        if idle < PING_AFTER:
+            return self._arm(PING_AFTER - idle)
+        self._ping_n += 1
+        self.send({"t": "ping", "n": self._ping_n})
+        self._arm(min(PING_AFTER, DEAD_AFTER - idle))
+
+
+class LinkFailed(P2PDError):
+    code = "link_failed"
+    status = 502
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class IdentityMismatchError(P2PDError):
+    code = "identity_mismatch"
+    status = 403
