@@ -9,6 +9,8 @@ like the long options); the command line wins. See ``conf/`` for examples.
 
 import configparser
 import os
+import re
+from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 from twisted.python import usage
@@ -50,6 +52,12 @@ class Options(usage.Options):
         ["lease-ttl", None, "60", "registry: seconds a registration or heartbeat keeps a peer online"],
         # peer
         ["name", "n", None, "peer: the name to claim"],
+        ["registry", None, "http://127.0.0.1:8000", "peer: the registry's URL"],
+        ["listen", None, "tcp:0", "peer: endpoint for links from other peers (TLS), e.g. tcp:7000"],
+        ["udp", None, "0", "peer: UDP port, [HOST:]PORT (0 = any free port)"],
+        ["advertise", None, None, "peer: the address to publish when this machine's own is not the one others reach"],
+        ["share", None, None, "peer: a folder others may list and fetch files from"],
+        ["accept", None, "ask", "peer: offered files: ask, auto or deny"],
     ]
 
     def parseOptions(self, options=None):
@@ -114,11 +122,33 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e))
 
     def check_peer(self):
+        if not self["name"]:
+            raise usage.UsageError("--name is required for a peer (the name others will find you by)")
         try:
             self["name"] = canonical_name(self["name"])
         except InvalidName as e:
-            raise usage.UsageError("--name: " + e.message if self["name"] else "--name is required for a peer")
+            raise usage.UsageError("--name: " + e.message)
         self["data-dir"] = os.path.abspath(self["data-dir"] or default_data_dir("peer", self["name"]))
+        url = urlsplit(self["registry"])
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise usage.UsageError("--registry must be an http:// or https:// URL, not %r" % self["registry"])
+        try:
+            url.port
+        except ValueError:
+            raise usage.UsageError("--registry has an invalid port: %r" % self["registry"])
+        check_endpoint(self["listen"], "--listen")
+        host, _, port = self["udp"].rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise usage.UsageError("--udp must be a UDP port from 0 to 65535 (optionally HOST:PORT)")
+        self["udp"], self["udp-interface"] = int(port), host.strip("[]")
+        if self["advertise"] is not None and not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", self["advertise"]):
+            raise usage.UsageError("--advertise must be a host name or IP address")
+        if self["share"] is not None:
+            self["share"] = os.path.abspath(self["share"])
+            if not os.path.isdir(self["share"]):
+                raise usage.UsageError("--share %s is not a directory" % self["share"])
+        if self["accept"] not in ("ask", "auto", "deny"):
+            raise usage.UsageError("--accept must be ask, auto or deny")
 
 
 def makeService(options):
@@ -128,4 +158,6 @@ def makeService(options):
         from p2pd.registry.service import RegistryService
 
         return RegistryService(options, reactor)
-    raise usage.UsageError("the peer role is not available yet")
+    from p2pd.peer.service import PeerService
+
+    return PeerService(options, reactor)

@@ -80,6 +80,35 @@ def test_verify_with_another_senders_key_fails():
     opened.verify(MALLORY.public_text)
 
 
+def reseal(plaintext: bytes, recipient_box) -> str:
+    """Seal arbitrary inner bytes for *recipient_box* the way seal() does (what a dishonest recipient could do)."""
+    import os
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    eph = X25519PrivateKey.generate()
+    eph_pub = sealed._raw(eph.public_key())
+    key = sealed._key(eph.exchange(recipient_box.public_key()), eph_pub, sealed._raw(recipient_box.public_key()))
+    header = struct.pack("B", sealed.VERSION) + eph_pub
+    nonce = os.urandom(sealed.NONCE_LEN)
+    return b64e(header + nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, header))
+
+
+def test_recipient_cannot_forward_a_signed_message_as_addressed_to_someone_else():
+    """Bob re-seals alice's signed message for carol: left addressed to bob, carol refuses it; re-addressed to
+    carol, alice's signature no longer verifies."""
+    opened = open_sealed(to_bob(b"for bob only"), BOB_BOX, "bob")
+    signature = opened._signature
+    as_is = reseal(b"\x05alice\x03bob" + signature + opened.payload, CAROL_BOX)
+    with pytest.raises(SealedError, match="addressed to bob, not carol"):
+        open_sealed(as_is, CAROL_BOX, "carol")
+    readdressed = open_sealed(reseal(b"\x05alice\x05carol" + signature + opened.payload, CAROL_BOX), CAROL_BOX,
+                              "carol")
+    with pytest.raises(SealedError, match="not signed by alice's key"):
+        readdressed.verify(ALICE.public_text)
+
+
 def test_verify_with_a_malformed_key_fails_with_sealed_error():
     """verify() turns a malformed sender key into SealedError too."""
     with pytest.raises(SealedError, match="not an Ed25519 public key"):

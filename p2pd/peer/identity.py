@@ -354,6 +354,16 @@ def tls_options(identity: PeerIdentity) -> PeerTLSOptions:
     return PeerTLSOptions(identity)
 
 
+def server_tls_options(identity: PeerIdentity) -> PeerTLSOptions:
+    """For ``SSL4ServerEndpoint``/``listenSSL`` (the same object as :func:`tls_options`)."""
+    return PeerTLSOptions(identity)
+
+
+def client_tls_options(identity: PeerIdentity) -> PeerTLSOptions:
+    """For ``SSL4ClientEndpoint``/``connectSSL``/``wrapClientTLS`` (the same object as :func:`tls_options`)."""
+    return PeerTLSOptions(identity)
+
+
 def peer_key(transport_or_cert, now) -> str:
     """The base64url Ed25519 public key the peer proved in the TLS handshake.
 
@@ -369,8 +379,11 @@ def peer_key(transport_or_cert, now) -> str:
             cert = None
     if cert is None:
         raise IdentityMismatch("no client certificate: the peer presented no TLS certificate")
-    if isinstance(cert, crypto.X509):
-        cert = cert.to_cryptography()
-    if not isinstance(cert, x509.Certificate):
-        raise IdentityMismatch("the peer presented no usable TLS certificate")
-    return public_key_text(check_certificate(cert, now))
+    try:
+        if isinstance(cert, crypto.X509):
+            cert = cert.to_cryptography()
+        if not isinstance(cert, x509.Certificate):
+            raise IdentityMismatch("the peer presented no usable TLS certificate")
+        return public_key_text(check_certificate(cert, now))
+    except (ValueError, UnsupportedAlgorithm):  # a field cryptography cannot parse: the peer's problem, not ours
+        raise IdentityMismatch("the peer presented a malformed TLS certificate") from None
