@@ -1,0 +1,685 @@
+"""The peer daemon's store: history, outbox, sequence numbers, settings, durability, speed."""
+
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+
+from p2pd.peer import storage
+from p2pd.peer.storage import DB_FILENAME, SCHEMA_VERSION, InvalidMessage, Storage, StorageError, db_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture
+def path(tmp_path):
+    return db_path(str(tmp_path))
+
+
+@pytest.fixture
+def store(path):
+    s = Storage(path, name="alice")
+    yield s
+    s.close()
+
+
+def incoming(n=1, sender="bob", room=None, body=None, msg_id=None, **extra):
+    msg = {"id": msg_id or os.urandom(16).hex(), "sender": sender, "seq": n, "ts": NOW + n,
+           "body": "message %d" % n if body is None else body}
+    if room is not None:
+        msg["room"] = room
+    msg.update(extra)
+    return msg
+
+
+# --- sequence numbers -------------------------------------------------------------------------------------
+
+
+def test_db_file_name_in_data_dir(tmp_path):
+    """The store of a data dir is <data_dir>/p2pd.sqlite3."""
+    assert db_path(str(tmp_path)) == str(tmp_path / "p2pd.sqlite3") and DB_FILENAME == "p2pd.sqlite3"
+
+
+def test_seq_counts_per_recipient(store):
+    """Outgoing seq numbers start at 1 and count up separately for each recipient."""
+    seqs = [(r, store.add_outgoing(r, "x", NOW)["seq"]) for r in ["bob", "bob", "carol", "bob", "carol"]]
+    assert seqs == [("bob", 1), ("bob", 2), ("carol", 1), ("bob", 3), ("carol", 2)]
+
+
+def test_seq_survives_reopen(path):
+    """The per-recipient counter is persistent: after a restart numbering continues where it stopped."""
+    s = Storage(path)
+    for _ in range(3):
+        s.add_outgoing("bob", "x", NOW)
+    s.commit()
+    s.close()
+    s = Storage(path)
+    assert s.add_outgoing("bob", "x", NOW)["seq"] == 4
+    assert s.add_outgoing("carol", "x", NOW)["seq"] == 1
+    s.close()
+
+
+def test_add_outgoing_returns_the_stored_message(store):
+    """add_outgoing returns the full message as history will show it: fresh 32-hex id, pending, outgoing."""
+    msg = store.add_outgoing("bob", "hello", NOW)
+    assert len(msg["id"]) == 32 and int(msg["id"], 16) >= 0
+    assert {k: msg[k] for k in ("conversation", "sender", "recipient", "room", "seq", "ts", "body", "direction",
+                                "status", "via", "received_at")} == {
+        "conversation": "bob", "sender": "alice", "recipient": "bob", "room": None, "seq": 1, "ts": NOW,
+        "body": "hello", "direction": "out", "status": "pending", "via": None, "received_at": NOW}
+    assert store.history("bob") == [msg]
+    assert store.get_message(msg["id"]) == msg
+
+
+def test_room_message_conversation_is_canonical_room(store):
+    """A room message belongs to conversation "#" + canonical room name, keeping the display name."""
+    msg = store.add_outgoing("bob", "hi all", NOW, room="General")
+    assert (msg["conversation"], msg["room"]) == ("#general", "General")
+    assert store.add_outgoing("bob", "x", NOW, conversation="custom")["conversation"] == "custom"
+
+
+# --- outbox -------------------------------------------------------------------------------------------------
+
+
+def test_outbox_order(store):
+    """The outbox lists undelivered messages per recipient in seq order; all of them by recipient, then seq."""
+    for r in ["carol", "bob", "carol", "bob", "bob"]:
+        store.add_outgoing(r, "to " + r, NOW)
+    assert [m["seq"] for m in store.outbox("bob")] == [1, 2, 3]
+    assert [(m["recipient"], m["seq"]) for m in store.outbox()] == [
+        ("bob", 1), ("bob", 2), ("bob", 3), ("carol", 1), ("carol", 2)]
+    assert [m["seq"] for m in store.outbox("bob", limit=2)] == [1, 2]
+    assert store.outbox_recipients() == ["bob", "carol"]
+    assert store.outbox_count() == 5
+
+
+def test_delivered_leaves_outbox(store):
+    """A delivered message leaves the outbox and shows as delivered, with how, in history."""
+    a, b = store.add_outgoing("bob", "a", NOW), store.add_outgoing("bob", "b", NOW)
+    assert store.mark_delivered(a["id"], "direct", NOW + 5) is True
+    assert [m["id"] for m in store.outbox()] == [b["id"]]
+    assert store.outbox_count() == 1
+    delivered = store.get_message(a["id"])
+    assert (delivered["status"], delivered["via"], delivered["updated_at"]) == ("delivered", "direct", NOW + 5)
+
+
+def test_deposited_leaves_outbox(store):
+    """A message handed to the registry mailbox is queued via mailbox, keeps the mailbox id, leaves the outbox."""
+    a = store.add_outgoing("bob", "a", NOW)
+    assert store.mark_deposited(a["id"], "mbx-17", NOW + 1) is True
+    assert store.outbox() == [] and store.outbox_count() == 0 and store.outbox_recipients() == []
+    queued = store.get_message(a["id"])
+    assert (queued["status"], queued["via"], queued["mailbox_id"]) == ("queued", "mailbox", "mbx-17")
+    assert store.mark_deposited(a["id"], "mbx-18", NOW + 2) is False
+
+
+def test_queued_then_acknowledged_is_delivered(store):
+    """When the recipient acknowledges a message it fetched from its mailbox, it becomes delivered."""
+    a = store.add_outgoing("bob", "a", NOW)
+    store.mark_deposited(a["id"], "mbx-1", NOW + 1)
+    assert store.mark_delivered(a["id"], "mailbox", NOW + 2) is True
+    done = store.get_message(a["id"])
+    assert (done["status"], done["via"], done["mailbox_id"]) == ("delivered", "mailbox", "mbx-1")
+
+
+def test_mark_delivered_is_idempotent(store):
+    """A repeated acknowledgement, or one for an unknown id, changes nothing and returns False."""
+    a = store.add_outgoing("bob", "a", NOW)
+    assert store.mark_delivered(a["id"], "direct", NOW) is True
+    assert store.mark_delivered(a["id"], "mailbox", NOW + 9) is False
+    assert store.mark_delivered("0" * 32, "direct", NOW) is False
+    again = store.get_message(a["id"])
+    assert (again["via"], again["updated_at"]) == ("direct", NOW)
+
+
+def test_mark_failed(store):
+    """A message whose mailbox deposit expired unread is failed, with the reason, and no longer waiting."""
+    a, b = store.add_outgoing("bob", "a", NOW), store.add_outgoing("bob", "b", NOW)
+    store.mark_deposited(a["id"], "mbx-1", NOW)
+    assert store.mark_failed(a["id"], "mailbox deposit expired unread", NOW + 1) is True
+    assert store.mark_failed(b["id"], "peer unknown", NOW + 1) is True
+    assert store.outbox_count() == 0
+    assert store.get_message(a["id"])["reason"] == "mailbox deposit expired unread"
+    assert store.mark_failed(a["id"], "again", NOW + 2) is False
+
+
+def test_marks_ignore_incoming_messages(store):
+    """Delivery marks only apply to outgoing messages."""
+    msg = incoming()
+    store.add_incoming(msg, NOW)
+    assert not store.mark_delivered(msg["id"], "direct", NOW)
+    assert store.get_message(msg["id"])["status"] == "received"
+
+
+def test_outbox_count_after_reopen(path):
+    """The outbox (and its count) is persistent."""
+    s = Storage(path)
+    ids = [s.add_outgoing("bob", str(i), NOW)["id"] for i in range(4)]
+    s.mark_delivered(ids[1], "direct", NOW)
+    s.close()
+    s = Storage(path)
+    assert s.outbox_count() == 3 and [m["id"] for m in s.outbox("bob")] == [ids[0], ids[2], ids[3]]
+    s.close()
+
+
+# --- incoming -----------------------------------------------------------------------------------------------
+
+
+def test_incoming_stored(store):
+    """An incoming message is stored as received in the sender's conversation."""
+    msg = incoming(7, body="salut")
+    assert store.add_incoming(msg, NOW + 100) is True
+    [got] = store.history("bob")
+    assert {k: got[k] for k in ("id", "sender", "seq", "ts", "body", "direction", "status", "received_at")} == {
+        "id": msg["id"], "sender": "bob", "seq": 7, "ts": NOW + 7, "body": "salut", "direction": "in",
+        "status": "received", "received_at": NOW + 100}
+    assert store.has_message(msg["id"])
+
+
+def test_duplicate_incoming_dropped(store):
+    """A message id seen before is refused (False) and stored only once, even if the copy differs."""
+    msg = incoming(1)
+    assert store.add_incoming(msg, NOW) is True
+    assert store.add_incoming(dict(msg, body="changed", seq=2), NOW + 1) is False
+    assert [m["body"] for m in store.history()] == ["message 1"]
+    assert store.last_seq("bob", "bob") == 1
+    assert store.conversations() == [{"conversation": "bob", "count": 1, "last_ts": NOW + 1}]
+
+
+def test_duplicate_after_reopen_dropped(path):
+    """Duplicates are recognised across restarts."""
+    s = Storage(path)
+    msg = incoming(1)
+    s.add_incoming(msg, NOW)
+    s.close()
+    s = Storage(path)
+    assert s.add_incoming(msg, NOW) is False
+    s.close()
+
+
+def test_last_seq(store):
+    """last_seq is the highest seq received per (sender, conversation), 0 before any, whatever the order."""
+    assert store.last_seq("bob", "bob") == 0
+    for n in (1, 3, 2):
+        store.add_incoming(incoming(n), NOW)
+    store.add_incoming(incoming(9, room="General"), NOW)
+    store.add_incoming(incoming(5, sender="carol"), NOW)
+    assert store.last_seq("bob", "bob") == 3
+    assert store.last_seq("bob", "#general") == 9
+    assert store.last_seq("carol", "carol") == 5
+    assert store.last_seq("carol", "#general") == 0
+
+
+def test_incoming_room_message(store):
+    """A room message lands in "#" + canonical room, with no recipient."""
+    store.add_incoming(incoming(1, room="G1"), NOW)
+    [got] = store.history("#g1")
+    assert (got["room"], got["recipient"], got["conversation"]) == ("G1", None, "#g1")
+
+
+@pytest.mark.parametrize("bad", [
+    {"sender": "bob", "seq": 1, "ts": 1, "body": "x"},
+    {"id": "xyz", "sender": "bob", "seq": 1, "ts": 1, "body": "x"},
+    {"id": "a" * 32, "sender": "bob", "seq": "1", "ts": 1, "body": "x"},
+    {"id": "a" * 32, "sender": "bob", "seq": True, "ts": 1, "body": "x"},
+    {"id": "a" * 32, "sender": "bob", "seq": -1, "ts": 1, "body": "x"},
+    {"id": "a" * 32, "sender": "bob", "seq": 1, "ts": 1, "body": b"x"},
+    {"id": "a" * 32, "sender": "bob", "seq": 1, "ts": 1, "body": "x", "room": "no spaces"},
+    {"id": "a" * 32, "sender": "bob", "seq": 1, "ts": 1, "body": "x", "via": {}},
+])
+def test_malformed_incoming_refused(store, bad):
+    """A malformed incoming message raises ValueError with a reason and leaves the open group intact."""
+    kept = store.add_outgoing("carol", "kept", NOW)
+    with pytest.raises(ValueError) as info:
+        store.add_incoming(bad, NOW)
+    assert str(info.value)
+    store.commit()
+    assert [m["id"] for m in store.history()] == [kept["id"]]
+
+
+# --- history ------------------------------------------------------------------------------------------------
+
+
+def test_history_newest_page_oldest_first(store):
+    """history returns the newest `limit` messages, oldest first."""
+    for i in range(10):
+        store.add_outgoing("bob", str(i), NOW + i)
+    assert [m["body"] for m in store.history("bob", limit=3)] == ["7", "8", "9"]
+
+
+def test_history_paging(store):
+    """Passing the first rowid of a page as before_rowid gives the page before, down to the first message."""
+    for i in range(250):
+        store.add_outgoing("bob", str(i), NOW + i)
+    pages, before = [], None
+    while True:
+        page = store.history("bob", limit=100, before_rowid=before)
+        if not page:
+            break
+        pages.append([int(m["body"]) for m in page])
+        before = page[0]["rowid"]
+    assert pages == [list(range(150, 250)), list(range(50, 150)), list(range(50))]
+
+
+def test_history_by_conversation(store):
+    """history(conversation) only shows that conversation; history() interleaves all in arrival order."""
+    store.add_outgoing("bob", "to bob", NOW)
+    store.add_incoming(incoming(1, sender="carol", body="from carol"), NOW)
+    store.add_incoming(incoming(1, body="from bob"), NOW)
+    store.add_outgoing("x", "room", NOW, room="General")
+    assert [m["body"] for m in store.history("bob")] == ["to bob", "from bob"]
+    assert [m["body"] for m in store.history("#general")] == ["room"]
+    assert [m["body"] for m in store.history()] == ["to bob", "from carol", "from bob", "room"]
+    assert store.history("nobody") == [] and store.history(limit=0) == []
+
+
+def test_conversations(store):
+    """conversations lists each conversation with its count and last ts, most recently active first."""
+    store.add_outgoing("bob", "a", NOW + 1)
+    store.add_incoming(incoming(1, sender="carol"), NOW)  # ts NOW + 1
+    store.add_incoming(incoming(2, body="b"), NOW)  # ts NOW + 2
+    assert store.conversations() == [
+        {"conversation": "bob", "count": 2, "last_ts": NOW + 2},
+        {"conversation": "carol", "count": 1, "last_ts": NOW + 1},
+    ]
+
+
+def test_negative_limit_refused(store):
+    """A negative limit is an error (SQLite would read it as 'no limit')."""
+    with pytest.raises(ValueError):
+        store.history(limit=-1)
+
+
+# --- text ---------------------------------------------------------------------------------------------------
+
+TEXTS = [
+    "سلام دنیا! این یک آزمایش است ۱۲۳",  # Persian, with Persian digits
+    "👋🏽 hello 🇮🇷",  # skin tone modifier, flag pair
+    "👨\u200d👩\u200d👧\u200d👦 family",  # ZWJ sequence
+    "abc \u202edcba\u202c \u200f!",  # RIGHT-TO-LEFT OVERRIDE, POP, RTL mark
+    "e\u0301 a\u0308\u0323 \u1100\u1161",  # combining marks, conjoining jamo (NFD forms kept as they are)
+    "nul\x00inside\r\n\ttabs",
+    "\U0010fffd \ufeff \uffff",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_unicode_round_trip(path, text):
+    """Any Unicode text comes back byte for byte, in both directions and after a reopen."""
+    s = Storage(path, name="alice")
+    out = s.add_outgoing("bob", text, NOW)
+    s.add_incoming(incoming(1, body=text, room="G1"), NOW)
+    s.put("status", {"text": text})
+    s.close()
+    s = Storage(path)
+    bodies = [m["body"] for m in s.history()]
+    assert [b.encode("utf-8") for b in bodies] == [text.encode("utf-8")] * 2
+    assert s.outbox()[0]["body"] == out["body"] == text
+    assert s.get("status") == {"text": text}
+    s.close()
+
+
+@settings(max_examples=200)
+@given(text=st.text())
+def test_any_text_round_trips(tmp_path_factory, text):
+    """Hypothesis: every valid Unicode string is stored and returned unchanged."""
+    s = Storage(db_path(str(tmp_path_factory.mktemp("t"))))
+    msg = s.add_outgoing("bob", text, NOW)
+    assert s.get_message(msg["id"])["body"] == text
+    s.close()
+
+
+def test_lone_surrogate_refused(store):
+    """A lone surrogate raises a clear ValueError and stores nothing (the seq number is not used up)."""
+    with pytest.raises(ValueError, match=r"body contains a lone surrogate \(U\+D83D at index 2\)"):
+        store.add_outgoing("bob", "ab\ud83d", NOW)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        store.add_incoming(incoming(1, body="\udcff"), NOW)
+    with pytest.raises(ValueError, match="sender contains a lone surrogate"):
+        store.add_incoming(incoming(1, sender="b\ud800b"), NOW)
+    assert store.history() == [] and store.outbox_count() == 0
+    assert store.add_outgoing("bob", "ok", NOW)["seq"] == 1
+
+
+def test_invalid_message_is_a_bad_request():
+    """Refused input is both a ValueError and a p2pd BadRequest, so the edges report it as such."""
+    from p2pd.errors import BadRequest
+
+    assert issubclass(InvalidMessage, ValueError) and issubclass(InvalidMessage, BadRequest)
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+def test_settings(path):
+    """put/get keep small JSON-able values across restarts; a missing key gives the default."""
+    s = Storage(path)
+    assert s.get("missing") is None and s.get("missing", 5) == 5
+    s.put("auto_accept", {"bob": ["image/png"], "max": 10_000_000})
+    s.put("auto_accept", {"bob": ["image/png"], "max": 20_000_000})
+    s.put("none", None)
+    s.close()
+    s = Storage(path)
+    assert s.get("auto_accept") == {"bob": ["image/png"], "max": 20_000_000}
+    assert s.get("none", "default") is None
+    with pytest.raises(ValueError):
+        s.put("bad", object())
+    with pytest.raises(ValueError):
+        s.put("nan", float("nan"))
+    s.close()
+
+
+# --- transactions and durability ------------------------------------------------------------------------------
+
+
+def test_writes_visible_before_commit(store):
+    """Uncommitted writes are visible to reads at once; commit ends the pending group."""
+    msg = store.add_outgoing("bob", "a", NOW)
+    assert store.pending and store.has_message(msg["id"])
+    store.commit()
+    assert not store.pending
+    store.commit()  # nothing pending: a no-op
+
+
+def test_close_commits(path):
+    """Closing commits what is pending; closing twice is harmless."""
+    s = Storage(path)
+    s.add_outgoing("bob", "a", NOW)
+    s.close()
+    s.close()
+    s = Storage(path)
+    assert s.outbox_count() == 1
+    s.close()
+
+
+def _kill_with(path, *commands):
+    """Run a second process that applies writes to the store at *path* and dies (SIGKILL) without committing."""
+    code = "import sys; from p2pd.peer.storage import Storage; s = Storage(sys.argv[1])\n" + "\n".join(commands)
+    code += "\nimport os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    proc = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_uncommitted_write_lost_on_crash(path):
+    """A write that was never committed is gone after the process dies; committed ones are kept."""
+    _kill_with(path, "s.add_outgoing('bob', 'kept', 1); s.commit()", "s.add_outgoing('bob', 'lost', 2)")
+    s = Storage(path)
+    assert [m["body"] for m in s.history()] == ["kept"]
+    assert s.add_outgoing("bob", "next", 3)["seq"] == 2
+    s.close()
+
+
+WRITER = r"""
+import os, sys
+from p2pd.peer.storage import Storage
+
+path, n = sys.argv[1], int(sys.argv[2])
+s = Storage(path, name="alice")
+for i in range(n):
+    msg = s.add_outgoing("bob", "committed %d" % i, 1000 + i)
+    s.add_incoming({"id": "%032x" % i, "sender": "carol", "seq": i + 1, "ts": i, "body": "in %d" % i}, i)
+    if i % 2 == 0:
+        s.mark_delivered(msg["id"], "direct", 2000 + i)
+    if i % 100 == 99:
+        s.commit()
+s.commit()
+print("committed", os.path.getsize(path + "-wal"), flush=True)
+i = 0
+while True:  # keep writing and never commit, until killed
+    s.add_outgoing("bob", "uncommitted %d " % i + "x" * 1000, 0)
+    s.add_incoming({"id": "%032x" % (10**9 + i), "sender": "carol", "seq": 10**6 + i, "ts": 0, "body": "y"}, 0)
+    i += 1
+    if i == 4000:  # far more than SQLite's page cache: pages of this open transaction spill into the WAL
+        print("spilled", os.path.getsize(path + "-wal"), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_keeps_exactly_the_committed(path):
+    """A writer SIGKILLed right after committing N messages, in the middle of an uncommitted group whose pages
+    already reached the WAL file, leaves exactly the N committed messages: no uncommitted one, none half there."""
+    n = 1000
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path, str(n)], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        committed = proc.stdout.readline().split()
+        spilled = proc.stdout.readline().split()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert committed[:1] == [b"committed"] and spilled[:1] == [b"spilled"]
+    assert int(spilled[1]) > int(committed[1])  # uncommitted pages were on disk when it died
+
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    check.close()
+    s = Storage(path)
+    out = s.history("bob", limit=10 * n)
+    assert [m["body"] for m in out] == ["committed %d" % i for i in range(n)]
+    assert [m["seq"] for m in out] == list(range(1, n + 1))
+    assert [m["status"] for m in out] == ["delivered", "pending"] * (n // 2)
+    assert [m["seq"] for m in s.outbox("bob", limit=n)] == list(range(2, n + 1, 2))
+    assert s.outbox_count() == n // 2
+    assert [m["body"] for m in s.history("carol", limit=10 * n)] == ["in %d" % i for i in range(n)]
+    assert s.last_seq("carol", "carol") == n
+    assert s.conversations() == [
+        {"conversation": "carol", "count": n, "last_ts": n - 1},
+        {"conversation": "bob", "count": n, "last_ts": 1000 + n - 1},
+    ]
+    assert s.add_outgoing("bob", "after restart", 0)["seq"] == n + 1
+    s.close()
+
+
+# --- files and schema ---------------------------------------------------------------------------------------
+
+
+def test_file_mode_0600(path):
+    """The database, its WAL and its shared-memory index are created readable by the owner only, whatever the
+    umask."""
+    old = os.umask(0)
+    try:
+        s = Storage(path)
+        s.add_outgoing("bob", "secret", NOW)
+        s.commit()
+        for name in (path, path + "-wal", path + "-shm"):
+            assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
+        s.close()
+    finally:
+        os.umask(old)
+
+
+def test_existing_file_tightened_to_0600(path):
+    """A database file found with wider permissions is made private on open."""
+    Storage(path).close()
+    os.chmod(path, 0o644)
+    Storage(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_wal_and_schema_version(store, path):
+    """The database is in WAL mode and records the schema version."""
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    check.close()
+
+
+def test_newer_schema_refused(path):
+    """A database written by a newer p2pd is refused with a clear message instead of being misread."""
+    Storage(path).close()
+    check = sqlite3.connect(path)
+    check.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1))
+    check.close()
+    with pytest.raises(StorageError, match="upgrade p2pd"):
+        Storage(path)
+
+
+def test_migration_adds_tables(path, monkeypatch):
+    """A later version appends a migration; an existing database gets it on open and keeps its data."""
+    s = Storage(path)
+    kept = s.add_outgoing("bob", "old", NOW)
+    s.close()
+
+    def to_v2(db):
+        db.execute("CREATE TABLE transfers (id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
+
+    monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS + (to_v2,))
+    monkeypatch.setattr(storage, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    s = Storage(path)
+    assert s.get_message(kept["id"])["body"] == "old"
+    s.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+    assert check.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
+    check.close()
+
+
+def test_database_failure_rolls_back_the_group(path):
+    """If the database itself fails mid-write, the whole uncommitted group is rolled back and StorageError
+    raised: nothing half-applied can be committed later."""
+    s = Storage(path)
+    s.add_outgoing("bob", "committed", NOW)
+    s.commit()
+    s.add_outgoing("bob", "in the failing group", NOW)
+    s._db.execute("DROP TABLE outbox")  # simulate the database failing under the next write
+    with pytest.raises(StorageError, match="the message store failed"):
+        s.add_outgoing("bob", "x", NOW)
+    assert not s.pending
+    assert [m["body"] for m in s.history()] == ["committed"] and s.outbox_count() == 1
+    s.close()
+
+
+# --- speed --------------------------------------------------------------------------------------------------
+
+
+def test_throughput_smoke(store):
+    """20,000 messages stored and acknowledged, committing every 500, take well under 10 s (smoke test)."""
+    n = 20_000
+    start = time.perf_counter()
+    ids = []
+    for i in range(n):
+        ids.append(store.add_outgoing("bob%d" % (i % 8), "message number %d" % i, NOW + i)["id"])
+        if i % 500 == 499:
+            store.commit()
+    store.commit()
+    middle = time.perf_counter()
+    for i, msg_id in enumerate(ids):
+        assert store.mark_delivered(msg_id, "direct", NOW + n + i)
+        if i % 500 == 499:
+            store.commit()
+    store.commit()
+    end = time.perf_counter()
+    print("\nthroughput: add_outgoing %.0f/s, mark_delivered %.0f/s, %d of each in %.2f s"
+          % (n / (middle - start), n / (end - middle), n, end - start))
+    assert store.outbox_count() == 0
+    assert end - start < 10
+
+
+# --- model check --------------------------------------------------------------------------------------------
+
+RECIPIENTS = st.sampled_from(["bob", "carol", "dave"])
+
+
+class StorageMachine(RuleBasedStateMachine):
+    """Any sequence of sends, acknowledgements, deposits, failures, receptions, commits and restarts keeps the
+    outbox equal to the pending messages, in seq order, with every id stored exactly once."""
+
+    ids = Bundle("ids")
+
+    @initialize()
+    def open(self):
+        self.dir = tempfile.mkdtemp()
+        self.path = db_path(self.dir)
+        self.s = Storage(self.path, name="alice")
+        self.status = {}  # id -> expected status
+        self.seq = {}  # recipient -> last seq used
+        self.last_in = {}  # (sender, conversation) -> highest seq
+
+    def teardown(self):
+        if hasattr(self, "s"):
+            self.s.close()
+            shutil.rmtree(self.dir)
+
+    @rule(target=ids, recipient=RECIPIENTS, body=st.text(max_size=20))
+    def send(self, recipient, body):
+        msg = self.s.add_outgoing(recipient, body, NOW)
+        self.seq[recipient] = self.seq.get(recipient, 0) + 1
+        assert msg["seq"] == self.seq[recipient]
+        assert msg["id"] not in self.status
+        self.status[msg["id"]] = "pending"
+        return msg["id"]
+
+    @rule(msg_id=st.one_of(ids, st.just("f" * 32)), via=st.sampled_from(["direct", "mailbox"]))
+    def ack(self, msg_id, via):
+        expected = self.status.get(msg_id) in ("pending", "queued", "failed")
+        assert self.s.mark_delivered(msg_id, via, NOW) is expected
+        if expected:
+            self.status[msg_id] = "delivered"
+
+    @rule(msg_id=ids)
+    def deposit(self, msg_id):
+        expected = self.status[msg_id] == "pending"
+        assert self.s.mark_deposited(msg_id, "mbx", NOW) is expected
+        if expected:
+            self.status[msg_id] = "queued"
+
+    @rule(msg_id=ids)
+    def fail(self, msg_id):
+        expected = self.status[msg_id] in ("pending", "queued")
+        assert self.s.mark_failed(msg_id, "expired", NOW) is expected
+        if expected:
+            self.status[msg_id] = "failed"
+
+    @rule(target=ids, msg_id=st.one_of(ids, st.binary(min_size=16, max_size=16).map(bytes.hex)),
+          sender=RECIPIENTS, seq=st.integers(0, 50), room=st.sampled_from([None, "General"]))
+    def receive(self, msg_id, sender, seq, room):
+        expected = msg_id not in self.status
+        assert self.s.add_incoming(incoming(seq, sender=sender, room=room, msg_id=msg_id), NOW) is expected
+        if expected:
+            self.status[msg_id] = "received"
+            key = (sender, sender if room is None else "#general")
+            self.last_in[key] = max(self.last_in.get(key, 0), seq)
+        return msg_id
+
+    @rule()
+    def commit(self):
+        self.s.commit()
+
+    @rule()
+    def restart(self):
+        self.s.close()
+        self.s = Storage(self.path, name="alice")
+
+    @invariant()
+    def outbox_is_pending(self):
+        out = self.s.outbox(limit=10_000)
+        pending = {i for i, status in self.status.items() if status == "pending"}
+        assert [m["id"] for m in out if m["status"] == "pending"] == [m["id"] for m in out]
+        assert {m["id"] for m in out} == pending and len(out) == len(pending) == self.s.outbox_count()
+        assert [(m["recipient"], m["seq"]) for m in out] == sorted((m["recipient"], m["seq"]) for m in out)
+        assert self.s.outbox_recipients() == sorted({m["recipient"] for m in out})
+
+    @invariant()
+    def history_matches(self):
+        stored = self.s.history(limit=10_000)
+        assert len({m["id"] for m in stored}) == len(stored)
+        assert {m["id"]: m["status"] for m in stored} == self.status
+        assert sum(c["count"] for c in self.s.conversations()) == len(stored)
+        for (sender, conversation), seq in self.last_in.items():
+            assert self.s.last_seq(sender, conversation) == seq
+
+
+TestStorageModel = StorageMachine.TestCase
+TestStorageModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
