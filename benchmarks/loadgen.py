@@ -256,7 +256,8 @@ async def run(spec):
         await asyncio.sleep(max(0.0, load.window_end - time.perf_counter()))
         sample("end")
     try:
-        await asyncio.wait_for(asyncio.shield(all_closed), timeout=max(1.0, load.window_end - time.perf_counter()) + 5)
+        remaining = max(1.0, load.window_end - time.perf_counter())
+        await asyncio.wait_for(asyncio.shield(all_closed), timeout=remaining + 5)
     except asyncio.TimeoutError:
         load.errors += len(open_clients)  # still waiting for an answer: count those as failures
         for client in list(open_clients):
