@@ -1,0 +1,184 @@
+"""The peer process: TLS listener for peer links, UDP port, control socket, presence and the daemon, as child
+services of one MultiService built from the parsed options."""
+
+import fcntl
+import json
+import os
+import socket
+import sys
+from urllib.parse import urlsplit
+
+import treq
+from twisted.application import service
+from twisted.internet import defer, endpoints, protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.client import HTTPConnectionPool
+
+from p2pd.errors import P2PDError
+from p2pd.peer import identity as identity_mod
+from p2pd.peer.control import ControlFactory, control_endpoint
+from p2pd.peer.daemon import PeerDaemon
+from p2pd.peer.link import PeerLink
+from p2pd.peer.presence import Presence
+from p2pd.peer.registry_client import RegistryClient
+from p2pd.peer.storage import Storage
+from p2pd.registry.service import ListeningService, UDPService, describe_port
+
+log = Logger()
+
+
+class DataDirInUse(P2PDError):
+    code = "data_dir_in_use"
+
+
+def lock_data_dir(data_dir):
+    """Hold an exclusive lock on the data dir for the daemon's life: a second daemon refuses to start."""
+    path = os.path.join(data_dir, "peer.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse("data dir %s is in use by another p2pd daemon (pid %s)" % (data_dir, holder)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
+def local_address_towards(host):
+    """The local IP the kernel would use to reach *host* (no packet is sent)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+def host_port(host, port):
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+class TLSAdapter:
+    """How the daemon dials with TLS and reads the key a peer proved in the handshake."""
+
+    def __init__(self, identity, clock):
+        self.identity = identity
+        self.clock = clock
+        self.client_options = identity_mod.client_tls_options(identity)
+
+    def client_endpoint(self, reactor, host, port, timeout):
+        plain = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+        return endpoints.wrapClientTLS(self.client_options, plain)
+
+    def peer_key(self, transport):
+        return identity_mod.peer_key(transport, self.clock.seconds())
+
+
+class UDPPort(protocol.DatagramProtocol):
+    """The peer's UDP port. It is registered now so that peers learn it; the file/image stream that will use
+    it counts and drops whatever arrives until then."""
+
+    dropped = 0
+
+    def datagramReceived(self, data, addr):
+        self.dropped += 1
+
+
+class PeerService(service.MultiService):
+    def __init__(self, options, reactor):
+        super().__init__()
+        self.options = options
+        self.reactor = reactor
+        self.name = options["name"]
+        self.data_dir = options["data-dir"]
+        self.lock_fd = None
+        self.fatal = None
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        self.identity = identity_mod.load_or_create(self.data_dir, self.name)
+        self.storage = Storage(os.path.join(self.data_dir, "p2pd.sqlite3"), name=self.name)
+        pool = HTTPConnectionPool(reactor)
+        pool.maxPersistentPerHost = 4
+        self.registry = RegistryClient(options["registry"], reactor, _TreqWithPool(pool), self.identity.signing,
+                                       self.name)
+        self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
+                                 TLSAdapter(self.identity, reactor), self.data_dir)
+        links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
+        server_tls = identity_mod.server_tls_options(self.identity)
+        self.listener = ListeningService(reactor, options["listen"], TLSMemoryBIOFactory(server_tls, False, links))
+        self.listener.setServiceParent(self)
+        self.udp = UDPService(reactor, options["udp"], UDPPort(), options["udp-interface"])
+        self.udp.setServiceParent(self)
+        self.control = ListeningService(reactor, control_endpoint(self.data_dir), ControlFactory(self.daemon))
+        self.control.setServiceParent(self)
+        self.presence = Presence(self.daemon, self.registry, reactor, self.on_fatal)
+
+    def startService(self):
+        try:
+            self.lock_fd = lock_data_dir(self.data_dir)
+        except P2PDError as e:
+            raise SystemExit("p2pd: " + e.message)
+        super().startService()
+        self.daemon.addresses = self.addresses()
+        self.daemon.start()
+        self.presence.setServiceParent(self)
+        self.announce()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self.presence.running:
+            yield self.presence.disownServiceParent()
+        self.daemon.stop()
+        yield super().stopService()
+        self.storage.commit()
+        self.storage.close()
+
+    def addresses(self):
+        tcp = self.listener.port.getHost()
+        udp = self.udp.port.getHost()
+        host = self.options["advertise"]
+        if not host:
+            bound = tcp.host
+            if bound not in ("0.0.0.0", "::"):
+                host = bound
+            else:
+                host = local_address_towards(urlsplit(self.options["registry"]).hostname or "127.0.0.1") \
+                    or "127.0.0.1"
+        return {"tcp": [host_port(host, tcp.port)], "udp": [host_port(host, udp.port)], "public": None}
+
+    def announce(self):
+        info = {"pid": os.getpid(), "name": self.name, "key": self.identity.public_text,
+                "tcp": describe_port(self.listener.port), "udp": describe_port(self.udp.port),
+                "control": os.path.join(self.data_dir, "control.sock"), "registry": self.options["registry"],
+                "addresses": self.daemon.addresses, "data_dir": self.data_dir}
+        path = os.path.join(self.data_dir, "peer.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(info, f)
+        os.replace(path + ".tmp", path)
+        log.info("p2pd peer {name} listening: peers tcp {tcp} (TLS), udp {udp}; control socket {control}; "
+                 "registry {registry}", **info)
+
+    def on_fatal(self, message):
+        """Stop at once with *message* on stderr and exit status 1."""
+        if self.fatal:
+            return
+        self.fatal = message
+        log.critical("p2pd: {message}", message=message)
+        sys.stderr.write("p2pd: %s\n" % message)
+        sys.stderr.flush()
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.stop()
+
+
+class _TreqWithPool:
+    """treq's module-level API bound to one connection pool."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def request(self, method, url, **kwargs):
+        return treq.request(method, url, pool=self.pool, **kwargs)
