@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")) or not shutil.which("git"),
                     reason="needs a git checkout")
 def test_dev_up_from_a_fresh_clone(tmp_path):
-    """`./dev up` in a fresh clone bootstraps its virtualenv and serves a healthy registry with its own Redis."""
+    """`./dev up` in a fresh clone bootstraps its virtualenv, serves a healthy registry with its own Redis, and
+    two peers that exchange a message; Ctrl-C (SIGTERM here) stops everything."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", ROOT, str(clone)], check=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "P2PD_", "PYTHONPATH"))}
@@ -31,7 +32,7 @@ def test_dev_up_from_a_fresh_clone(tmp_path):
     info_path = tmp_path / "var" / "registry" / "registry.json"
     try:
         deadline = time.monotonic() + 480
-        while not info_path.exists():
+        while b"Press Ctrl-C" not in (tmp_path / "up.log").read_bytes():
             assert proc.poll() is None, (tmp_path / "up.log").read_text(errors="replace")
             assert time.monotonic() < deadline, "no registry after 480 s"
             time.sleep(0.5)
@@ -48,5 +49,7 @@ def test_dev_up_from_a_fresh_clone(tmp_path):
         log.close()
     output = (tmp_path / "up.log").read_text(errors="replace")
     assert "p2pd registry listening" in output
+    assert "alice -> bob: 'hello bob, this is alice" in output and "... delivered (direct)" in output
+    assert "bob's history with alice now ends with: 'hello bob" in output
     assert "Traceback" not in output
     assert not os.path.exists(tmp_path / "var" / "registry" / "redis.sock"), "Redis was not stopped"
