@@ -17,7 +17,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from p2pd.errors import P2PDError
 from p2pd.peer import identity as identity_mod
-from p2pd.peer.control import ControlFactory, control_endpoint
+from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_socket
 from p2pd.peer.daemon import PeerDaemon
 from p2pd.peer.link import PeerLink
 from p2pd.peer.presence import Presence
@@ -113,7 +113,7 @@ class PeerService(service.MultiService):
         self.listener.setServiceParent(self)
         self.udp = UDPService(reactor, options["udp"], UDPPort(), options["udp-interface"])
         self.udp.setServiceParent(self)
-        self.control = ListeningService(reactor, control_endpoint(self.data_dir), ControlFactory(self.daemon))
+        self.control = ListeningService(reactor, control_endpoint(self.data_dir), ControlFactory(self.daemon, reactor=reactor))
         self.control.setServiceParent(self)
         self.presence = Presence(self.daemon, self.registry, reactor, self.on_fatal)
 
@@ -122,6 +122,7 @@ class PeerService(service.MultiService):
             self.lock_fd = lock_data_dir(self.data_dir)
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
+        release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
         super().startService()
         self.daemon.addresses = self.addresses()
         self.daemon.start()

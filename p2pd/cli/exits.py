@@ -1,0 +1,72 @@
+"""Exit codes of ``p2pctl`` and the error type that carries one."""
+
+OK = 0
+ERROR = 1
+USAGE = 2
+QUEUED = 3  # the peer is offline: the message is queued and will be delivered when it is back
+UNKNOWN_PEER = 4
+NO_DAEMON = 69  # EX_UNAVAILABLE
+TEMPFAIL = 75  # EX_TEMPFAIL: the daemon or the registry is busy or unreachable right now
+
+EPILOG = """\
+exit codes:
+  0   ok (messages delivered)
+  1   other error
+  2   usage error (bad arguments, or several daemons run: pick one with --name)
+  3   peer offline: the message is queued and will be delivered when the peer is back
+  4   unknown peer
+  69  no p2pd daemon is running (start one with: twistd -n p2pd --role=peer --name=NAME)
+  75  the daemon or the registry is temporarily unavailable: try again later
+
+finding the daemon: --data-dir DIR, else --name NAME ($XDG_DATA_HOME or ~/.local/share, then p2pd/NAME),
+else $P2PD_DATA_DIR, else $P2PD_NAME, else the one daemon running under ~/.local/share/p2pd/."""
+
+# daemon error codes (p2pd.errors and p2pd.peer.control) -> exit code; anything else is ERROR
+ERROR_EXITS = {
+    "unknown_peer": UNKNOWN_PEER,
+    "peer_offline": QUEUED,
+    "bad_request": USAGE,
+    "invalid_name": USAGE,
+    "too_large": USAGE,
+    "unavailable": TEMPFAIL,
+    "store_unavailable": TEMPFAIL,
+    "rate_limited": TEMPFAIL,
+}
+
+HINTS = {
+    "unknown_peer": "p2pctl peers lists who is online",
+    "unavailable": "try again later",
+    "store_unavailable": "try again later",
+    "rate_limited": "try again in a moment",
+}
+
+
+class CliError(Exception):
+    """Something to tell the user, with the exit code to leave with. *code* is the daemon's error code, if any."""
+
+    def __init__(self, message, exit_code=ERROR, code=None, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.code = code
+        self.hint = hint
+
+
+class DaemonError(CliError):
+    """An error reply from the daemon."""
+
+    def __init__(self, code, message, reply=None):
+        code = code if isinstance(code, str) else "error"
+        message = message if isinstance(message, str) else "the daemon reported an error (%s)" % code
+        super().__init__(message, ERROR_EXITS.get(code, ERROR), code, HINTS.get(code))
+        self.reply = reply or {}
+
+
+class NoDaemon(CliError):
+    def __init__(self, message, hint=None):
+        super().__init__(message, NO_DAEMON, "no_daemon", hint)
+
+
+class Unavailable(CliError):
+    def __init__(self, message, hint=None):
+        super().__init__(message, TEMPFAIL, "unavailable", hint)

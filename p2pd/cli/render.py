@@ -1,0 +1,133 @@
+"""How daemon results and events look to people. Every string that came from the network goes through
+:func:`~p2pd.cli.sanitize.clean`; these functions never print, they return lines."""
+
+import time
+
+from p2pd.cli.sanitize import clean, table
+
+OUT_MARKS = {"pending": " (not delivered yet)", "queued": " (queued)", "failed": " (failed)"}
+
+
+def clock(ms, date=False) -> str:
+    try:
+        t = time.localtime(float(ms) / 1000)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", t)
+
+
+def yes(value) -> str:
+    return "yes" if value else "no"
+
+
+def message_line(msg, date=False, recipient=False) -> str:
+    """``[time] sender: text``; with *recipient*, ``[time] sender -> recipient: text`` (or ``#room``)."""
+    if not isinstance(msg, dict):
+        return clean(msg)
+    who = clean(msg.get("sender"))
+    if msg.get("room"):
+        who = "#%s %s" % (clean(msg["room"]), who)
+    elif recipient and msg.get("recipient"):
+        who = "%s -> %s" % (who, clean(msg["recipient"]))
+    mark = OUT_MARKS.get(msg.get("status"), "") if msg.get("direction") == "out" else ""
+    return "[%s] %s: %s%s" % (clock(msg.get("ts"), date), who, clean(msg.get("body")), mark)
+
+
+def event_line(event, now_ms) -> str:
+    """One line per event, prefixed with the time."""
+    kind = event.get("event")
+    stamp = "[%s]" % clock(now_ms)
+    if kind == "message":
+        return message_line(event.get("message"), recipient=True)
+    if kind == "delivered":
+        return "%s delivered to %s (%s), message %s" % (stamp, clean(event.get("to")), clean(event.get("via")),
+                                                        short_id(event.get("id")))
+    if kind == "queued":
+        return "%s queued for %s: %s, message %s" % (stamp, clean(event.get("to")), clean(event.get("reason")),
+                                                     short_id(event.get("id")))
+    if kind == "failed":
+        return "%s failed to deliver to %s: %s, message %s" % (stamp, clean(event.get("to")),
+                                                               clean(event.get("reason")), short_id(event.get("id")))
+    if kind == "peer":
+        return "%s %s is %s" % (stamp, clean(event.get("name")), clean(event.get("state")))
+    if kind == "registry":
+        line = "%s registry %s" % (stamp, clean(event.get("state")))
+        return line + (": " + clean(event["message"]) if event.get("message") else "")
+    rest = " ".join("%s=%s" % (clean(k), clean(v)) for k, v in event.items() if k != "event")
+    return "%s %s %s" % (stamp, clean(kind), rest)
+
+
+def addresses(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(clean(a) for a in value) or "-"
+    return clean(value) if value else "-"
+
+
+def short_fingerprint(value) -> str:
+    """The first 16 digits of a fingerprint such as ``sha256:0f3a...``, enough to tell peers apart."""
+    if not isinstance(value, str) or not value:
+        return "-"
+    return clean(value.split(":", 1)[-1][:16])
+
+
+def short_id(value) -> str:
+    return clean(value)[:8] if value else "?"
+
+
+def status_lines(status) -> list:
+    registry = status.get("registry") or {}
+    addrs = status.get("addresses") or {}
+    links = status.get("links") or []
+    rows = [
+        ("name", clean(status.get("name"))),
+        ("fingerprint", clean(status.get("fingerprint"))),
+        ("data dir", clean(status.get("data_dir"))),
+        ("tcp", addresses(addrs.get("tcp"))),
+        ("udp", addresses(addrs.get("udp"))),
+        ("public", addresses(addrs.get("public"))),
+        ("registry", "%s (%s)%s" % (clean(registry.get("url")), clean(registry.get("state")),
+                                    ": " + clean(registry["message"]) if registry.get("message") else "")),
+        ("queued", "%s message(s) waiting to be delivered" % clean(status.get("outbox", 0))),
+        ("links", ", ".join("%s (%s since %s)" % (clean(l.get("peer")), clean(l.get("direction")),
+                                                    clock(l.get("since")))
+                            for l in links if isinstance(l, dict)) or "none"),
+        ("version", clean(status.get("version"))),
+    ]
+    return ["%-12s %s" % (key + ":", value) for key, value in rows]
+
+
+def peers_lines(peers) -> list:
+    if not peers:
+        return ["no other peer is online"]
+    rows = []
+    for p in peers:
+        if not isinstance(p, dict):
+            continue
+        rows.append((clean(p.get("name")), addresses(p.get("tcp")), addresses(p.get("udp")),
+                     short_fingerprint(p.get("fingerprint")), clean(p.get("version")) or "-"))
+    rows.sort(key=lambda r: r[0])
+    return table(("NAME", "TCP", "UDP", "FINGERPRINT", "VERSION"), rows)
+
+
+def whois_lines(record) -> list:
+    reach = record.get("reachability") or {}
+    rows = [
+        ("name", clean(record.get("name"))),
+        ("online", yes(record.get("online"))),
+        ("fingerprint", clean(record.get("fingerprint"))),
+        ("tcp", addresses(record.get("tcp"))),
+        ("udp", addresses(record.get("udp"))),
+        ("seen from", clean(record.get("observed")) or "-"),
+        ("version", clean(record.get("version")) or "-"),
+        ("link", clean(reach.get("link")) or "none"),
+        ("direct", yes(reach.get("direct"))),
+    ]
+    if "pin_matches" in reach:
+        rows.append(("key", "pinned, matches" if reach.get("pinned") and reach.get("pin_matches")
+                     else "KEY CHANGED: does not match the pinned key" if reach.get("pinned")
+                     else "not pinned yet"))
+    if reach.get("queued"):
+        rows.append(("queued", "%s message(s) waiting" % clean(reach["queued"])))
+    if reach.get("last_error"):
+        rows.append(("last error", clean(reach["last_error"])))
+    return ["%-12s %s" % (key + ":", value) for key, value in rows]
