@@ -69,6 +69,9 @@ class PeerDaemon:
         self.retry_at = {}  # peer -> (next attempt time, backoff)
         self.last_error = {}  # peer -> why the last dial failed
         self.subscribers = []
+        self.send_locks = {}  # recipient -> DeferredLock ordering the storing of its messages
+        self.known = set()  # names the registry confirmed exist
+        self.depositing = set()  # peers whose queue is being sealed into the mailbox
         self.registry_state = {"state": "starting", "message": "not registered yet"}
         self._flush_call = None
         self._acks = []  # (link, id) to send after the next commit
@@ -311,9 +314,21 @@ class PeerDaemon:
         return defer.ensureDeferred(self._send(to, text, wait))
 
     async def _send(self, to, text, wait):
-        if to not in self.links:
+        # One recipient's messages are stored and queued strictly in the order they were asked for, even while
+        # the first one waits for the registry to confirm that the name exists.
+        lock = self.send_locks.setdefault(to, defer.DeferredLock())
+        msg, waiter = await lock.run(lambda: defer.ensureDeferred(self._enqueue(to, text, wait)))
+        if not lock.locked and not lock.waiting:
+            self.send_locks.pop(to, None)
+        result = await waiter
+        return dict(result, id=msg["id"], to=to)
+
+    async def _enqueue(self, to, text, wait):
+        """Store, commit and queue one message; (message, Deferred of its outcome)."""
+        if to not in self.known and to not in self.links and self.storage.get("pin:" + to) is None:
             try:
                 await self.lookup(to)
+                self.known.add(to)
             except NoSuchPeer:
                 raise
             except IdentityMismatchError:
@@ -322,8 +337,7 @@ class PeerDaemon:
                 pass  # the registry is unreachable: the outbox keeps it until we can deliver
         msg = self.storage.add_outgoing(to, text, now_ms(self.clock))
         self.storage.commit()
-        stored = dict(msg, direction="out")
-        self.emit({"event": "message", "message": stored})
+        self.emit({"event": "message", "message": dict(msg, direction="out")})
         waiter = defer.Deferred()
         self.waiters.setdefault(msg["id"], []).append(waiter)
         self.queues.setdefault(to, OrderedDict())[msg["id"]] = msg
@@ -335,8 +349,7 @@ class PeerDaemon:
             self.send_frame(link, msg)
         else:
             self.pump(to)
-        result = await waiter
-        return dict(result, id=msg["id"], to=to)
+        return msg, waiter
 
     def _resolve(self, msg_id, outcome):
         for waiter in self.waiters.pop(msg_id, []):
@@ -412,9 +425,15 @@ class PeerDaemon:
             self._resolve(msg_id, {"status": "queued", "via": "outbox", "reason": reason})
             self.emit({"event": "queued", "id": msg_id, "to": peer, "reason": reason})
 
-    @defer.inlineCallbacks
     def deposit(self, peer, reason):
         """Seal *peer*'s queued messages into the registry mailbox, in order; stop at the first failure."""
+        if peer in self.depositing:
+            return defer.succeed(None)
+        self.depositing.add(peer)
+        return self._deposit(peer, reason).addBoth(lambda r: self.depositing.discard(peer) or r)
+
+    @defer.inlineCallbacks
+    def _deposit(self, peer, reason):
         from p2pd.core.sealed import seal
 
         try:
