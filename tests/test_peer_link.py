@@ -1,0 +1,180 @@
+"""The peer link adapter on StringTransport and a Clock: handshake, identity checks, errors, keepalive."""
+
+import json
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from p2pd.core import wire
+from p2pd.peer.link import DEAD_AFTER, HANDSHAKE_TIMEOUT, PING_AFTER, IdentityMismatchError, PeerLink
+
+MSG = {"t": "msg", "id": "a" * 32, "from": "bob", "seq": 1, "ts": 5, "body": "hi"}
+
+
+class FakeDaemon:
+    name = "alice"
+
+    def __init__(self, key="KEY-B", verify_error=None):
+        self.key = key
+        self.verify_error = verify_error
+        self.ups, self.downs, self.frames, self.verified = [], [], [], []
+
+    def tls_peer_key(self, transport):
+        return self.key
+
+    def verify_peer(self, name, key):
+        self.verified.append((name, key))
+        return defer.fail(self.verify_error) if self.verify_error else defer.succeed({"key": key})
+
+    def link_up(self, link):
+        self.ups.append(link)
+
+    def link_down(self, link):
+        self.downs.append(link)
+
+    def link_frame(self, link, frame):
+        self.frames.append(frame)
+
+
+def lines(transport):
+    out = [json.loads(line) for line in transport.value().split(b"\n") if line]
+    transport.clear()
+    return out
+
+
+def connect(daemon=None, expected=None):
+    daemon = daemon or FakeDaemon()
+    clock = Clock()
+    link = PeerLink(daemon, clock, expected=expected)
+    transport = StringTransport()
+    link.makeConnection(transport)
+    return daemon, clock, link, transport
+
+
+def send(link, frame):
+    link.dataReceived(wire.encode(frame) + b"\n")
+
+
+def handshake(daemon=None, expected=None):
+    daemon, clock, link, transport = connect(daemon, expected)
+    link.handshakeCompleted()
+    assert lines(transport)[0]["t"] == "hello"
+    send(link, wire.hello("bob", "test"))
+    return daemon, clock, link, transport
+
+
+def test_hello_is_sent_after_tls_and_link_comes_up():
+    """After TLS, each side says hello; the claimed name is verified against the TLS key, then the link is up."""
+    daemon, _, link, _ = handshake()
+    assert daemon.verified == [("bob", "KEY-B")]
+    assert daemon.ups == [link] and link.ready and link.peer == "bob"
+
+
+def test_frames_after_handshake_reach_the_daemon():
+    """Authenticated message frames go to the daemon."""
+    daemon, _, link, _ = handshake()
+    send(link, MSG)
+    assert daemon.frames == [MSG]
+
+
+def test_message_before_hello_is_refused():
+    """Anything but hello before the handshake gets an error and the connection is closed."""
+    daemon, _, link, transport = connect()
+    link.handshakeCompleted()
+    lines(transport)
+    send(link, MSG)
+    assert lines(transport)[0]["code"] == "handshake"
+    assert transport.disconnecting and daemon.frames == []
+
+
+def test_unknown_version_is_refused():
+    """A hello with another protocol version is refused with unsupported_version."""
+    _, _, link, transport = connect()
+    link.handshakeCompleted()
+    lines(transport)
+    send(link, dict(wire.hello("bob", "x"), v=2))
+    assert lines(transport)[0]["code"] == "unsupported_version" and transport.disconnecting
+
+
+def test_identity_mismatch_on_verification_closes_the_link():
+    """If the registry's key for the claimed name differs from the TLS key, the link is refused."""
+    daemon = FakeDaemon(verify_error=IdentityMismatchError("bob presented another key"))
+    _, _, link, transport = handshake(daemon)
+    assert lines(transport)[0]["code"] == "identity_mismatch"
+    assert transport.disconnecting and daemon.ups == []
+
+
+def test_dialled_peer_with_another_key_is_refused_before_hello():
+    """When we dial bob, a TLS key other than bob's registered key is refused before we say anything."""
+    daemon, _, link, transport = connect(FakeDaemon(key="KEY-EVIL"), expected=("bob", "KEY-B"))
+    link.handshakeCompleted()
+    sent = lines(transport)
+    assert [f["t"] for f in sent] == ["error"] and sent[0]["code"] == "identity_mismatch"
+    assert transport.disconnecting
+    failures = []
+    link.when_ready.addErrback(failures.append)
+    assert failures and failures[0].value.code == "identity_mismatch"
+
+
+def test_dialled_name_must_answer():
+    """Dialling bob and hearing hello from carol is refused."""
+    daemon, _, link, transport = connect(expected=("bob", "KEY-B"))
+    link.handshakeCompleted()
+    lines(transport)
+    send(link, wire.hello("carol", "x"))
+    assert lines(transport)[0]["code"] == "identity_mismatch" and transport.disconnecting
+
+
+def test_malformed_line_gets_an_error_but_keeps_the_link():
+    """A line that is not a valid frame gets an error reply; the link stays up."""
+    daemon, _, link, transport = handshake()
+    lines(transport)
+    link.dataReceived(b"garbage\n")
+    assert lines(transport)[0]["t"] == "error"
+    assert not transport.disconnecting
+    send(link, MSG)
+    assert daemon.frames == [MSG]
+
+
+def test_overlong_line_closes_the_link():
+    """A line longer than MAX_LENGTH is refused and the connection closed, without buffering it all."""
+    _, _, link, transport = handshake()
+    lines(transport)
+    link.dataReceived(b"x" * (wire.MAX_LINE + 10))
+    assert lines(transport)[0]["code"] == "line_too_long" and transport.disconnecting
+
+
+def test_ping_is_answered():
+    """A ping gets a pong with the same number."""
+    _, _, link, transport = handshake()
+    lines(transport)
+    send(link, {"t": "ping", "n": 7})
+    assert lines(transport) == [{"t": "pong", "n": 7}]
+
+
+def test_idle_link_is_probed_then_closed():
+    """After PING_AFTER s of silence we ping; after DEAD_AFTER s without any traffic the link is aborted."""
+    _, clock, link, transport = handshake()
+    lines(transport)
+    clock.advance(PING_AFTER)
+    assert [f["t"] for f in lines(transport)] == ["ping"]
+    assert not transport.disconnecting
+    clock.advance(DEAD_AFTER - PING_AFTER)
+    assert transport.disconnecting
+
+
+def test_traffic_keeps_the_link_alive():
+    """A link that hears from its peer is never closed for idleness."""
+    _, clock, link, transport = handshake()
+    for _ in range(10):
+        clock.advance(PING_AFTER - 1)
+        send(link, {"t": "pong", "n": 1})
+    assert not transport.disconnecting
+
+
+def test_handshake_must_finish_in_time():
+    """A connection that never completes the handshake is closed after HANDSHAKE_TIMEOUT s."""
+    _, clock, link, transport = connect()
+    clock.advance(HANDSHAKE_TIMEOUT)
+    assert transport.disconnecting
