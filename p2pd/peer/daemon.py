@@ -72,6 +72,7 @@ class PeerDaemon:
         self.send_locks = {}  # recipient -> DeferredLock ordering the storing of its messages
         self.known = set()  # names the registry confirmed exist
         self.depositing = set()  # peers whose queue is being sealed into the mailbox
+        self.retry_calls = {}  # peer -> the delayed call that pumps it again after a back-off
         self.registry_state = {"state": "starting", "message": "not registered yet"}
         self._flush_call = None
         self._acks = []  # (link, id) to send after the next commit
@@ -91,6 +92,10 @@ class PeerDaemon:
         self.started = False
         if self._poll.active():
             self._poll.cancel()
+        for call in self.retry_calls.values():
+            if call.active():
+                call.cancel()
+        self.retry_calls.clear()
         for link in list(self.links.values()):
             link.send({"t": "bye"})
             link.transport.loseConnection()
@@ -404,8 +409,14 @@ class PeerDaemon:
             return
         when, _ = self.retry_at.get(peer, (0, RETRY_MIN))
         if when > self.clock.seconds():
+            if peer not in self.retry_calls:  # try again as soon as the back-off allows
+                self.retry_calls[peer] = self.clock.callLater(when - self.clock.seconds(), self._retry, peer)
             return
         self.dial(peer).addErrback(self._undeliverable, peer)
+
+    def _retry(self, peer):
+        self.retry_calls.pop(peer, None)
+        self.pump(peer)
 
     def _undeliverable(self, failure, peer):
         error = failure.value
@@ -469,20 +480,23 @@ class PeerDaemon:
     # the mailbox
 
     def fetch_mailbox(self):
-        """Deferred: collect, verify, store and acknowledge what waits for us in the registry mailbox."""
-        if self._fetching is None:
-            self._fetching = defer.ensureDeferred(self._fetch())
+        """Deferred (never failing): collect, verify, store and acknowledge what waits in our mailbox. Calls
+        made while a fetch runs share it."""
+        waiter = defer.Deferred()
+        if self._fetching is not None:
+            self._fetching.append(waiter)
+            return waiter
+        self._fetching = [waiter]
 
-            def done(result):
-                self._fetching = None
-                if isinstance(result, defer.Failure):
-                    log.info("mailbox fetch failed: {error}", error=result.getErrorMessage())
-                return None
+        def done(result):
+            waiters, self._fetching = self._fetching, None
+            if isinstance(result, Failure):
+                log.info("mailbox fetch failed: {error}", error=result.getErrorMessage())
+            for w in waiters:
+                w.callback(None)
 
-            self._fetching.addBoth(done)
-        d = defer.Deferred()
-        self._fetching.addBoth(lambda r: d.callback(None) or r)
-        return d
+        defer.ensureDeferred(self._fetch()).addBoth(done)
+        return waiter
 
     async def _fetch(self):
         from p2pd.core.sealed import SealedError, open_sealed

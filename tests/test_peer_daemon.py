@@ -1,0 +1,261 @@
+"""The chat core of the peer daemon, in process: real storage and keys, the registry API over StubTreq with an
+in-memory store, and links between daemons over in-memory transports (no TLS bytes; each side is told the
+other's key as TLS would), all driven by one Clock. Losing a receipt or a link is just not delivering bytes."""
+
+import random
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from p2pd.peer.daemon import PeerDaemon
+from p2pd.peer.identity import load_or_create
+from p2pd.peer.link import PeerLink
+from p2pd.peer.registry_client import RegistryClient
+from p2pd.peer.storage import Storage
+from p2pd.registry.api import RegistryAPI
+from p2pd.registry.store import MemoryStore
+
+BASE = "http://registry.test"
+
+
+class Net:
+    """Daemons, the registry and the wires between them."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemoryStore()
+        self.http = StubTreq(RegistryAPI(self.store, self.clock, read_rate=0, write_rate=0).resource())
+        self.by_port = {}
+        self.up = set()
+        self.pumps = []
+        self.daemons = {}
+
+    def daemon(self, name, port):
+        data_dir = str(self.tmp / name)
+        identity = load_or_create(data_dir, name)
+        storage = Storage(str(self.tmp / name / "p2pd.sqlite3"), name=name)
+        registry = RegistryClient(BASE, self.clock, self.http, identity.signing, name)
+        d = PeerDaemon(name, identity, storage, registry, self.clock, FakeTLS(self, identity), data_dir)
+        d.addresses = {"tcp": ["127.0.0.1:%d" % port], "udp": [], "public": None}
+        self.by_port[port] = d
+        self.daemons[name] = d
+        return d
+
+    def online(self, daemon):
+        """Start *daemon*, register it and mark it reachable."""
+        self.up.add(daemon)
+        daemon.start()
+        self.result(daemon.register())
+        daemon.registry_changed("online", "registered")
+        self.run()
+
+    def offline(self, daemon):
+        """Stop *daemon*: it says goodbye to the registry and its links drop."""
+        self.result(daemon.registry.go_offline())
+        self.up.discard(daemon)
+        daemon.stop()
+        daemon.registry_state = {"state": "stopped", "message": "stopped"}  # as a restarted daemon starts
+        self.run()
+
+    def run(self, seconds=0.0):
+        """Move every byte and run everything due, then let *seconds* pass in small steps."""
+        steps = max(1, int(seconds / 0.5))
+        for i in range(steps):
+            for _ in range(200):
+                moved = False
+                for pump in list(self.pumps):
+                    moved = pump.flush(advanceClock=False) or moved
+                self.clock.advance(0)
+                self.http.flush()
+                if not moved and not self.clock.getDelayedCalls() or not moved:
+                    break
+            if seconds:
+                self.clock.advance(0.5)
+
+    def result(self, d):
+        out = []
+        d.addBoth(out.append)
+        self.run()
+        assert out, "did not finish"
+        if isinstance(out[0], defer.Failure):
+            out[0].raiseException()
+        return out[0]
+
+
+class FakeTLS:
+    def __init__(self, net, identity):
+        self.net = net
+        self.identity = identity
+
+    def peer_key(self, transport):
+        return transport.peer_key
+
+    def client_endpoint(self, reactor, host, port, timeout):
+        return FakeEndpoint(self.net, self.identity, port)
+
+
+class FakeEndpoint:
+    def __init__(self, net, identity, port):
+        self.net, self.identity, self.port = net, identity, port
+
+    def connect(self, factory):
+        server = self.net.by_port.get(self.port)
+        if server is None or server not in self.net.up:
+            return defer.fail(ConnectionRefusedError())
+        client_proto = factory.buildProtocol(None)
+        server_proto = PeerLink(server, self.net.clock)
+        client_io = iosim.FakeTransport(client_proto, isServer=False)
+        server_io = iosim.FakeTransport(server_proto, isServer=True)
+        client_io.peer_key = server.identity.public_text
+        server_io.peer_key = self.identity.public_text
+        pump = iosim.connect(server_proto, server_io, client_proto, client_io, greet=False, clock=self.net.clock)
+        self.net.pumps.append(pump)
+        server_proto.handshakeCompleted()
+        client_proto.handshakeCompleted()
+        return defer.succeed(client_proto)
+
+
+@pytest.fixture
+def net(tmp_path):
+    return Net(tmp_path)
+
+
+def bodies(daemon, peer, direction="in"):
+    return [m["body"] for m in daemon.history(peer, limit=10000) if m["direction"] == direction]
+
+
+def test_message_is_delivered_and_acknowledged(net):
+    """A message to an online peer is stored on both sides and reported delivered (direct)."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    outcome = net.result(alice.send_message("bob", "سلام 👋"))
+    assert (outcome["status"], outcome["via"]) == ("delivered", "direct")
+    assert bodies(bob, "alice") == ["سلام 👋"]
+    assert alice.storage.outbox_count() == 0
+
+
+def test_both_directions_at_once_keep_order(net):
+    """200 messages each way at once arrive complete, in order, without duplicates."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    sends = []
+    for i in range(200):
+        sends.append(alice.send_message("bob", "a%d" % i))
+        sends.append(bob.send_message("alice", "b%d" % i))
+    net.run(1)
+    assert all(d.called for d in sends)
+    assert bodies(bob, "alice") == ["a%d" % i for i in range(200)]
+    assert bodies(alice, "bob") == ["b%d" % i for i in range(200)]
+
+
+def test_lost_receipts_never_duplicate(net):
+    """Half of bob's receipts are lost and the link breaks; alice resends what was not acknowledged and bob
+    shows each message exactly once, in order (RELIABILITY row 20)."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    shown = []
+    bob.subscribe(lambda e: shown.append(e["message"]["body"]) if e["event"] == "message" else None)
+    rng = random.Random(7)
+    real_send = PeerLink.send
+
+    def lossy_send(link, frame):
+        if link.daemon is bob and frame["t"] == "ack" and rng.random() < 0.5:
+            return
+        real_send(link, frame)
+
+    PeerLink.send = lossy_send
+    try:
+        sends = [alice.send_message("bob", "m%d" % i, wait=1) for i in range(100)]
+        net.run(2)
+    finally:
+        PeerLink.send = real_send
+    for pump in net.pumps:  # the link dies; alice's unacknowledged messages go out again on a new one
+        pump.clientIO.loseConnection()
+    net.run(5)
+    assert all(d.called for d in sends)
+    assert shown == ["m%d" % i for i in range(100)]
+    assert bodies(bob, "alice") == ["m%d" % i for i in range(100)]
+    assert alice.storage.outbox_count() == 0
+
+
+def test_offline_peer_gets_it_through_the_mailbox(net):
+    """To an offline peer the message is sealed into the registry mailbox; bob collects it when back."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    outcome = net.result(alice.send_message("bob", "while you were away"))
+    assert (outcome["status"], outcome["via"]) == ("queued", "mailbox")
+    assert net.store.mailboxes["bob"]
+    net.online(bob)
+    assert bodies(bob, "alice") == ["while you were away"]
+    assert not net.store.mailboxes["bob"], "bob acknowledged and deleted it"
+
+
+def test_mailbox_then_direct_keeps_order(net):
+    """m1 went to the mailbox, m2 arrives directly before bob fetched: bob still shows m1 before m2."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    net.result(alice.send_message("bob", "m1"))
+    net.up.add(bob)  # bob is reachable again but has not fetched his mailbox yet
+    bob.start()
+    net.result(bob.register())
+    d = alice.send_message("bob", "m2")
+    net.run(5)
+    assert d.called
+    assert bodies(bob, "alice") == ["m1", "m2"]
+
+
+def test_unknown_peer_is_refused(net):
+    """Sending to a name nobody registered fails with unknown_peer and stores nothing."""
+    alice = net.daemon("alice", 1)
+    net.online(alice)
+    d = alice.send_message("nobody", "hi")
+    net.run()
+    failures = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].value.code == "unknown_peer"
+    assert alice.storage.outbox_count() == 0
+
+
+def test_changed_key_is_refused_and_message_stays_queued(net):
+    """If bob's registered key changes after first contact, alice refuses to talk to the new key and does
+    not seal anything for it; the message stays queued (RELIABILITY rows 16-17)."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    net.result(alice.send_message("bob", "first"))
+    net.offline(bob)
+    net.result(bob.registry.release())
+    mallory = net.daemon("mallory", 3)
+    mallory.name = "bob"
+    mallory.registry.name = "bob"
+    net.daemons["bob"] = mallory
+    net.online(mallory)
+    outcome = net.result(alice.send_message("bob", "secret"))
+    assert outcome["status"] == "queued" and outcome["via"] == "outbox"
+    assert bodies(mallory, "alice") == []
+    assert not net.store.mailboxes.get("bob")
+    assert alice.storage.outbox_count() == 1
+
+
+def test_invalid_messages_are_refused(net):
+    """Empty, oversized or self-addressed messages are refused with a clear error."""
+    alice = net.daemon("alice", 1)
+    net.online(alice)
+    for to, text in [("bob", ""), ("bob", "x" * 20000), ("alice", "hi"), ("Bad Name", "hi")]:
+        failures = []
+        alice.send_message(to, text).addErrback(failures.append)
+        net.run()
+        assert failures and failures[0].value.code in ("bad_request", "invalid_name")
