@@ -73,6 +73,7 @@ class PeerDaemon:
         self.known = set()  # names the registry confirmed exist
         self.depositing = set()  # peers whose queue is being sealed into the mailbox
         self.retry_calls = {}  # peer -> the delayed call that pumps it again after a back-off
+        self.discover = None  # optional: Deferred-returning callable that fills addresses["public"]
         self.registry_state = {"state": "starting", "message": "not registered yet"}
         self._flush_call = None
         self._acks = []  # (link, id) to send after the next commit
@@ -112,10 +113,17 @@ class PeerDaemon:
 
     # registry and presence hooks
 
+    @defer.inlineCallbacks
     def register(self):
-        return self.registry.register(tcp=self.addresses["tcp"], udp=self.addresses["udp"],
+        if self.discover is not None and self.addresses.get("public") is None:
+            try:
+                yield self.discover()
+            except Exception as e:
+                log.info("could not learn our public address: {error}", error=e)
+        record = yield self.registry.register(tcp=self.addresses["tcp"], udp=self.addresses["udp"],
                                       fingerprint=self.identity.fingerprint, box=self.identity.box_public_text,
                                       version="p2pd/" + __version__)
+        return record
 
     def heartbeat_interval(self, record) -> float:
         lease = record.get("lease_expires")

@@ -23,6 +23,7 @@ from p2pd.peer.link import PeerLink
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
+from p2pd.registry import stun
 from p2pd.registry.service import ListeningService, UDPService, describe_port
 
 log = Logger()
@@ -125,6 +126,7 @@ class PeerService(service.MultiService):
         release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
         super().startService()
         self.daemon.addresses = self.addresses()
+        self.daemon.discover = self.discover_public
         self.daemon.start()
         self.presence.setServiceParent(self)
         self.announce()
@@ -150,6 +152,29 @@ class PeerService(service.MultiService):
                 host = local_address_towards(urlsplit(self.options["registry"]).hostname or "127.0.0.1") \
                     or "127.0.0.1"
         return {"tcp": [host_port(host, tcp.port)], "udp": [host_port(host, udp.port)], "public": None}
+
+    @defer.inlineCallbacks
+    def discover_public(self):
+        """Ask the registry's STUN responder how the world sees us, and publish that address too when it
+        differs from our own (a NAT in between). The mapping is learnt from a fresh UDP port, so the published
+        ports assume a port-preserving NAT; the status says which address STUN saw."""
+        health = yield self.registry.health()
+        port = health.get("stun")
+        host = urlsplit(self.options["registry"]).hostname
+        if not port or not host:
+            return
+        try:
+            ip = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]
+        except OSError:
+            return
+        seen_host, seen_port = yield stun.query(self.reactor, ip, port, timeout=1.0, retries=2)
+        addresses = self.daemon.addresses
+        addresses["public"] = host_port(seen_host, seen_port)
+        for kind, local in (("tcp", self.listener.port.getHost()), ("udp", self.udp.port.getHost())):
+            candidate = host_port(seen_host, local.port)
+            if candidate not in addresses[kind] and len(addresses[kind]) < 8:
+                addresses[kind].append(candidate)
+        log.info("STUN: the registry sees us as {seen}", seen=addresses["public"])
 
     def announce(self):
         info = {"pid": os.getpid(), "name": self.name, "key": self.identity.public_text,
