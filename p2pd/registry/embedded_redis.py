@@ -4,7 +4,7 @@ When the registry runs without ``--redis URL`` it owns a data dir and runs its o
 
 * **Private.** Redis listens only on ``<datadir>/redis.sock`` (mode 0700) with ``port 0``, so nothing on the network
   can reach it. Clients use :meth:`EmbeddedRedis.url`, ``unix://`` followed by the socket's absolute path
-  (``unix:///var/lib/p2pd/redis.sock``), the form redis-py accepts; txredisapi takes the bare ``socket_path``.
+  (``unix:///var/lib/p2pd/redis.sock``), the form p2pd.registry.redis_client (and redis-py) accepts.
 * **Durable.** Persistence is the append-only file with ``appendfsync everysec``. Redis writes each command to
   the AOF (into the kernel's page cache) before it sends the reply, so a SIGKILL of redis-server or of the
   registry loses no acknowledged write: the kernel still has it. Redis fsyncs the file once a second, so a power

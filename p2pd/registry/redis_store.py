@@ -1,20 +1,22 @@
-"""The registry's store on Redis, through txredisapi.
+"""The registry's store on Redis, through our own client (:mod:`p2pd.registry.redis_client`).
 
-Each operation that reads and writes several keys is one Lua script, so it is atomic (50 concurrent claims of one
-name leave exactly one owner) and costs one round trip. Every call is bounded by a timeout: while Redis is away
-the registry answers 503 within it instead of hanging, and the connection pool reconnects within a second of
-Redis coming back. Key names come from :mod:`p2pd.registry.schema` only.
+Each store call is one round trip, and each operation that reads and writes several keys is one Lua script (sent
+by EVALSHA), so it is atomic: 50 concurrent claims of one name leave exactly one owner. Every call is bounded by the
+client's timeout: while Redis is away the registry answers 503 within it instead of hanging, and the client's
+connections come back within a second or so of Redis. Key names come from :mod:`p2pd.registry.schema` only.
 """
 
-from urllib.parse import parse_qs, urlsplit
+import json
 
-import txredisapi
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from p2pd.core import jsonbody
-from p2pd.errors import BadRequest, NameTaken, P2PDError, StoreUnavailable
+from p2pd.errors import NameTaken, P2PDError, StoreUnavailable
 from p2pd.registry import schema
+from p2pd.registry.redis_client import (  # noqa: F401 (parse_redis_url: p2pd.tap validates --redis with it)
+    DEFAULT_POOLSIZE, DEFAULT_TIMEOUT, RedisPool, ResponseError, parse_redis_url,
+)
 from p2pd.registry.store import (
     GENERAL, AlreadyMember, MailboxFull, NoSuchPeer, NotMember, PeerEntry, RoomEntry, RoomExists,
     general_record, room_not_found,
@@ -86,24 +88,35 @@ end
 return out
 """
 
+# JOIN, LEAVE: -1 no such room, 1 done, or the room's record (JSON) when the name already was (was not) a member.
 JOIN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return redis.call('HGET', KEYS[1], 'record') end
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 
 LEAVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return redis.call('HGET', KEYS[1], 'record') end
 redis.call('SREM', KEYS[3], ARGV[2])
 return 1
 """
 
+# 1 when created, else the existing room's record (JSON).
 CREATE_ROOM = """
-if redis.call('HSETNX', KEYS[1], 'record', ARGV[2]) == 0 then return 0 end
+local existing = redis.call('HGET', KEYS[1], 'record')
+if existing then return existing end
+redis.call('HSET', KEYS[1], 'record', ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return 1
+"""
+
+# The room's record and members, or nil.
+GET_ROOM = """
+local record = redis.call('HGET', KEYS[1], 'record')
+if not record then return false end
+return {record, redis.call('SMEMBERS', KEYS[2])}
 """
 
 LIST_ROOMS = """
@@ -156,139 +169,106 @@ return #gone
 """
 
 
-def _text(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+def _peer_entry(reply, name):
+    key, record, lease = reply
+    if key is None:
+        return None
+    return PeerEntry(name, key.decode(), json.loads(record), int(lease or 0))
 
 
-def parse_redis_url(url: str) -> dict:
-    """``redis://host:port/db`` or ``unix:///path/to/redis.sock?db=0`` -> connection arguments."""
-    parts = urlsplit(url)
-    try:
-        if parts.scheme == "redis":
-            db = int(parts.path.strip("/") or 0)
-            return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379, "dbid": db,
-                    "password": parts.password}
-        if parts.scheme == "unix" and parts.path:
-            db = int(parse_qs(parts.query).get("db", ["0"])[0])
-            return {"path": parts.path, "dbid": db, "password": parts.password}
-    except ValueError:
-        pass
-    raise BadRequest("invalid Redis URL %r: use redis://host:port/db or unix:///path/redis.sock" % (url,))
+def _room_entry(reply, room):
+    if reply is None:
+        return None
+    record, members = reply
+    return RoomEntry(room, json.loads(record), sorted(m.decode() for m in members))
+
+
+def _unavailable(failure):
+    """Every Redis problem becomes StoreUnavailable (the client's connection errors already are one)."""
+    if failure.check(P2PDError):
+        return failure
+    if failure.check(ResponseError):
+        log.error("Redis error: {error}", error=failure.getErrorMessage())
+    else:
+        log.failure("unexpected error talking to Redis", failure)
+    raise StoreUnavailable("Redis error: %s" % (failure.getErrorMessage(),))
 
 
 class RedisStore:
     """The store contract of :mod:`p2pd.registry.store` on a Redis server."""
 
-    def __init__(self, clock, timeout=1.5, poolsize=8):
+    def __init__(self, clock, timeout=DEFAULT_TIMEOUT, poolsize=DEFAULT_POOLSIZE):
         self.redis = None
         self.url = None
         self.clock = clock
         self.timeout = timeout
         self.poolsize = poolsize
-        self.closed = False
 
     @classmethod
-    def from_url(cls, url, reactor, poolsize=8, timeout=1.5):
+    def from_url(cls, url, reactor, poolsize=DEFAULT_POOLSIZE, timeout=DEFAULT_TIMEOUT):
         store = cls(reactor, timeout, poolsize)
         store.connect(url)
         return store
 
     def connect(self, url):
-        """Open the connection pool to *url*. Until then every call is StoreUnavailable."""
-        args = parse_redis_url(url)
-        self.url = url
-        # dbid=None for db 0: txredisapi stops reconnecting for good when the SELECT it sends on connect fails.
-        common = dict(dbid=args["dbid"] or None, poolsize=self.poolsize, reconnect=True,
-                      password=args["password"], convertNumbers=False, replyTimeout=self.timeout,
-                      connectTimeout=self.timeout)
-        if "path" in args:
-            self.redis = txredisapi.lazyUnixConnectionPool(args["path"], **common)
-        else:
-            self.redis = txredisapi.lazyConnectionPool(args["host"], args["port"], **common)
-        factory = self.redis._factory
-        factory.initialDelay, factory.factor, factory.maxDelay, factory.jitter = 0.1, 2.0, 1.0, 0.1
+        """Open the connection pool to *url* (the clock given at construction must be the reactor). Until
+        then every call is StoreUnavailable."""
+        pool = RedisPool.from_url(url, self.clock, size=self.poolsize, timeout=self.timeout)
+        if self.redis is not None:
+            self.redis.close()
+        self.url, self.redis = url, pool
+        pool.start()
 
     def close(self):
-        self.closed = True
         if self.redis is None:
             return defer.succeed(None)
-        return self.redis.disconnect()
+        redis, self.redis = self.redis, None
+        return redis.close()
 
-    def _heal(self):
-        """txredisapi gives up reconnecting if the AUTH/SELECT it sends on connect fails; start a new pool."""
-        if self.redis is not None and self.redis._factory.stopped and not self.closed:
-            log.warn("Redis connection pool gave up reconnecting; opening a new one")
-            old, self.redis = self.redis, None
-            old.disconnect().addErrback(lambda f: None)
-            self.connect(self.url)
-
-    def _call(self, method, *args):
-        """Run one Redis command under the timeout; any connection trouble becomes StoreUnavailable."""
+    def _call(self, *args):
+        """One Redis command; any trouble becomes StoreUnavailable."""
         if self.redis is None:
             return defer.fail(StoreUnavailable("Redis is not connected yet"))
-        self._heal()
-        try:
-            d = getattr(self.redis, method)(*args)
-        except Exception as e:  # txredisapi raises synchronously when it has given up connecting
-            return defer.fail(StoreUnavailable("Redis is unavailable: %s" % (e,)))
-        d.addTimeout(self.timeout, self.clock)
-        d.addErrback(self._unavailable)
-        return d
-
-    def _unavailable(self, failure):
-        if failure.check(P2PDError):
-            return failure
-        if failure.check(defer.TimeoutError, defer.CancelledError, error.ConnectError, error.ConnectionLost,
-                         error.ConnectionDone, txredisapi.ConnectionError, txredisapi.TimeoutError):
-            raise StoreUnavailable("Redis is unavailable (%s)" % (failure.getErrorMessage() or "timeout",))
-        log.failure("unexpected Redis error", failure)
-        raise StoreUnavailable("Redis error: %s" % (failure.getErrorMessage(),))
+        return self.redis.execute(*args).addErrback(_unavailable)
 
     def _eval(self, script, keys, args):
-        return self._call("eval", script, list(keys), [str(a) for a in args])
+        if self.redis is None:
+            return defer.fail(StoreUnavailable("Redis is not connected yet"))
+        return self.redis.evalsha(script, keys, args).addErrback(_unavailable)
 
     # health and setup
 
     def ping(self):
-        return self._call("ping")
+        return self._call("PING")
 
     def ensure_general(self, now_ms):
         return self._eval(CREATE_ROOM, [schema.room(GENERAL), schema.ROOMS],
-                          [GENERAL, jsonbody.dumps(general_record(now_ms)).decode()])
+                          [GENERAL, jsonbody.dumps(general_record(now_ms))])
 
-    @defer.inlineCallbacks
     def flush_all_for_tests(self):
-        yield self._call("flushdb")
+        return self._call("FLUSHDB")
 
     # peers
 
-    @defer.inlineCallbacks
     def register(self, name, key, record, now_ms, ttl):
-        lease = now_ms + ttl * 1000
-        result = yield self._eval(
+        d = self._eval(
             REGISTER,
             [schema.peer(name), schema.NAMES, schema.ONLINE, schema.ONLINE_NAMES, schema.members(GENERAL),
              schema.memberof(name)],
-            [name, key, jsonbody.dumps(record).decode(), lease, GENERAL],
+            [name, key, jsonbody.dumps(record), now_ms + ttl * 1000, GENERAL],
         )
-        if int(result) < 0:
-            raise NameTaken("name %s is owned by another key" % name)
-        return int(result) == 1
+        return d.addCallback(_registered, name)
 
-    @defer.inlineCallbacks
-    def get_peer(self, name):
-        key, record, lease = yield self._call("hmget", schema.peer(name), ["key", "record", "lease"])
-        if key is None:
-            return None
-        return PeerEntry(name, _text(key), jsonbody.loads(record), int(lease or 0))
+    def get_peer(self, name):  # the hot path: one command, one callback pair
+        if self.redis is None:
+            return defer.fail(StoreUnavailable("Redis is not connected yet"))
+        d = self.redis.execute("HMGET", schema.peer(name), "key", "record", "lease")
+        return d.addCallbacks(_peer_entry, _unavailable, callbackArgs=(name,))
 
-    @defer.inlineCallbacks
     def heartbeat(self, name, now_ms, ttl):
         lease = now_ms + ttl * 1000
-        result = yield self._eval(HEARTBEAT, [schema.peer(name), schema.ONLINE, schema.ONLINE_NAMES], [name, lease])
-        if int(result) < 0:
-            raise NoSuchPeer("unknown peer %s" % name)
-        return lease
+        d = self._eval(HEARTBEAT, [schema.peer(name), schema.ONLINE, schema.ONLINE_NAMES], [name, lease])
+        return d.addCallback(_refreshed, name, lease)
 
     def set_offline(self, name):
         return self._eval(OFFLINE, [schema.peer(name), schema.ONLINE, schema.ONLINE_NAMES], [name])
@@ -301,95 +281,104 @@ class RedisStore:
             [name, schema.PREFIX],
         )
 
-    @defer.inlineCallbacks
     def list_online(self, now_ms, after, limit):
-        flat = yield self._eval(LIST_ONLINE, [schema.ONLINE_NAMES], [after or "", now_ms, limit, schema.PREFIX])
-        entries = [
-            PeerEntry(_text(flat[i]), _text(flat[i + 1]), jsonbody.loads(flat[i + 2]), int(flat[i + 3]))
-            for i in range(0, len(flat), 4)
-        ]
-        page = entries[:limit]
-        return page, (page[-1].name if len(entries) > limit else None)
+        d = self._eval(LIST_ONLINE, [schema.ONLINE_NAMES], [after or "", now_ms, limit, schema.PREFIX])
+        return d.addCallback(_online_page, limit)
 
-    @defer.inlineCallbacks
     def use_nonce(self, name, nonce, now_ms, ttl):
-        result = yield self._call("set", schema.nonce(name, nonce), "1", None, ttl * 1000, True)
-        return result is not None
+        d = self._call("SET", schema.nonce(name, nonce), "1", "PX", ttl * 1000, "NX")
+        return d.addCallback(lambda reply: reply is not None)
 
     # rooms
 
-    @defer.inlineCallbacks
     def create_room(self, room, record):
-        created = yield self._eval(CREATE_ROOM, [schema.room(room), schema.ROOMS],
-                                   [room, jsonbody.dumps(record).decode()])
-        if not int(created):
-            existing = yield self.get_room(room)
-            raise RoomExists("room %s already exists" % (existing.record["name"] if existing else room))
+        d = self._eval(CREATE_ROOM, [schema.room(room), schema.ROOMS], [room, jsonbody.dumps(record)])
+        return d.addCallback(_created, room)
 
-    @defer.inlineCallbacks
     def get_room(self, room):
-        record = yield self._call("hget", schema.room(room), "record")
-        if record is None:
-            return None
-        members = yield self._call("smembers", schema.members(room))
-        return RoomEntry(room, jsonbody.loads(record), sorted(_text(m) for m in members))
+        return self._eval(GET_ROOM, [schema.room(room), schema.members(room)], []).addCallback(_room_entry, room)
 
-    @defer.inlineCallbacks
     def list_rooms(self, after, limit):
-        flat = yield self._eval(LIST_ROOMS, [schema.ROOMS], [after or "", limit, schema.PREFIX])
-        rooms = [
-            RoomEntry(_text(flat[i]), jsonbody.loads(flat[i + 1]), sorted(_text(m) for m in flat[i + 2]))
-            for i in range(0, len(flat), 3)
-            if flat[i + 1] is not None
-        ]
-        page = rooms[:limit]
-        return page, (page[-1].name if len(flat) // 3 > limit else None)
+        d = self._eval(LIST_ROOMS, [schema.ROOMS], [after or "", limit, schema.PREFIX])
+        return d.addCallback(_rooms_page, limit)
 
-    @defer.inlineCallbacks
-    def _membership(self, script, room, name):
-        result = int((yield self._eval(script, [schema.room(room), schema.members(room), schema.memberof(name)],
-                                       [name, room])))
-        if result < 0:
-            raise room_not_found(room)
-        if result == 0:
-            existing = yield self.get_room(room)
-            return existing.record["name"]
-        return None
-
-    @defer.inlineCallbacks
     def join_room(self, room, name):
-        display = yield self._membership(JOIN, room, name)
-        if display is not None:
-            raise AlreadyMember("%s is already a member of %s" % (name, display))
+        d = self._eval(JOIN, [schema.room(room), schema.members(room), schema.memberof(name)], [name, room])
+        return d.addCallback(_membership_changed, room, AlreadyMember, "%s is already a member of %s", name)
 
-    @defer.inlineCallbacks
     def leave_room(self, room, name):
-        display = yield self._membership(LEAVE, room, name)
-        if display is not None:
-            raise NotMember("%s is not a member of %s" % (name, display))
+        d = self._eval(LEAVE, [schema.room(room), schema.members(room), schema.memberof(name)], [name, room])
+        return d.addCallback(_membership_changed, room, NotMember, "%s is not a member of %s", name)
 
     # mailbox
 
-    @defer.inlineCallbacks
     def deposit(self, recipient, message, now_ms, ttl, max_count):
-        stored = yield self._eval(
+        d = self._eval(
             DEPOSIT,
             [schema.mailbox(recipient), schema.message(recipient, message["id"])],
-            [message["id"], jsonbody.dumps(message).decode(), now_ms + ttl * 1000, now_ms, max_count, ttl * 1000],
+            [message["id"], jsonbody.dumps(message), now_ms + ttl * 1000, now_ms, max_count, ttl * 1000],
         )
-        if not int(stored):
-            raise MailboxFull("the mailbox of %s is full (%d messages)" % (recipient, max_count))
+        return d.addCallback(_deposited, recipient, max_count)
 
-    @defer.inlineCallbacks
     def fetch(self, recipient, now_ms, limit):
-        raw = yield self._eval(FETCH, [schema.mailbox(recipient)], [now_ms, limit])
-        return [jsonbody.loads(m) for m in raw]
+        d = self._eval(FETCH, [schema.mailbox(recipient)], [now_ms, limit])
+        return d.addCallback(lambda raw: [json.loads(m) for m in raw])
 
-    @defer.inlineCallbacks
     def ack(self, recipient, ids):
         if not ids:
-            return 0
-        return int((yield self._eval(ACK, [schema.mailbox(recipient)], list(ids))))
+            return defer.succeed(0)
+        return self._eval(ACK, [schema.mailbox(recipient)], list(ids))
 
     def prune(self, now_ms):
         return self._eval(PRUNE, [schema.ONLINE, schema.ONLINE_NAMES], [now_ms])
+
+
+# reply -> result (or domain error) of each call
+
+
+def _registered(result, name):
+    if result < 0:
+        raise NameTaken("name %s is owned by another key" % name)
+    return result == 1
+
+
+def _refreshed(result, name, lease):
+    if result < 0:
+        raise NoSuchPeer("unknown peer %s" % name)
+    return lease
+
+
+def _online_page(flat, limit):
+    entries = [
+        PeerEntry(flat[i].decode(), flat[i + 1].decode(), json.loads(flat[i + 2]), int(flat[i + 3]))
+        for i in range(0, len(flat), 4)
+    ]
+    page = entries[:limit]
+    return page, (page[-1].name if len(entries) > limit else None)
+
+
+def _created(result, room):
+    if result != 1:
+        raise RoomExists("room %s already exists" % json.loads(result)["name"])
+
+
+def _rooms_page(flat, limit):
+    rooms = [
+        RoomEntry(flat[i].decode(), json.loads(flat[i + 1]), sorted(m.decode() for m in flat[i + 2]))
+        for i in range(0, len(flat), 3)
+        if flat[i + 1] is not None
+    ]
+    page = rooms[:limit]
+    return page, (page[-1].name if len(flat) // 3 > limit else None)
+
+
+def _membership_changed(result, room, error, message, name):
+    if result == -1:
+        raise room_not_found(room)
+    if result != 1:
+        raise error(message % (name, json.loads(result)["name"]))
+
+
+def _deposited(stored, recipient, max_count):
+    if not stored:
+        raise MailboxFull("the mailbox of %s is full (%d messages)" % (recipient, max_count))
