@@ -67,13 +67,16 @@ class Net:
         """Move every byte and run everything due, then let *seconds* pass in small steps."""
         steps = max(1, int(seconds / 0.5))
         for i in range(steps):
-            for _ in range(200):
+            quiet = 0
+            for _ in range(500):
                 moved = False
                 for pump in list(self.pumps):
                     moved = pump.flush(advanceClock=False) or moved
+                due = any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls())
                 self.clock.advance(0)
                 self.http.flush()
-                if not moved and not self.clock.getDelayedCalls() or not moved:
+                quiet = 0 if (moved or due) else quiet + 1
+                if quiet >= 2:
                     break
             if seconds:
                 self.clock.advance(0.5)

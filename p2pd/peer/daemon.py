@@ -14,6 +14,7 @@ key for a name we know, links to it are refused and nothing is sealed for it unt
 """
 
 import json
+from collections import deque
 from collections import OrderedDict
 
 from twisted.internet import defer, endpoints
@@ -34,6 +35,7 @@ RETRY_MIN = 2.0
 RETRY_MAX = 60.0
 MAILBOX_POLL = 30.0
 MAILBOX_PAGE = 50
+CHECKPOINT_EVERY = 1.0
 
 
 class PeerOffline(P2PDError):
@@ -69,10 +71,12 @@ class PeerDaemon:
         self.retry_at = {}  # peer -> (next attempt time, backoff)
         self.last_error = {}  # peer -> why the last dial failed
         self.subscribers = []
-        self.send_locks = {}  # recipient -> DeferredLock ordering the storing of its messages
+        self.send_fifo = {}  # recipient -> deque of (text, wait, Deferred) not stored yet, in request order
+        self.draining = set()  # recipients whose send_fifo is being worked through
         self.known = set()  # names the registry confirmed exist
         self.depositing = set()  # peers whose queue is being sealed into the mailbox
         self.retry_calls = {}  # peer -> the delayed call that pumps it again after a back-off
+        self.offline_seen = {}  # peer -> True while its last dial found it offline or unreachable
         self.discover = None  # optional: Deferred-returning callable that fills addresses["public"]
         self.registry_state = {"state": "starting", "message": "not registered yet"}
         self._flush_call = None
@@ -88,11 +92,29 @@ class PeerDaemon:
     def start(self):
         self.started = True
         self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
+        self._checkpoints = self.clock.callLater(CHECKPOINT_EVERY, self._checkpoint)
+
+    def _checkpoint(self):
+        """Fold the storage's WAL back into its database from a worker thread, off the reactor's path."""
+        if not self.started:
+            return
+        from twisted.internet.threads import deferToThreadPool
+
+        pool = getattr(self.reactor, "getThreadPool", None)
+        if pool is None:  # a fake reactor in tests: do it inline
+            self.storage.checkpoint()
+            self._checkpoints = self.clock.callLater(CHECKPOINT_EVERY, self._checkpoint)
+            return
+        d = deferToThreadPool(self.reactor, pool(), self.storage.checkpoint)
+        d.addErrback(lambda f: log.warn("WAL checkpoint failed: {error}", error=f.getErrorMessage()))
+        d.addBoth(lambda _: setattr(self, "_checkpoints", self.clock.callLater(CHECKPOINT_EVERY, self._checkpoint))
+                  if self.started else None)
 
     def stop(self):
         self.started = False
-        if self._poll.active():
-            self._poll.cancel()
+        for call in (self._poll, self._checkpoints):
+            if call.active():
+                call.cancel()
         for call in self.retry_calls.values():
             if call.active():
                 call.cancel()
@@ -180,6 +202,7 @@ class PeerDaemon:
         self.links[link.peer] = link
         self.retry_at.pop(link.peer, None)
         self.last_error.pop(link.peer, None)
+        self.offline_seen.pop(link.peer, None)
         log.info("link with {peer} up ({direction})", peer=link.peer, direction="out" if link.outgoing else "in")
         if old is None:
             self.emit({"event": "peer", "name": link.peer, "state": "connected"})
@@ -327,42 +350,67 @@ class PeerDaemon:
         return defer.ensureDeferred(self._send(to, text, wait))
 
     async def _send(self, to, text, wait):
-        # One recipient's messages are stored and queued strictly in the order they were asked for, even while
-        # the first one waits for the registry to confirm that the name exists.
-        lock = self.send_locks.setdefault(to, defer.DeferredLock())
-        msg, waiter = await lock.run(lambda: defer.ensureDeferred(self._enqueue(to, text, wait)))
-        if not lock.locked and not lock.waiting:
-            self.send_locks.pop(to, None)
-        result = await waiter
-        return dict(result, id=msg["id"], to=to)
+        accepted = defer.Deferred()
+        self.send_fifo.setdefault(to, deque()).append((text, wait, accepted))
+        if to not in self.draining:
+            self._drain_sends(to)
+        waiter = await accepted
+        return await waiter
 
-    async def _enqueue(self, to, text, wait):
-        """Store, commit and queue one message; (message, Deferred of its outcome)."""
-        if to not in self.known and to not in self.links and self.storage.get("pin:" + to) is None:
+    def _drain_sends(self, to):
+        """Store and queue *to*'s requested messages strictly in request order. A loop, not a chain of callbacks:
+        a burst of thousands stays flat. Pauses (once per name) while the registry confirms the name exists."""
+        self.draining.add(to)
+        fifo = self.send_fifo.get(to)
+        while fifo:
+            if to not in self.known and to not in self.links and self.storage.get("pin:" + to) is None:
+                self.lookup(to).addBoth(self._looked_up, to)
+                return
+            text, wait, accepted = fifo.popleft()
             try:
-                await self.lookup(to)
-                self.known.add(to)
-            except NoSuchPeer:
-                raise
-            except IdentityMismatchError:
-                pass  # queue it: it goes out once the real peer is back (or the pin is resolved)
-            except Exception:
-                pass  # the registry is unreachable: the outbox keeps it until we can deliver
+                waiter = self._enqueue(to, text, wait)
+            except Exception as e:
+                accepted.errback(e)
+            else:
+                accepted.callback(waiter)
+        self.send_fifo.pop(to, None)
+        self.draining.discard(to)
+
+    def _looked_up(self, result, to):
+        if isinstance(result, Failure) and result.check(NoSuchPeer):
+            for _, _, accepted in self.send_fifo.pop(to, ()):
+                accepted.errback(result.value)
+            self.draining.discard(to)
+            return
+        # known, or queued anyway: an identity mismatch or an unreachable registry keeps it in the outbox
+        self.known.add(to)
+        self._drain_sends(to)
+
+    def _enqueue(self, to, text, wait):
+        """Store one message; it is queued and sent after the commit that ends this reactor turn. Returns the
+        Deferred of its outcome (delivered, or queued)."""
         msg = self.storage.add_outgoing(to, text, now_ms(self.clock))
-        self.storage.commit()
-        self.emit({"event": "message", "message": dict(msg, direction="out")})
         waiter = defer.Deferred()
         self.waiters.setdefault(msg["id"], []).append(waiter)
+        self._after_commit.append(lambda: self._dispatch(msg, wait))
+        self.schedule_flush()
+        return waiter.addCallback(lambda outcome: dict(outcome, id=msg["id"], to=to))
+
+    def _dispatch(self, msg, wait):
+        """A committed message: announce it, queue it, send it or get it moving."""
+        to = msg["recipient"]
+        if self.subscribers:
+            self.emit({"event": "message", "message": dict(msg, direction="out")})
         self.queues.setdefault(to, OrderedDict())[msg["id"]] = msg
-        timer = self.clock.callLater(wait, self._resolve, msg["id"],
-                                     {"status": "queued", "via": "outbox", "reason": "not acknowledged yet"})
-        waiter.addBoth(lambda r: (timer.cancel() if timer.active() else None) or r)
+        if msg["id"] in self.waiters:
+            timer = self.clock.callLater(wait, self._resolve, msg["id"],
+                                         {"status": "queued", "via": "outbox", "reason": "not acknowledged yet"})
+            self.waiters[msg["id"]][0].addBoth(lambda r: (timer.cancel() if timer.active() else None) or r)
         link = self.links.get(to)
         if link is not None:
             self.send_frame(link, msg)
         else:
             self.pump(to)
-        return msg, waiter
 
     def _resolve(self, msg_id, outcome):
         for waiter in self.waiters.pop(msg_id, []):
@@ -417,7 +465,11 @@ class PeerDaemon:
             return
         when, _ = self.retry_at.get(peer, (0, RETRY_MIN))
         if when > self.clock.seconds():
-            if peer not in self.retry_calls:  # try again as soon as the back-off allows
+            if self.offline_seen.get(peer):
+                # it was offline or unreachable a moment ago: to the mailbox at once, unless the registry now
+                # says it came back (then dial it)
+                self.deposit(peer, self.last_error.get(peer, "%s is offline" % peer), recheck=True)
+            elif peer not in self.retry_calls:  # try again as soon as the back-off allows
                 self.retry_calls[peer] = self.clock.callLater(when - self.clock.seconds(), self._retry, peer)
             return
         self.dial(peer).addErrback(self._undeliverable, peer)
@@ -430,6 +482,8 @@ class PeerDaemon:
         error = failure.value
         reason = getattr(error, "message", None) or str(error)
         self.last_error[peer] = reason
+        self.offline_seen[peer] = "offline" if isinstance(error, PeerOffline) else \
+            "unreachable" if isinstance(error, LinkFailed) else None
         _, backoff = self.retry_at.get(peer, (0, RETRY_MIN))
         self.retry_at[peer] = (self.clock.seconds() + backoff, min(backoff * 2, RETRY_MAX))
         if isinstance(error, NoSuchPeer):
@@ -444,21 +498,28 @@ class PeerDaemon:
             self._resolve(msg_id, {"status": "queued", "via": "outbox", "reason": reason})
             self.emit({"event": "queued", "id": msg_id, "to": peer, "reason": reason})
 
-    def deposit(self, peer, reason):
-        """Seal *peer*'s queued messages into the registry mailbox, in order; stop at the first failure."""
+    def deposit(self, peer, reason, recheck=False):
+        """Seal *peer*'s queued messages into the registry mailbox, in order; stop at the first failure.
+        With *recheck*, a peer that the registry now lists online as it was not before is dialled instead."""
         if peer in self.depositing:
             return defer.succeed(None)
         self.depositing.add(peer)
-        return self._deposit(peer, reason).addBoth(lambda r: self.depositing.discard(peer) or r)
+        return self._deposit(peer, reason, recheck).addBoth(lambda r: self.depositing.discard(peer) or r)
 
     @defer.inlineCallbacks
-    def _deposit(self, peer, reason):
+    def _deposit(self, peer, reason, recheck):
         from p2pd.core.sealed import seal
 
         try:
             record = yield self.lookup(peer)
         except Exception as e:
             log.info("cannot deposit for {peer}: {error}", peer=peer, error=e)
+            return
+        if recheck and record.get("online") and self.offline_seen.get(peer) == "offline":
+            self.offline_seen.pop(peer, None)
+            self.retry_at.pop(peer, None)
+            self.depositing.discard(peer)
+            self.pump(peer)
             return
         box = record.get("box")
         if not box:

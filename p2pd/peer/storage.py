@@ -65,6 +65,8 @@ _COLUMNS = ", ".join("m." + field for field in MESSAGE_FIELDS)
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
+WAL_LIMIT = 64 << 20  # bytes of WAL after which commit() checkpoints by itself
+
 class StorageError(P2PDError):
     """The database failed (disk full, I/O error, locked by another process, newer schema)."""
 
@@ -292,6 +294,9 @@ class Storage:
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = OFF")
             self._db.execute("PRAGMA journal_size_limit = %d" % (32 << 20))  # trim the WAL after checkpoints
+            # No automatic checkpoints in the reactor thread (each costs several fsyncs, milliseconds): the daemon
+            # runs checkpoint() from a worker thread instead; commit() falls back to one if that falls behind.
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
             migrate(self._db)
         except sqlite3.Error as e:
             self._db.close()
@@ -301,6 +306,8 @@ class Storage:
             raise
         self._outbox_count = None  # cached count(*) of the outbox; None = ask the database
         self._closed = False
+        self._path = path
+        self._commits = 0
 
     # --- transactions --------------------------------------------------------------------------------------
 
@@ -326,13 +333,26 @@ class Storage:
         except sqlite3.Error as e:
             self._abort()
             raise StorageError("the message store could not commit: %s" % (e,)) from e
+        self._commits += 1
+        if self._commits % 4096 == 0 and os.path.getsize(self._path + "-wal") > WAL_LIMIT:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the background checkpoints fell behind
+
+    def checkpoint(self):
+        """Copy the WAL back into the database (PASSIVE: never blocks writers). Safe to call from a worker
+        thread: it uses a connection of its own."""
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
     def close(self):
-        """Commit what is pending and close. Closing twice is harmless."""
+        """Commit what is pending, checkpoint and close. Closing twice is harmless."""
         if self._closed:
             return
         try:
             self.commit()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._closed = True
             self._db.close()
