@@ -114,7 +114,7 @@ class Options(usage.Options):
             raise usage.UsageError("--lease-ttl must be a whole number of seconds from 5 to 86400")
         self["lease-ttl"] = int(self["lease-ttl"])
         if self["redis"]:
-            from p2pd.registry.redis_store import parse_redis_url
+            from p2pd.registry.redis_client import parse_redis_url
 
             try:
                 parse_redis_url(self["redis"])

@@ -9,13 +9,10 @@ Binds and advertises 127.0.0.1 only; stops what it started, by pid.
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from tests.twistd_process import TwistdProcess
 
 
 class ControlError(Exception):
@@ -25,44 +22,23 @@ class ControlError(Exception):
         self.reply = reply
 
 
-class PeerProcess:
+class PeerProcess(TwistdProcess):
+    label = "peer"
+    info_file = "peer.json"
+
     def __init__(self, data_dir, name, registry_url, args=()):
-        self.data_dir = str(data_dir)
+        super().__init__(data_dir, args)
         self.name = name
+        self.label = "peer " + name
         self.registry_url = registry_url
-        self.args = list(args)
-        self.proc = None
-        self.info = None
-        self.log_path = os.path.join(self.data_dir, "twistd.log")
         self._next_id = 0
 
-    def command(self):
-        return [TWISTD, "-n", "--pidfile=", "--logfile", self.log_path, "p2pd", "--role=peer",
-                "--name", self.name, "--data-dir", self.data_dir, "--registry", self.registry_url,
-                "--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0", "--advertise", "127.0.0.1"
-                ] + self.args
+    def role_args(self):
+        return ["--role=peer", "--name", self.name, "--data-dir", self.data_dir, "--registry", self.registry_url,
+                "--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0", "--advertise", "127.0.0.1"]
 
     def start(self, timeout=20, wait_registered=True):
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        info_path = os.path.join(self.data_dir, "peer.json")
-        if os.path.exists(info_path):
-            os.unlink(info_path)
-        self.proc = subprocess.Popen(self.command(), cwd=self.data_dir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("peer %s exited with %s: %s\n%s" % (
-                    self.name, self.proc.returncode, self.proc.stderr.read().decode(errors="replace"),
-                    self.log_tail()))
-            if os.path.exists(info_path):
-                self.info = json.load(open(info_path))
-                if self.info.get("pid") == self.proc.pid:
-                    break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("peer %s did not start\n%s" % (self.name, self.log_tail()))
-            time.sleep(0.05)
+        self.spawn(timeout)
         if wait_registered:
             self.wait_for(lambda: self.ctl("status")["registry"]["state"] == "online", timeout,
                           "%s registered" % self.name)
@@ -106,40 +82,5 @@ class PeerProcess:
             raise ControlError(reply)
         return reply.get("result")
 
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc else None
-
-    def log_tail(self, lines=40):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._close()
-
-    def stop(self, timeout=15):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._close()
-
-    def _close(self):
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
-
     def __enter__(self):
         return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()

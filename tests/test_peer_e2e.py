@@ -30,7 +30,8 @@ from p2pd.core import signing, wire
 from p2pd.peer import identity as identity_mod
 from tests.peer_process import PeerProcess
 from tests.redis_helper import RedisServerProcess
-from tests.registry_process import TWISTD, RegistryProcess
+from tests.registry_process import RegistryProcess
+from tests.twistd_process import TWISTD
 
 pytestmark = pytest.mark.slow
 

@@ -172,8 +172,6 @@ async def test_acting_for_someone_else_is_403(world):
     await world.client("alice").register()
     bob = world.client("bob")
     await bob.register()
-    from p2pd.core import jsonbody  # noqa: F401
-
     path = "/v1/peers/alice/heartbeat"
     headers = signing.sign_request(bob.identity, "bob", "POST", path, b"", world.clock.seconds())
     response = await world.raw("POST", path, None, headers)

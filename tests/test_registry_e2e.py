@@ -30,7 +30,8 @@ from p2pd.peer.registry_client import RegistryClient
 from p2pd.registry import schema
 from p2pd.registry.http import MAX_BODY as BODY_CAP
 from tests.redis_helper import RedisServerProcess
-from tests.registry_process import TWISTD, RegistryProcess
+from tests.registry_process import RegistryProcess
+from tests.twistd_process import TWISTD
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
 from p2pd.registry import stun
-from p2pd.registry.service import ListeningService, UDPService, describe_port
+from p2pd.listening import ListeningService, UDPService, describe_port
 
 log = Logger()
 

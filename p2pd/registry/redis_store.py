@@ -14,9 +14,7 @@ from twisted.logger import Logger
 from p2pd.core import jsonbody
 from p2pd.errors import NameTaken, P2PDError, StoreUnavailable
 from p2pd.registry import schema
-from p2pd.registry.redis_client import (  # noqa: F401 (parse_redis_url: p2pd.tap validates --redis with it)
-    DEFAULT_POOLSIZE, DEFAULT_TIMEOUT, RedisPool, ResponseError, parse_redis_url,
-)
+from p2pd.registry.redis_client import DEFAULT_POOLSIZE, DEFAULT_TIMEOUT, RedisPool, ResponseError
 from p2pd.registry.store import (
     GENERAL, AlreadyMember, MailboxFull, NoSuchPeer, NotMember, PeerEntry, RoomEntry, RoomExists,
     general_record, room_not_found,
