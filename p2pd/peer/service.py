@@ -194,8 +194,9 @@ class PeerService(service.MultiService):
             return
         self.fatal = message
         log.critical("p2pd: {message}", message=message)
-        sys.stderr.write("p2pd: %s\n" % message)
-        sys.stderr.flush()
+        stderr = sys.__stderr__ or sys.stderr  # twistd points sys.stderr at its log; the user reads the terminal
+        stderr.write("p2pd: %s\n" % message)
+        stderr.flush()
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 
