@@ -76,3 +76,26 @@ def test_any_text_body_round_trips(body):
         return
     frame = dict(MSG, body=body)
     assert wire.decode(wire.encode(frame))["body"] == body
+
+
+def test_batched_ack_round_trips():
+    """Several acknowledgements travel in one frame; one id still uses the single form."""
+    ids = ["%032x" % i for i in range(5)]
+    frames = wire.acks(ids)
+    assert len(frames) == 1 and wire.ack_ids(wire.decode(wire.encode(frames[0]))) == ids
+    single = wire.acks(ids[:1])
+    assert single == [{"t": "ack", "id": ids[0]}] and wire.ack_ids(single[0]) == ids[:1]
+
+
+@pytest.mark.parametrize("frame", [
+    {"t": "ack"},
+    {"t": "ack", "ids": []},
+    {"t": "ack", "ids": ["XYZ"]},
+    {"t": "ack", "ids": ["a" * 32] * 1001},
+    {"t": "ack", "id": "a" * 32, "ids": ["b" * 32]},
+    {"t": "ack", "ids": "a" * 32},
+])
+def test_bad_batched_acks_are_refused(frame):
+    """An ack with no ids, too many, malformed ones, or both forms at once is a FrameError."""
+    with pytest.raises(wire.FrameError):
+        wire.decode(wire.encode(frame))

@@ -6,6 +6,7 @@ Both sides open with ``hello``; everything else waits for it. Frames (``t`` is t
     {"t": "msg", "id": ID, "from": "alice", "seq": 7, "ts": MS, "body": "text"}      one chat message
     {"t": "msg", ..., "room": "G1"}                                                   a room message
     {"t": "ack", "id": ID}                                   stored in the receiver's history: delivered
+    {"t": "ack", "ids": [ID, ...]}                           the same for several (up to MAX_ACK_IDS) at once
     {"t": "ping", "n": 3} / {"t": "pong", "n": 3}            keepalive (idle links are probed, dead ones closed)
     {"t": "error", "code": "bad_frame", "message": "...", "ref": ID?}
     {"t": "bye"}
@@ -16,6 +17,7 @@ frame types get an ``error`` reply, never a crash; a frame that is not JSON, too
 :class:`FrameError` whose message is what goes back to the peer.
 """
 
+import json
 import re
 
 from p2pd.core import jsonbody
@@ -24,6 +26,7 @@ from p2pd.errors import BadRequest
 VERSION = 1
 MAX_LINE = 64 * 1024  # longest line accepted, in bytes
 MAX_BODY = 16 * 1024  # bytes of UTF-8 text in one message (it must also fit a sealed mailbox deposit)
+MAX_ACK_IDS = 1000  # ids in one ack frame (1000 x 35 bytes fits a line easily)
 ID_RE = re.compile(r"[0-9a-f]{32}")
 NAME_RE = re.compile(r"[a-z0-9_-]{3,32}")
 ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -74,7 +77,19 @@ def _msg(f):
 
 
 def _ack(f):
-    _want(f, "id", str, ID_RE.fullmatch)
+    """Either ``id`` (one message) or ``ids`` (a non-empty list of them), never both."""
+    if "ids" not in f:
+        _want(f, "id", str, ID_RE.fullmatch)
+        return
+    if "id" in f:
+        raise FrameError("an ack frame has either 'id' or 'ids', not both")
+    ids = f["ids"]
+    if not isinstance(ids, list) or not 0 < len(ids) <= MAX_ACK_IDS:
+        raise FrameError("field 'ids' of an ack frame must be a list of 1 to %d ids" % MAX_ACK_IDS)
+    fullmatch = ID_RE.fullmatch
+    for msg_id in ids:
+        if not isinstance(msg_id, str) or not fullmatch(msg_id):
+            raise FrameError("field 'ids' of an ack frame holds an invalid id")
 
 
 def _ping(f):
@@ -90,12 +105,45 @@ CHECKS = {"hello": _hello, "msg": _msg, "ack": _ack, "ping": _ping, "pong": _pin
           "bye": lambda f: None}
 
 
+# jsonbody.loads_object's rules, made cheaper for the many short lines of a link: one decoder built once (json.loads
+# with hooks builds one per call), and the character-by-character depth scan only for a line with enough brackets
+# that it could nest too deep (the count of "{" and "[" bounds the depth).
+_DECODER = json.JSONDecoder(
+    parse_constant=jsonbody._no_constants,
+    object_pairs_hook=jsonbody._no_duplicates,
+    parse_int=jsonbody._bounded_int,
+    parse_float=jsonbody._bounded_float,
+)
+
+
+def _loads_object(line) -> dict:
+    try:
+        text = bytes(line).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not valid UTF-8") from None
+    if text.count("{") + text.count("[") > jsonbody.MAX_DEPTH and not jsonbody._depth_ok(text):
+        raise BadRequest("JSON nested deeper than %d levels" % jsonbody.MAX_DEPTH)
+    if text.startswith("\ufeff"):
+        raise BadRequest("malformed JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)")
+    try:
+        obj = _DECODER.decode(text)
+    except BadRequest:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise BadRequest("malformed JSON: %s" % (e,)) from None
+    if "\\u" in text:
+        jsonbody._check_strings(obj)
+    if not isinstance(obj, dict):
+        raise BadRequest("expected a JSON object")
+    return obj
+
+
 def decode(line: bytes) -> dict:
     """Parse and validate one line (without its delimiter) into a frame dict."""
     if len(line) > MAX_LINE:
         raise FrameError("line longer than %d bytes" % MAX_LINE, code="line_too_long")
     try:
-        frame = jsonbody.loads_object(line)
+        frame = _loads_object(line)
     except BadRequest as e:
         raise FrameError(e.message) from None
     kind = frame.get("t")
@@ -113,6 +161,19 @@ def encode(frame: dict) -> bytes:
 
 def hello(name, agent):
     return {"t": "hello", "v": VERSION, "name": name, "agent": agent}
+
+
+def ack_ids(frame) -> list:
+    """The message ids a decoded ack frame acknowledges."""
+    ids = frame.get("ids")
+    return [frame["id"]] if ids is None else ids
+
+
+def acks(ids):
+    """Ack frames for *ids* (a list): the single-``id`` form for one, else ``ids`` batches of MAX_ACK_IDS."""
+    if len(ids) == 1:
+        return [{"t": "ack", "id": ids[0]}]
+    return [{"t": "ack", "ids": ids[i:i + MAX_ACK_IDS]} for i in range(0, len(ids), MAX_ACK_IDS)]
 
 
 def error(code, message, ref=None):

@@ -34,9 +34,11 @@ import socket
 import stat
 import struct
 from collections import deque
+from collections.abc import Coroutine
 
 from twisted.internet import defer, error as net_error, protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.basic import LineReceiver
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
@@ -207,9 +209,26 @@ class ControlProtocol(LineReceiver):
         except BadRequest as e:
             return self.send_error(getattr(e, "request_id", None), e.code, e.message)
         request_id = request.get("id")
-        d = defer.maybeDeferred(self.dispatch, request)
-        d.addCallbacks(self.send_result, self.send_failure, callbackArgs=(request_id,), errbackArgs=(request_id,))
-        d.addErrback(lambda f: log.failure("control reply to {id} failed", f, id=request_id))
+        try:
+            result = self.dispatch(request)
+        except BaseException:
+            return self._reply(Failure(), request_id)
+        if isinstance(result, defer.Deferred):
+            result.addBoth(self._reply, request_id)
+        elif isinstance(result, Coroutine):
+            defer.ensureDeferred(result).addBoth(self._reply, request_id)
+        else:
+            self._reply(result, request_id)
+
+    def _reply(self, result, request_id):
+        """Write the reply to one request: its result, or the error it failed with."""
+        try:
+            if isinstance(result, Failure):
+                self.send_failure(result, request_id)
+            else:
+                self.send_result(result, request_id)
+        except Exception:
+            log.failure("control reply to {id} failed", id=request_id)
 
     def decode(self, line):
         try:

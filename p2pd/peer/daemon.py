@@ -13,6 +13,8 @@ Identities are pinned on first contact (trust on first use, like SSH): if the re
 key for a name we know, links to it are refused and nothing is sealed for it until the user resolves it.
 """
 
+import heapq
+import itertools
 import json
 from collections import deque
 from collections import OrderedDict
@@ -36,6 +38,11 @@ RETRY_MAX = 60.0
 MAILBOX_POLL = 30.0
 MAILBOX_PAGE = 50
 CHECKPOINT_EVERY = 1.0
+
+
+def _outcome(outcome, to):
+    outcome["to"] = to
+    return outcome
 
 
 class PeerOffline(P2PDError):
@@ -80,7 +87,11 @@ class PeerDaemon:
         self.discover = None  # optional: Deferred-returning callable that fills addresses["public"]
         self.registry_state = {"state": "starting", "message": "not registered yet"}
         self._flush_call = None
-        self._acks = []  # (link, id) to send after the next commit
+        self._acks = {}  # link -> [message id] to acknowledge after the next commit
+        self._deadlines = []  # heap of (time, n, message id): answer "queued" then if still unresolved
+        self._deadline_n = itertools.count()
+        self._sweep_call = None  # the one timer that resolves due deadlines
+        self._sweep_at = None
         self._after_commit = []  # callables to run after the next commit
         self._fetching = None
         self.started = False
@@ -112,6 +123,9 @@ class PeerDaemon:
 
     def stop(self):
         self.started = False
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = self._sweep_at = None
         for call in (self._poll, self._checkpoints):
             if call.active():
                 call.cancel()
@@ -266,7 +280,8 @@ class PeerDaemon:
         if kind == "msg":
             self.receive(link, frame)
         elif kind == "ack":
-            self.acked(link, frame["id"])
+            for msg_id in wire.ack_ids(frame):
+                self.acked(link, msg_id)
         elif kind == "error":
             log.info("{peer} reported {code}: {message}", peer=link.peer, code=frame["code"],
                      message=frame["message"])
@@ -307,7 +322,11 @@ class PeerDaemon:
             stored = dict(msg, conversation=frame["from"], direction="in", via=via)
             self._after_commit.append(lambda: self.emit({"event": "message", "message": stored}))
         if link is not None:
-            self._acks.append((link, frame["id"]))
+            ids = self._acks.get(link)
+            if ids is None:
+                self._acks[link] = [frame["id"]]
+            else:
+                ids.append(frame["id"])
         if after_commit is not None:
             self._after_commit.append(after_commit)
         self.schedule_flush()
@@ -320,9 +339,10 @@ class PeerDaemon:
         """One commit for everything this reactor turn stored, then the acks and events it allows."""
         self._flush_call = None
         self.storage.commit()
-        acks, self._acks = self._acks, []
-        for link, msg_id in acks:
-            link.send({"t": "ack", "id": msg_id})
+        acks, self._acks = self._acks, {}
+        for link, ids in acks.items():
+            for frame in wire.acks(ids):
+                link.send(frame)
         after, self._after_commit = self._after_commit, []
         for action in after:
             try:
@@ -347,15 +367,14 @@ class PeerDaemon:
             return defer.fail(BadRequest("the message is %d bytes; the limit is %d" % (size, wire.MAX_BODY)))
         if to == self.name:
             return defer.fail(BadRequest("you cannot send a message to yourself"))
-        return defer.ensureDeferred(self._send(to, text, wait))
-
-    async def _send(self, to, text, wait):
-        accepted = defer.Deferred()
-        self.send_fifo.setdefault(to, deque()).append((text, wait, accepted))
+        result = defer.Deferred().addCallback(_outcome, to)  # first, whatever the caller adds to it later
+        fifo = self.send_fifo.get(to)
+        if fifo is None:
+            fifo = self.send_fifo[to] = deque()
+        fifo.append((text, wait, result))
         if to not in self.draining:
             self._drain_sends(to)
-        waiter = await accepted
-        return await waiter
+        return result
 
     def _drain_sends(self, to):
         """Store and queue *to*'s requested messages strictly in request order. A loop, not a chain of callbacks:
@@ -366,13 +385,11 @@ class PeerDaemon:
             if to not in self.known and to not in self.links and self.storage.get("pin:" + to) is None:
                 self.lookup(to).addBoth(self._looked_up, to)
                 return
-            text, wait, accepted = fifo.popleft()
+            text, wait, result = fifo.popleft()
             try:
-                waiter = self._enqueue(to, text, wait)
+                self._enqueue(to, text, wait, result)
             except Exception as e:
-                accepted.errback(e)
-            else:
-                accepted.callback(waiter)
+                result.errback(e)
         self.send_fifo.pop(to, None)
         self.draining.discard(to)
 
@@ -386,36 +403,67 @@ class PeerDaemon:
         self.known.add(to)
         self._drain_sends(to)
 
-    def _enqueue(self, to, text, wait):
-        """Store one message; it is queued and sent after the commit that ends this reactor turn. Returns the
-        Deferred of its outcome (delivered, or queued)."""
+    def _enqueue(self, to, text, wait, result):
+        """Store one message; it is queued and sent after the commit that ends this reactor turn. *result* (a
+        Deferred) gets its outcome: delivered, or queued."""
         msg = self.storage.add_outgoing(to, text, now_ms(self.clock))
-        waiter = defer.Deferred()
-        self.waiters.setdefault(msg["id"], []).append(waiter)
+        msg_id = msg["id"]
+        self.waiters[msg_id] = [result]
         self._after_commit.append(lambda: self._dispatch(msg, wait))
         self.schedule_flush()
-        return waiter.addCallback(lambda outcome: dict(outcome, id=msg["id"], to=to))
 
     def _dispatch(self, msg, wait):
         """A committed message: announce it, queue it, send it or get it moving."""
         to = msg["recipient"]
         if self.subscribers:
             self.emit({"event": "message", "message": dict(msg, direction="out")})
-        self.queues.setdefault(to, OrderedDict())[msg["id"]] = msg
+        queue = self.queues.get(to)
+        if queue is None:
+            queue = self.queues[to] = OrderedDict()
+        queue[msg["id"]] = msg
         if msg["id"] in self.waiters:
-            timer = self.clock.callLater(wait, self._resolve, msg["id"],
-                                         {"status": "queued", "via": "outbox", "reason": "not acknowledged yet"})
-            self.waiters[msg["id"]][0].addBoth(lambda r: (timer.cancel() if timer.active() else None) or r)
+            self._add_deadline(self.clock.seconds() + wait, msg["id"])
         link = self.links.get(to)
         if link is not None:
             self.send_frame(link, msg)
         else:
             self.pump(to)
 
+    # One timer for all the "queued after wait seconds" answers: a heap of deadlines, swept when the earliest is
+    # due. Entries of messages resolved meanwhile stay in the heap until they surface (or a compaction drops them).
+
+    def _add_deadline(self, when, msg_id):
+        heap = self._deadlines
+        heapq.heappush(heap, (when, next(self._deadline_n), msg_id))
+        if len(heap) > 1024 and len(heap) > 4 * len(self.waiters):
+            waiters = self.waiters
+            heap[:] = [entry for entry in heap if entry[2] in waiters]
+            heapq.heapify(heap)
+        if self._sweep_at is None or when < self._sweep_at:
+            self._arm_sweep(when)
+
+    def _arm_sweep(self, when):
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_at = when
+        self._sweep_call = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._sweep)
+
+    def _sweep(self):
+        self._sweep_call = self._sweep_at = None
+        heap, waiters = self._deadlines, self.waiters
+        now = self.clock.seconds() + 1e-6  # a timer may fire a rounding error before its deadline
+        while heap and (heap[0][0] <= now or heap[0][2] not in waiters):
+            _, _, msg_id = heapq.heappop(heap)
+            if msg_id in waiters:
+                self._resolve(msg_id, {"status": "queued", "via": "outbox", "reason": "not acknowledged yet"})
+        if heap:
+            self._arm_sweep(heap[0][0])
+
     def _resolve(self, msg_id, outcome):
-        for waiter in self.waiters.pop(msg_id, []):
+        """Answer the callers waiting for *msg_id*: *outcome* plus the message's ``id`` (and ``to``)."""
+        for waiter in self.waiters.pop(msg_id, ()):
             if not waiter.called:
-                waiter.callback(outcome)
+                waiter.callback(dict(outcome, id=msg_id))
 
     def send_frame(self, link, msg):
         link.inflight.add(msg["id"])
