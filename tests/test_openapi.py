@@ -379,7 +379,8 @@ def signed_case(data, session, base):
         refusal, outcomes = mismatch, {200}
     elif operation == "create_room":
         template, method, params = "/v1/rooms", "POST", {}
-        body = {"name": data.draw(st.sampled_from(ROOMS), label="room") if not rarely(data.draw, 4) else
+        fresh = "new%d" % data.draw(st.integers(0, 10 ** 9), label="fresh")  # a room nobody made yet: 201
+        body = {"name": data.draw(st.sampled_from(ROOMS + [fresh]), label="room") if not rarely(data.draw, 4) else
                 data.draw(st.one_of(st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z"), st.text(max_size=40)), label="room")}
         refusal = None
         outcomes = {201, 409} if re.fullmatch(r"[A-Za-z0-9_-]{1,32}", body["name"]) else {400}
@@ -420,12 +421,18 @@ def signed_case(data, session, base):
 
 @pytest.fixture(scope="module")
 def signed_world(registry, session):
-    """The signers registered (later requests may release and claim them again) and the room Lobby created."""
+    """The signers registered (later requests may release and claim them again); room Lobby with every signer in
+    it (so leaving can succeed), R2 with only its creator (so joining can), x left for the run to create."""
     for peer in PEERS:
         response = session.send(prepare(registry.http, "PUT", "/v1/peers/" + peer.name, {"key": peer.key}, signer=peer))
         assert response.status_code in (200, 201), response.text
-    response = session.send(prepare(registry.http, "POST", "/v1/rooms", {"name": "Lobby"}, signer=PEERS[0]))
-    assert response.status_code in (201, 409), response.text
+    for room in ("Lobby", "R2"):
+        response = session.send(prepare(registry.http, "POST", "/v1/rooms", {"name": room}, signer=PEERS[0]))
+        assert response.status_code in (201, 409), response.text
+        for peer in PEERS[1:] if room == "Lobby" else ():  # Lobby's members can leave, R2 is there to join
+            path = "/v1/rooms/%s/members/%s" % (room, peer.name)
+            response = session.send(prepare(registry.http, "PUT", path, signer=peer))
+            assert response.status_code in (200, 409), response.text
     return registry
 
 
