@@ -39,7 +39,8 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from line_echo import CPUMeter, latency_summary, stop_pid  # noqa: E402  (benchmarks/ is the script's dir)
+from line_echo import CPUMeter, latency_summary  # noqa: E402  (benchmarks/ is the script's dir)
+from procs import stop_pid  # noqa: E402
 
 from p2pd.core import wire  # noqa: E402
 from tests.peer_process import PeerProcess  # noqa: E402

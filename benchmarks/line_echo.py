@@ -32,6 +32,8 @@ import time
 from twisted.internet import defer, endpoints, protocol, task
 from twisted.protocols.basic import LineReceiver
 
+from procs import stop_pid  # benchmarks/ is on sys.path as the script's directory
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -250,21 +252,6 @@ def start_echo(tls_dir):
         stop_pid(proc)
         raise SystemExit("line_echo: the echo process did not print its port (%r)" % line)
     return proc, int(line)
-
-
-def stop_pid(proc, grace=5):
-    """SIGTERM one child we started, then SIGKILL it if it lingers."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace)
-        except ProcessLookupError:
-            pass
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 async def measure(reactor, args, echo_pid, port, tls_dir):

@@ -31,6 +31,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import loadgen  # noqa: E402  (benchmarks/ is on sys.path as the script's directory)
+from procs import stop_pid  # noqa: E402
 
 from p2pd.core import jsonbody, signing  # noqa: E402
 from tests.registry_process import RegistryProcess  # noqa: E402
@@ -266,19 +267,6 @@ class Bench:
             count, time.monotonic() - began, args.clients, args.duration))
         rows["heartbeat"] = self.load("heartbeat", self.registry_port, requests, reuse=False, watch=registry_watch)
         return registration, rows
-
-
-def stop_pid(proc, grace=5):
-    """SIGTERM one child we started, then SIGKILL it if it lingers."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace)
-        except ProcessLookupError:
-            pass
 
 
 def checks(rows):
