@@ -23,37 +23,32 @@ def outcome(peer, result) -> tuple:
     return exits.QUEUED, "%s is offline: message queued, it will be delivered when %s is back" % (peer, peer)
 
 
-@command("status", "this daemon: own name, addresses, registry state, queued messages")
-def status(ctx, args):
-    result = ctx.request("status")
+def show(ctx, result, lines):
+    """Print *result*: as JSON with --json, else as the lines *lines* renders for people."""
     if ctx.json:
         ctx.emit(result)
     else:
-        for line in render.status_lines(result):
+        for line in lines(result):
             ctx.say(line)
     return exits.OK
+
+
+@command("status", "this daemon: own name, addresses, registry state, queued messages")
+def status(ctx, args):
+    result = ctx.request("status")
+    return show(ctx, result, render.status_lines)
 
 
 @command("peers", "the peers that are online")
 def peers(ctx, args):
     result = ctx.request("peers")
-    if ctx.json:
-        ctx.emit(result)
-    else:
-        for line in render.peers_lines(result):
-            ctx.say(line)
-    return exits.OK
+    return show(ctx, result, render.peers_lines)
 
 
 @command("whois", "a peer's registry record and whether it can be reached", [arg("peer", metavar="NAME")])
 def whois(ctx, args):
     result = ctx.request("whois", name=args.peer)
-    if ctx.json:
-        ctx.emit(result)
-    else:
-        for line in render.whois_lines(result):
-            ctx.say(line)
-    return exits.OK
+    return show(ctx, result, render.whois_lines)
 
 
 @command("msg", "send one message", [arg("peer", metavar="NAME"), arg("text", metavar="TEXT", nargs="+")],
