@@ -141,6 +141,7 @@ def test_message_is_delivered_and_acknowledged(net):
     outcome = net.result(alice.send_message("bob", "سلام 👋"))
     assert (outcome["status"], outcome["via"]) == ("delivered", "direct")
     assert bodies(bob, "alice") == ["سلام 👋"]
+    assert [m["via"] for m in bob.history("alice")] == ["direct"]
     assert alice.storage.outbox_count() == 0
 
 
@@ -201,6 +202,7 @@ def test_offline_peer_gets_it_through_the_mailbox(net):
     assert net.store.mailboxes["bob"]
     net.online(bob)
     assert bodies(bob, "alice") == ["while you were away"]
+    assert [m["via"] for m in bob.history("alice") if m["direction"] == "in"] == ["mailbox"]
     assert not net.store.mailboxes["bob"], "bob acknowledged and deleted it"
 
 

@@ -317,7 +317,7 @@ class PeerDaemon:
 
     def accept(self, frame, via, link=None, after_commit=None):
         msg = {"id": frame["id"], "sender": frame["from"], "recipient": self.name, "seq": frame["seq"],
-               "ts": frame["ts"], "body": frame["body"], "room": frame.get("room")}
+               "ts": frame["ts"], "body": frame["body"], "room": frame.get("room"), "via": via}
         if self.storage.add_incoming(msg, now_ms(self.clock)):
             stored = dict(msg, conversation=frame["from"], direction="in", via=via)
             self._after_commit.append(lambda: self.emit({"event": "message", "message": stored}))
