@@ -31,7 +31,7 @@ from p2pd.peer import identity as identity_mod
 from tests.peer_process import PeerProcess
 from tests.redis_helper import RedisServerProcess
 from tests.registry_process import RegistryProcess
-from tests.twistd_process import TWISTD
+from tests.twistd_process import TWISTD, rss_kb
 
 pytestmark = pytest.mark.slow
 
@@ -136,14 +136,6 @@ def pipeline(peer, requests, timeout=120):
 def p2pctl(peer, *args, timeout=60):
     return subprocess.run([P2PCTL, "--data-dir", peer.data_dir] + list(args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 # ---------------------------------------------------------------------------------------------------------------

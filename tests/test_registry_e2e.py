@@ -31,7 +31,7 @@ from p2pd.registry import schema
 from p2pd.registry.http import MAX_BODY as BODY_CAP
 from tests.redis_helper import RedisServerProcess
 from tests.registry_process import RegistryProcess
-from tests.twistd_process import TWISTD
+from tests.twistd_process import TWISTD, rss_kb
 
 pytestmark = pytest.mark.slow
 
@@ -143,14 +143,6 @@ async def online_names(base):
 
 def blockon(coro):
     return pytest_twisted.blockon(defer.ensureDeferred(coro))
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def alive(pid):

@@ -11,6 +11,15 @@ import time
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
+def rss_kb(pid):
+    """Resident memory of process *pid*, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
 class TwistdProcess:
     label = "twistd"
     info_file = None  # written by the daemon once it listens

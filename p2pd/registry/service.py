@@ -7,7 +7,7 @@ import os
 
 from twisted.application import service
 from twisted.application.internet import TimerService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from p2pd.errors import P2PDError, StoreUnavailable
@@ -92,27 +92,34 @@ class RegistryService(service.MultiService):
             super().startService()
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
-        self.store.ensure_general(int(self.reactor.seconds() * 1000)).addErrback(self._general_later)
         if self.embedded is None:
-            self.announce()
+            self._ensure_general().addCallback(lambda _: self.announce())
         else:
             self.embedded.whenReady().addCallbacks(self._redis_ready, self._redis_failed)
 
     def _redis_ready(self, url):
         """Connect only once the embedded Redis answers: never to a leftover server that is shutting down."""
         self.store.connect(url)
-        self.announce()
+        return self._ensure_general().addCallback(lambda _: self.announce())
 
     def _redis_failed(self, failure):
         log.critical("p2pd: the embedded Redis did not start: {error}", error=failure.getErrorMessage())
         self.reactor.stop()
 
-    def _general_later(self, failure):
-        """Redis may still be starting: create General as soon as it answers."""
-        self.reactor.callLater(0.5, lambda: self.store.ensure_general(
-            int(self.reactor.seconds() * 1000)).addErrback(self._general_later) if self.running else None)
+    def _ensure_general(self):
+        """Deferred that fires once room General exists, retrying every 0.5 s while Redis does not answer, so
+        the registry announces itself only when General can be looked up."""
+
+        def retry(failure):
+            if not self.running:
+                return None
+            return task.deferLater(self.reactor, 0.5, self._ensure_general)
+
+        return self.store.ensure_general(int(self.reactor.seconds() * 1000)).addErrback(retry)
 
     def announce(self):
+        if not self.running:
+            return
         # Everything built at startup lives as long as the process: keep it out of the cyclic GC's scans, which
         # otherwise walk ~100k long-lived objects on every full collection (tens of ms of latency each).
         gc.collect()
