@@ -58,6 +58,9 @@ class Options(usage.Options):
         ["advertise", None, None, "peer: the address to publish when this machine's own is not the one others reach"],
         ["share", None, None, "peer: a folder others may list and fetch files from"],
         ["accept", None, "ask", "peer: offered files: ask, auto or deny"],
+        ["accept-from", None, None, "peer: with --accept auto, accept only from these peers (comma-separated)"],
+        ["accept-max", None, None, "peer: with --accept auto, accept only offers up to this size (e.g. 2G)"],
+        ["inbox", None, None, "peer: where received files land (default: DATA_DIR/inbox)"],
     ]
 
     def parseOptions(self, options=None):
@@ -149,6 +152,25 @@ class Options(usage.Options):
                 raise usage.UsageError("--share %s is not a directory" % self["share"])
         if self["accept"] not in ("ask", "auto", "deny"):
             raise usage.UsageError("--accept must be ask, auto or deny")
+        try:
+            self["accept-from"] = tuple(canonical_name(n.strip()) for n in (self["accept-from"] or "").split(",")
+                                        if n.strip())
+        except InvalidName as e:
+            raise usage.UsageError("--accept-from: " + e.message)
+        if self["accept-max"] is not None:
+            self["accept-max"] = parse_size(self["accept-max"], "--accept-max")
+        self["inbox"] = os.path.abspath(self["inbox"] or os.path.join(self["data-dir"], "inbox"))
+
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text, what):
+    """``"2G"`` -> 2147483648 (K, M, G, T are powers of 1024; an optional trailing "B" or "iB" is allowed)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise usage.UsageError("%s must be a size such as 500M or 2G, not %r" % (what, text))
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
 
 
 def makeService(options):

@@ -76,7 +76,7 @@ class PeerProcess(TwistdProcess):
                     buf += chunk
                 line, buf = buf.split(b"\n", 1)
                 reply = json.loads(line)
-                if reply.get("id") == self._next_id:
+                if reply.get("id") == self._next_id and "ok" in reply:  # not a progress line
                     break
         if not reply.get("ok"):
             raise ControlError(reply)

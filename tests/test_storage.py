@@ -532,18 +532,39 @@ def test_migration_adds_tables(path, monkeypatch):
     kept = s.add_outgoing("bob", "old", NOW)
     s.close()
 
-    def to_v2(db):
-        db.execute("CREATE TABLE transfers (id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
+    def to_next(db):
+        db.execute("CREATE TABLE later_feature (id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
 
-    monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS + (to_v2,))
+    monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS + (to_next,))
     monkeypatch.setattr(storage, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     s = Storage(path)
     assert s.get_message(kept["id"])["body"] == "old"
     s.close()
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
-    assert check.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
+    assert check.execute("SELECT count(*) FROM later_feature").fetchone() == (0,)
     check.close()
+
+
+def test_transfer_records_and_hash_cache(path):
+    s = Storage(path)
+    rec = {"tid": "a" * 32, "direction": "in", "peer": "bob", "status": "active", "fingerprint": "f" * 64,
+           "have": [0]}
+    s.put_transfer(rec, NOW)
+    s.put_transfer(dict(rec, tid="b" * 32, status="done"), NOW + 1)
+    s.commit()
+    assert s.get_transfer("a" * 32) == rec
+    assert [t["tid"] for t in s.transfers()] == ["b" * 32, "a" * 32]
+    assert [t["tid"] for t in s.transfers(statuses=("done",))] == ["b" * 32]
+    assert s.find_transfer("bob", "in", "f" * 64, ("active",))["tid"] == "a" * 32
+    assert s.find_transfer("bob", "out", "f" * 64, ("active",)) is None
+    st = os.stat(path)
+    s.put_hash("/x", st, "r" * 64, b"d" * 32)
+    assert s.cached_hash("/x", st) == ("r" * 64, b"d" * 32)
+    changed = os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size + 1,
+                              st.st_atime, st.st_mtime, st.st_ctime))
+    assert s.cached_hash("/x", changed) is None
+    s.close()
 
 
 def test_database_failure_rolls_back_the_group(path):

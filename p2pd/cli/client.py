@@ -19,9 +19,10 @@ def encode(obj) -> bytes:
 
 
 class _Waiter:
-    def __init__(self):
+    def __init__(self, on_progress=None):
         self.done = threading.Event()
         self.reply = None
+        self.on_progress = on_progress  # called (in the reader thread) with each progress line's dict
 
 
 class ControlClient:
@@ -94,6 +95,8 @@ class ControlClient:
                         continue
                     if "event" in message and "ok" not in message:
                         self.events.put(message)
+                    elif "progress" in message and "ok" not in message:
+                        self._progress(message)
                     else:
                         self._reply(message)
         except (OSError, ValueError):
@@ -114,6 +117,12 @@ class ControlClient:
         if message.get("id") is None and message.get("ok") is False:
             self.closed = DaemonError(message.get("error"), message.get("message"), message)
 
+    def _progress(self, message):
+        with self._lock:
+            waiter = self._pending.get(message.get("id"))
+        if waiter is not None and waiter.on_progress is not None and isinstance(message["progress"], dict):
+            waiter.on_progress(message["progress"])
+
     def _finish(self, reason):
         with self._lock:
             if self.closed is None:
@@ -125,10 +134,10 @@ class ControlClient:
 
     # requests
 
-    def send(self, cmd, **args):
-        """Send one request; returns a waiter for :meth:`wait`."""
+    def send(self, cmd, on_progress=None, **args):
+        """Send one request; returns a waiter for :meth:`wait`. *on_progress* gets the request's progress lines."""
         request_id = next(self._ids)
-        waiter = _Waiter()
+        waiter = _Waiter(on_progress)
         data = encode(dict(args, id=request_id, cmd=cmd))
         with self._lock:
             if self.closed is not None:

@@ -5,6 +5,8 @@ ERROR = 1
 USAGE = 2
 QUEUED = 3  # the peer is offline: the message is queued and will be delivered when it is back
 UNKNOWN_PEER = 4
+REFUSED = 5  # the receiver refused the files (rejected, denies files, too large, no space, unsafe name)
+NOINPUT = 66  # EX_NOINPUT: a file to send is missing or unreadable
 NO_DAEMON = 69  # EX_UNAVAILABLE
 TEMPFAIL = 75  # EX_TEMPFAIL: the daemon or the registry is busy or unreachable right now
 
@@ -15,6 +17,8 @@ exit codes:
   2   usage error (bad arguments, or several daemons run: pick one with --name)
   3   peer offline: the message is queued and will be delivered when the peer is back
   4   unknown peer
+  5   the receiver refused the files (rejected, denied, too large, not enough space, unsafe name)
+  66  a file to send is missing or unreadable
   69  no p2pd daemon is running (start one with: twistd -n p2pd --role=peer --name=NAME)
   75  the daemon or the registry is temporarily unavailable: try again later
 
@@ -31,6 +35,14 @@ ERROR_EXITS = {
     "unavailable": TEMPFAIL,
     "store_unavailable": TEMPFAIL,
     "rate_limited": TEMPFAIL,
+    "rejected": REFUSED,
+    "denied": REFUSED,
+    "offer_too_large": REFUSED,
+    "no_space": REFUSED,
+    "bad_name": REFUSED,
+    "interrupted": TEMPFAIL,
+    "file_missing": NOINPUT,
+    "file_unreadable": NOINPUT,
 }
 
 HINTS = {
@@ -38,6 +50,7 @@ HINTS = {
     "unavailable": "try again later",
     "store_unavailable": "try again later",
     "rate_limited": "try again in a moment",
+    "interrupted": "run the same command again to resume",
 }
 
 

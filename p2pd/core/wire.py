@@ -11,6 +11,15 @@ Both sides open with ``hello``; everything else waits for it. Frames (``t`` is t
     {"t": "error", "code": "bad_frame", "message": "...", "ref": ID?}
     {"t": "bye"}
 
+File transfers (:mod:`p2pd.peer.transfers`; the bytes go on a data connection, :mod:`p2pd.core.datastream`)::
+
+    {"t": "offer", "tid": ID, "items": [{"path": "a/b.txt", "size": 12, "hash": HEX64}, ...], "rid": ID?}
+    {"t": "accept", "tid": ID, "secret": B64, "have": [bytes already verified, one per item]}
+    {"t": "reject", "tid": ID, "code": "rejected", "message": "..."}
+    {"t": "cancel", "tid": ID, "code": "cancelled", "message": "..."}       either side gives up
+    {"t": "ls", "rid": ID, "path": "dir"} -> {"t": "listing", "rid": ID, "items": [{"name", "size", "type"}]}
+    {"t": "get", "rid": ID, "path": "dir/file"} -> an offer with that ``rid`` (or an error with ``ref``)
+
 ``id`` is 32 lowercase hex digits chosen by the sender; ``seq`` counts the sender's messages to this recipient
 from 1, so the receiver can keep per-sender order and notice a gap (a message still in the mailbox). Unknown
 frame types get an ``error`` reply, never a crash; a frame that is not JSON, too long, or misses a field is a
@@ -41,16 +50,23 @@ class FrameError(ValueError):
         self.ref = ref
 
 
+def _ref(f):
+    for key in ("id", "tid", "rid"):
+        if isinstance(f.get(key), str) and ID_RE.fullmatch(f[key]):
+            return f[key]
+    return None
+
+
 def _want(frame, field, kind, check=None, optional=False):
     value = frame.get(field)
     if value is None and optional:
         return None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise FrameError("field %r of a %s frame must be %s" % (field, frame.get("t"), kind.__name__),
-                         ref=frame.get("id") if isinstance(frame.get("id"), str) else None)
+                         ref=_ref(frame))
     if check is not None and not check(value):
         raise FrameError("field %r of a %s frame is invalid" % (field, frame.get("t")),
-                         ref=frame.get("id") if isinstance(frame.get("id"), str) else None)
+                         ref=_ref(frame))
     return value
 
 
@@ -101,8 +117,74 @@ def _error(f):
     _want(f, "message", str, lambda m: len(m) <= 1000)
 
 
+MAX_ITEMS = 1000  # files in one offer (a larger tree is sent as several offers)
+MAX_SIZE = 1 << 50  # bytes in one file
+HASH_RE = re.compile(r"[0-9a-f]{64}")
+SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _path_ok(p):
+    return 0 < len(p) <= 4096
+
+
+def _items(f, field, check_item):
+    items = f.get(field)
+    if not isinstance(items, list) or len(items) > MAX_ITEMS:
+        raise FrameError("field %r of a %s frame must be a list of at most %d entries" % (field, f["t"], MAX_ITEMS),
+                         ref=_ref(f))
+    for item in items:
+        if not isinstance(item, dict):
+            raise FrameError("field %r of a %s frame must hold objects" % (field, f["t"]), ref=_ref(f))
+        check_item(dict(item, t=f["t"]))
+    return items
+
+
+def _offer_item(item):
+    _want(item, "path", str, _path_ok)
+    _want(item, "size", int, lambda n: 0 <= n <= MAX_SIZE)
+    _want(item, "hash", str, HASH_RE.fullmatch)
+
+
+def _offer(f):
+    _want(f, "tid", str, ID_RE.fullmatch)
+    _want(f, "rid", str, ID_RE.fullmatch, optional=True)
+    if not _items(f, "items", _offer_item):
+        raise FrameError("an offer needs at least one file", ref=f["tid"])
+
+
+def _accept(f):
+    _want(f, "tid", str, ID_RE.fullmatch)
+    _want(f, "secret", str, SECRET_RE.fullmatch)
+    have = _want(f, "have", list)
+    if len(have) > MAX_ITEMS or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_SIZE
+                                        for n in have):
+        raise FrameError("field 'have' of an accept frame must list byte counts", ref=f["tid"])
+
+
+def _reject(f):
+    _want(f, "tid", str, ID_RE.fullmatch)
+    _error(f)
+
+
+def _ls(f):
+    _want(f, "rid", str, ID_RE.fullmatch)
+    _want(f, "path", str, lambda p: len(p) <= 4096)
+
+
+def _listing_item(item):
+    _want(item, "name", str, _path_ok)
+    _want(item, "type", str, lambda t: t in ("file", "dir"))
+    _want(item, "size", int, lambda n: 0 <= n <= MAX_SIZE, optional=True)
+
+
+def _listing(f):
+    _want(f, "rid", str, ID_RE.fullmatch)
+    _items(f, "items", _listing_item)
+
+
 CHECKS = {"hello": _hello, "msg": _msg, "ack": _ack, "ping": _ping, "pong": _ping, "error": _error,
-          "bye": lambda f: None}
+          "bye": lambda f: None, "offer": _offer, "accept": _accept, "reject": _reject, "cancel": _reject,
+          "ls": _ls, "listing": _listing, "get": _ls}
 
 
 # jsonbody.loads_object's rules, made cheaper for the many short lines of a link: one decoder built once (json.loads

@@ -17,7 +17,21 @@ msg        ``to``, ``text``, ``wait`` (s, opt)  ``{"id", "to", "status": "delive
 history    ``conversation`` (opt), ``limit``   stored messages, oldest first
 watch      -                                   ``{"watching": true}``, then events on this connection
 unwatch    -                                   ``{"watching": false}``
+send       ``to``, ``paths`` (absolute)        the transfer's outcome (see below), once it is over
+get        ``peer``, ``name``                  the same, for a file or folder pulled from the peer's share
+ls         ``peer``, ``path`` (opt)            ``{"peer", "path", "items": [{"name", "type", "size"}]}``
+accept     ``tid``                             ``{"tid", "status"}``: an offer waiting for consent
+reject     ``tid``                             ``{"tid", "status": "rejected"}``
+cancel     ``tid``                             ``{"tid", "status": "cancelled"}``
+transfers  ``limit`` (opt)                     transfers, newest first, running and finished
 =========  ==================================  ==========================================================
+
+``send`` and ``get`` write ``{"id": ID, "progress": {...}}`` lines (bytes, done, rate, eta) while they run,
+then their one reply: ``{"tid", "status": "done", "bytes", "sent", "resumed_from", "seconds", "rate",
+"saved": [inbox-relative paths on the receiver]}``. A failure is an error reply whose ``error`` says why
+(``rejected``, ``denied``, ``no_space``, ``offer_too_large``, ``bad_name``, ``hash_mismatch``, ``size_mismatch``,
+``interrupted``, ``file_missing``, ``file_unreadable``, ...) and which carries the same fields. Closing the
+connection while a ``send`` or ``get`` runs cancels it (the receiver keeps what it verified, for a resume).
 
 Error codes besides the :mod:`p2pd.errors` ones: ``bad_request`` (malformed JSON, missing or mistyped argument),
 ``unknown_command``, ``too_large`` (a line over 1 MiB; the connection is then closed), ``forbidden`` (a client
@@ -151,6 +165,7 @@ class ControlProtocol(LineReceiver):
         self.refused = False
         self.grace = None
         self.held = deque()
+        self.running = {}  # request id -> transfer Deferred to cancel if the client goes away
 
     # connection
 
@@ -166,6 +181,9 @@ class ControlProtocol(LineReceiver):
     def connectionLost(self, reason=protocol.connectionDone):
         self.closed = True
         self.stop_watching()
+        running, self.running = self.running, {}
+        for d in running.values():
+            d.cancel()
         self.held.clear()
         if self.grace is not None and self.grace.active():
             self.grace.cancel()
@@ -299,6 +317,74 @@ class ControlProtocol(LineReceiver):
     def do_unwatch(self, request):
         self.stop_watching()
         return {"watching": False}
+
+    def _transfers(self):
+        transfers = getattr(self.facade, "transfers", None)
+        if transfers is None:
+            raise UnknownCommand("this daemon does not transfer files")
+        return transfers
+
+    def _follow(self, request, start):
+        """Run a send/get: relay its progress as lines on this connection; cancel it if the client leaves."""
+        request_id = request.get("id")
+
+        def progress(snapshot):
+            self.write(encode({"id": request_id, "progress": snapshot}))
+
+        d = start(progress)
+
+        def cancel(_):
+            for t in list(self._transfers().live.values()):
+                if progress in t.watchers:
+                    try:
+                        self._transfers().cancel(t.tid)
+                    except P2PDError:
+                        pass
+
+        transfer_d = defer.Deferred(cancel)
+
+        def done(result):
+            self.running.pop(request_id, None)
+            if not transfer_d.called:
+                transfer_d.callback(result) if not isinstance(result, Failure) else transfer_d.errback(result)
+            elif isinstance(result, Failure):
+                result.trap(Exception)
+
+        d.addBoth(done)
+        self.running[request_id] = transfer_d
+        return transfer_d
+
+    def do_send(self, request):
+        to = _arg(request, "to", str)
+        paths = request.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and os.path.isabs(p)
+                                                               for p in paths):
+            raise BadRequest("'paths' must be a non-empty list of absolute file names")
+        return self._follow(request, lambda progress: self._transfers().send(to, paths, progress))
+
+    def do_get(self, request):
+        peer = _arg(request, "peer", str)
+        name = _arg(request, "name", str)
+        return self._follow(request, lambda progress: self._transfers().get(peer, name, progress))
+
+    def do_ls(self, request):
+        return self._transfers().ls(_arg(request, "peer", str), _arg(request, "path", str, required=False,
+                                                                       default=""))
+
+    def do_accept(self, request):
+        return self._transfers().accept(_arg(request, "tid", str))
+
+    def do_reject(self, request):
+        return self._transfers().reject(_arg(request, "tid", str))
+
+    def do_cancel(self, request):
+        return self._transfers().cancel(_arg(request, "tid", str))
+
+    def do_transfers(self, request):
+        limit = _arg(request, "limit", int, required=False, default=50)
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000")
+        return self._transfers().list(limit)
 
     # writing
 

@@ -95,6 +95,7 @@ class PeerDaemon:
         self._after_commit = []  # callables to run after the next commit
         self._fetching = None
         self.started = False
+        self.transfers = None  # a p2pd.peer.transfers.Transfers, when files are enabled
         for msg in storage.outbox(limit=10**9):
             self.queues.setdefault(msg["recipient"], OrderedDict())[msg["id"]] = msg
 
@@ -123,6 +124,8 @@ class PeerDaemon:
 
     def stop(self):
         self.started = False
+        if self.transfers is not None:
+            self.transfers.stop()
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = self._sweep_at = None
@@ -223,6 +226,8 @@ class PeerDaemon:
         self.send_queued(link)
 
     def link_down(self, link):
+        if self.transfers is not None:
+            self.transfers.link_down(link)
         if self.links.get(link.peer) is link:
             del self.links[link.peer]
             self.emit({"event": "peer", "name": link.peer, "state": "disconnected"})
@@ -275,9 +280,16 @@ class PeerDaemon:
                     link.transport.abortConnection()
         raise LinkFailed("cannot reach %s (%s)" % (peer, "; ".join(errors) or "no address registered"))
 
+    TRANSFER_FRAMES = frozenset(("offer", "accept", "reject", "cancel", "ls", "listing", "get"))
+
     def link_frame(self, link, frame):
         kind = frame["t"]
-        if kind == "msg":
+        if kind in self.TRANSFER_FRAMES:
+            if self.transfers is None:
+                link.send(wire.error("unsupported", "this peer takes no files", frame.get("tid") or frame.get("rid")))
+            else:
+                self.transfers.frame(link, frame)
+        elif kind == "msg":
             self.receive(link, frame)
         elif kind == "ack":
             for msg_id in wire.ack_ids(frame):
@@ -286,6 +298,8 @@ class PeerDaemon:
             log.info("{peer} reported {code}: {message}", peer=link.peer, code=frame["code"],
                      message=frame["message"])
             ref = frame.get("ref")
+            if ref and self.transfers is not None and self.transfers.link_error(link, frame):
+                return
             if ref and ref in link.inflight:
                 link.inflight.discard(ref)
                 self.fail_message(link.peer, ref, "%s refused it: %s" % (link.peer, frame["message"]))

@@ -23,6 +23,7 @@ from p2pd.peer.link import PeerLink
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
+from p2pd.peer.transfers import DemuxFactory, Transfers
 from p2pd.registry import stun
 from p2pd.listening import ListeningService, UDPService, describe_port
 
@@ -108,9 +109,13 @@ class PeerService(service.MultiService):
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
                                  TLSAdapter(self.identity, reactor), self.data_dir)
+        self.daemon.transfers = Transfers(self.daemon, options["inbox"], share=options["share"],
+                                          policy=options["accept"], accept_from=options["accept-from"],
+                                          accept_max=options["accept-max"])
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
-        self.listener = ListeningService(reactor, options["listen"], TLSMemoryBIOFactory(server_tls, False, links))
+        tls = TLSMemoryBIOFactory(server_tls, False, links)
+        self.listener = ListeningService(reactor, options["listen"], DemuxFactory(tls, self.daemon.transfers, reactor))
         self.listener.setServiceParent(self)
         self.udp = UDPService(reactor, options["udp"], UDPPort(), options["udp-interface"])
         self.udp.setServiceParent(self)

@@ -127,7 +127,28 @@ def _to_v1(db):
         db.execute(statement)
 
 
-MIGRATIONS = (_to_v1,)  # MIGRATIONS[n] takes the schema from version n to n + 1
+def _to_v2(db):
+    """File transfers (both directions; ``record`` is the JSON the transfer manager keeps) and the hash cache
+    of files this peer has offered."""
+    for statement in (
+        """CREATE TABLE transfers (
+               tid TEXT PRIMARY KEY,
+               direction TEXT NOT NULL,
+               peer TEXT NOT NULL,
+               status TEXT NOT NULL,
+               fingerprint TEXT NOT NULL,
+               updated_at INTEGER NOT NULL,
+               record TEXT NOT NULL) WITHOUT ROWID""",
+        "CREATE INDEX transfers_by_offer ON transfers (peer, direction, fingerprint)",
+        "CREATE INDEX transfers_by_time ON transfers (updated_at)",
+        """CREATE TABLE file_hashes (
+               path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL, root TEXT NOT NULL, digests BLOB NOT NULL) WITHOUT ROWID""",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS = (_to_v1, _to_v2)  # MIGRATIONS[n] takes the schema from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -593,3 +614,48 @@ class Storage:
         except (TypeError, ValueError) as e:
             raise InvalidMessage("setting %r cannot be stored: %s" % (key, e)) from None
         self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, text))
+
+    # --- file transfers ------------------------------------------------------------------------------------
+
+    @_writes
+    def put_transfer(self, record: dict, now_ms: int):
+        """Insert or replace the transfer *record* (a JSON-able dict with ``tid``, ``direction``, ``peer``,
+        ``status`` and ``fingerprint``)."""
+        self._db.execute("INSERT OR REPLACE INTO transfers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (record["tid"], record["direction"], record["peer"], record["status"],
+                          record["fingerprint"], now_ms, json.dumps(record, separators=(",", ":"))))
+
+    def get_transfer(self, tid: str) -> dict | None:
+        row = self._db.execute("SELECT record FROM transfers WHERE tid = ?", (tid,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def transfers(self, limit: int = 100, statuses=None) -> list[dict]:
+        """The *limit* most recently updated transfers, newest first (only those in *statuses*, if given)."""
+        if statuses:
+            marks = ", ".join("?" * len(statuses))
+            rows = self._db.execute("SELECT record FROM transfers WHERE status IN (%s) ORDER BY updated_at DESC "
+                                    "LIMIT ?" % marks, (*statuses, _limit(limit)))
+        else:
+            rows = self._db.execute("SELECT record FROM transfers ORDER BY updated_at DESC LIMIT ?",
+                                    (_limit(limit),))
+        return [json.loads(row[0]) for row in rows]
+
+    def find_transfer(self, peer: str, direction: str, fingerprint: str, statuses) -> dict | None:
+        """The newest transfer of this offer (same peer, direction and content) in one of *statuses*."""
+        marks = ", ".join("?" * len(statuses))
+        row = self._db.execute(
+            "SELECT record FROM transfers WHERE peer = ? AND direction = ? AND fingerprint = ? AND status IN (%s) "
+            "ORDER BY updated_at DESC LIMIT 1" % marks, (peer, direction, fingerprint, *statuses)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def cached_hash(self, path: str, st) -> tuple | None:
+        """``(root, digests)`` stored for *path* if it still has the device, inode, size and mtime of *st*."""
+        row = self._db.execute("SELECT root, digests FROM file_hashes WHERE path = ? AND dev = ? AND ino = ? "
+                               "AND size = ? AND mtime_ns = ?",
+                               (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    @_writes
+    def put_hash(self, path: str, st, root: str, digests: bytes):
+        self._db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, root, digests))

@@ -1,0 +1,220 @@
+"""File commands: ``send``, ``get``, ``ls``, ``transfers``, ``accept``, ``reject``, ``cancel``.
+
+``send`` and ``get`` wait for the outcome and show a progress bar (bytes, rate, time left) on a terminal;
+``--quiet`` hides it, ``--json`` prints the outcome as one JSON object. Ctrl-C cancels the transfer (the
+receiver keeps what it verified: the same command later resumes). Exit codes: 0 done, 4 unknown peer,
+5 refused by the receiver, 66 a file is missing or unreadable, 75 interrupted or peer offline (try again:
+it resumes), 1 anything else.
+"""
+
+import os
+
+from p2pd.cli import exits
+from p2pd.cli.command import arg, command
+from p2pd.cli.sanitize import clean
+from p2pd.core.names import canonical_name
+from p2pd.errors import InvalidName
+
+# a transfer takes as long as it takes: the wait for its outcome has no timeout
+NO_TIMEOUT = 10 ** 9
+
+
+def human(n) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
+def peer_name(text):
+    try:
+        return canonical_name(text)
+    except InvalidName as e:
+        raise exits.CliError(clean(e.message), exits.USAGE, e.code) from None
+
+
+class Progress:
+    """A tqdm bar on stderr when it is a terminal and not --quiet/--json; nothing otherwise."""
+
+    def __init__(self, ctx, label, quiet):
+        self.bar = None
+        self.label = label
+        self.enabled = not quiet and not ctx.json and ctx.stderr.isatty()
+        self.ctx = ctx
+
+    def update(self, p):
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.get("bytes") or 0, initial=0, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc=self.label, file=self.ctx.stderr, dynamic_ncols=True, leave=False)
+        done = p.get("done") or 0
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def follow(ctx, cmd, label, quiet, **args):
+    """Run a send/get request to its end, with a progress bar; returns the outcome."""
+    progress = Progress(ctx, label, quiet)
+    waiter = None
+    try:
+        waiter = ctx.client.send(cmd, on_progress=progress.update, **args)
+        return ctx.client.wait(waiter, timeout=NO_TIMEOUT)
+    except exits.DaemonError as e:
+        if e.code == "peer_offline":
+            e.exit_code = exits.TEMPFAIL
+            e.hint = "files go only to peers that are online; try again when they are"
+        raise
+    except KeyboardInterrupt:
+        ctx.close()  # closing the control connection cancels the transfer in the daemon
+        raise exits.CliError("cancelled; run the same command again to resume", exits.TEMPFAIL, "cancelled") \
+            from None
+    finally:
+        progress.close()
+
+
+def rate_text(outcome):
+    seconds = outcome.get("seconds") or 0
+    sent = outcome.get("sent") or 0
+    text = "%s in %.1f s" % (human(sent), seconds)
+    if seconds > 0 and sent:
+        text += " (%s/s)" % human(sent / seconds)
+    if outcome.get("resumed_from"):
+        text += ", resumed after %s already there" % human(outcome["resumed_from"])
+    return text
+
+
+@command("send", "send files or folders to a peer (it must accept them)",
+         [arg("peer", metavar="NAME"), arg("paths", metavar="FILE", nargs="+"),
+          arg("-q", "--quiet", action="store_true", help="no progress bar")],
+         description="Offers the files (folders with their tree) to NAME, waits for its answer and sends them. "
+                     "The receiver verifies every byte; if the transfer breaks, the same command resumes it.")
+def send(ctx, args):
+    peer = peer_name(args.peer)
+    paths = [os.path.abspath(p) for p in args.paths]
+    for given, path in zip(args.paths, paths):
+        if not os.path.exists(path):
+            raise exits.CliError("no such file or directory: %s" % clean(given), exits.NOINPUT, "file_missing")
+    label = os.path.basename(paths[0].rstrip("/")) + (" +%d" % (len(paths) - 1) if len(paths) > 1 else "")
+    outcome = follow(ctx, "send", clean(label)[:30], args.quiet, to=peer, paths=paths)
+    if ctx.json:
+        ctx.emit(dict(outcome, ok=True))
+    else:
+        names = outcome.get("names") or []
+        what = clean(names[0]) if len(names) == 1 else "%d files" % (outcome.get("files") or len(names))
+        ctx.say("sent %s to %s: %s, verified by %s" % (what, peer, rate_text(outcome), peer))
+        if outcome.get("skipped"):
+            ctx.warn("p2pctl: skipped %d hidden, linked or special entries" % outcome["skipped"])
+    return exits.OK
+
+
+@command("get", "fetch a file or folder from a peer's shared folder",
+         [arg("peer", metavar="NAME"), arg("name", metavar="PATH"),
+          arg("-q", "--quiet", action="store_true", help="no progress bar")],
+         description="Fetches PATH (as `p2pctl ls NAME` shows it) from NAME's --share folder into your inbox.")
+def get(ctx, args):
+    peer = peer_name(args.peer)
+    outcome = follow(ctx, "get", clean(args.name)[-30:], args.quiet, peer=peer, name=args.name)
+    if ctx.json:
+        ctx.emit(dict(outcome, ok=True))
+    else:
+        saved = [s for s in outcome.get("saved") or [] if s]
+        where = clean(saved[0]) if len(saved) == 1 else "%d files" % len(saved)
+        ctx.say("got %s from %s: %s, verified; in your inbox as %s" % (clean(args.name), peer, rate_text(outcome),
+                                                                       where))
+    return exits.OK
+
+
+@command("ls", "list a peer's shared folder",
+         [arg("peer", metavar="NAME"), arg("path", metavar="PATH", nargs="?", default="")])
+def ls(ctx, args):
+    listing = ctx.request("ls", peer=peer_name(args.peer), path=args.path)
+    if ctx.json:
+        ctx.emit(listing)
+        return exits.OK
+    for item in listing["items"]:
+        if item.get("type") == "dir":
+            ctx.say("%10s  %s/" % ("-", clean(item.get("name"))))
+        else:
+            ctx.say("%10s  %s" % (human(item.get("size")), clean(item.get("name"))))
+    if not listing["items"]:
+        ctx.say("(empty)")
+    if listing.get("truncated"):
+        ctx.warn("p2pctl: the listing was cut short")
+    return exits.OK
+
+
+STATUS_WORDS = {"offered": "waiting for an answer", "active": "running", "done": "done",
+                "rejected": "refused", "failed": "failed", "interrupted": "interrupted (resumable)",
+                "cancelled": "cancelled", "accepted": "accepted", "replaced": "resumed"}
+
+
+@command("transfers", "list file transfers, running and finished (offers waiting for you included)",
+         [arg("--limit", type=int, default=50, help="how many (newest first)")])
+def transfers(ctx, args):
+    items = ctx.request("transfers", limit=max(1, min(args.limit, 1000)))
+    if ctx.json:
+        ctx.emit(items)
+        return exits.OK
+    if not items:
+        ctx.say("no transfers yet")
+    for t in items:
+        if t.get("status") == "replaced":
+            continue
+        arrow = "to" if t.get("direction") == "out" else "from"
+        names = t.get("names") or []
+        what = clean(names[0]) if len(names) == 1 else "%d files" % (t.get("files") or len(names))
+        line = "%s  %s %s %s  %s  %s/%s" % (t["tid"][:8], arrow, clean(t.get("peer")), what,
+                                           STATUS_WORDS.get(t.get("status"), clean(t.get("status"))),
+                                           human(t.get("done")), human(t.get("bytes")))
+        if t.get("rate"):
+            line += "  %s/s" % human(t["rate"])
+        if t.get("error"):
+            line += "  (%s)" % clean((t["error"] or {}).get("message"))
+        ctx.say(line)
+        if t.get("status") == "offered" and t.get("direction") == "in":
+            ctx.say("          p2pctl accept %s   |   p2pctl reject %s" % (t["tid"], t["tid"]))
+    return exits.OK
+
+
+def full_tid(ctx, prefix):
+    """A transfer id from its full form or a unique prefix of at least 4 characters (as ``transfers`` shows)."""
+    prefix = prefix.strip().lower()
+    if len(prefix) == 32:
+        return prefix
+    if len(prefix) < 4:
+        raise exits.CliError("give the transfer id (at least its first 4 characters)", exits.USAGE, "bad_request")
+    matches = {t["tid"] for t in ctx.request("transfers", limit=1000) if t["tid"].startswith(prefix)}
+    if len(matches) != 1:
+        raise exits.CliError("%s transfer matches %s" % ("no" if not matches else "more than one", clean(prefix)),
+                             exits.USAGE, "bad_request")
+    return matches.pop()
+
+
+def _answer(cmd, verb):
+    def run(ctx, args):
+        result = ctx.request(cmd, tid=full_tid(ctx, args.tid))
+        if ctx.json:
+            ctx.emit(result)
+        elif result.get("status") == "rejected" and cmd == "accept":
+            raise exits.CliError("could not accept: %s" % clean(result.get("error")), exits.REFUSED, "no_space")
+        else:
+            ctx.say("%s %s" % (verb, result["tid"]))
+        return exits.OK
+
+    return run
+
+
+command("accept", "accept files a peer offered (p2pctl transfers lists the offers)",
+        [arg("tid", metavar="ID")])(_answer("accept", "accepted"))
+command("reject", "refuse files a peer offered", [arg("tid", metavar="ID")])(_answer("reject", "rejected"))
+command("cancel", "stop a running transfer (it can be resumed later)",
+        [arg("tid", metavar="ID")])(_answer("cancel", "cancelled"))
