@@ -72,12 +72,16 @@ def control(data_dir, cmd, timeout=30, **args):
         s.connect(os.path.join(data_dir, "control.sock"))
         s.sendall(json.dumps(dict(args, id=1, cmd=cmd)).encode() + b"\n")
         buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError("control socket closed")
-            buf += chunk
-    reply = json.loads(buf.split(b"\n", 1)[0])
+        while True:
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("control socket closed")
+                buf += chunk
+            line, buf = buf.split(b"\n", 1)
+            reply = json.loads(line)
+            if "ok" in reply:  # not a progress line of a send or get
+                break
     if not reply.get("ok"):
         raise RuntimeError("%s: %s" % (reply.get("error"), reply.get("message")))
     return reply["result"]
@@ -128,9 +132,13 @@ def main(argv=None):
         peers = {}
         for name in names:
             data_dir = os.path.join(state, name)
+            share = os.path.join(state, name + "-share")
+            os.makedirs(share, exist_ok=True)
+            with open(os.path.join(share, "hello.txt"), "w") as f:
+                f.write("hello from %s's shared folder\n" % name)
             peer = Child(name, ["--role=peer", "--name", name, "--data-dir", data_dir, "--registry", url,
                                 "--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
-                                "--advertise", "127.0.0.1"], data_dir, "peer.json").start()
+                                "--advertise", "127.0.0.1", "--share", share], data_dir, "peer.json").start()
             children.append(peer)
             peers[name] = data_dir
         for name, data_dir in peers.items():
@@ -146,6 +154,9 @@ def main(argv=None):
             received = [m for m in control(peers[b], "history", conversation=a, limit=5)
                         if m["direction"] == "in"]
             print("%s's history with %s now ends with: %r" % (b, a, received[-1]["body"]), flush=True)
+            got = control(peers[a], "get", peer=b, name="hello.txt", timeout=60)
+            print("%s fetched hello.txt from %s's shared folder: %d bytes, verified, saved as %s" % (
+                a, b, got["bytes"], shown(os.path.join(peers[a], "inbox", got["saved"][0]))), flush=True)
         p2pctl = shown(os.path.join(BIN, "p2pctl"))
         print("\nThe network is up. In another terminal, for example:")
         if names:
@@ -157,6 +168,11 @@ def main(argv=None):
             print("  %s --data-dir %s chat %s" % (p2pctl, shlex.quote(shown(peers[other])),
                                                   first))
             print("  %s --data-dir %s history %s" % (p2pctl, d, other))
+            print("  %s --data-dir %s send %s README.md     # %s is asked first:" % (p2pctl, d, other, other))
+            print("  %s --data-dir %s transfers             #   the offer, then accept ID" % (
+                p2pctl, shlex.quote(shown(peers[other]))))
+            print("  %s --data-dir %s ls %s; %s --data-dir %s get %s hello.txt" % (p2pctl, d, other, p2pctl, d,
+                                                                                 other))
         print("  curl -s %s/v1/peers" % url)
         print("Logs: %s/*/twistd.log. Press Ctrl-C to stop everything." % shown(state),
               flush=True)

@@ -11,20 +11,13 @@ import os
 
 from p2pd.cli import exits
 from p2pd.cli.command import arg, command
+from p2pd.cli.render import size as human
 from p2pd.cli.sanitize import clean
 from p2pd.core.names import canonical_name
 from p2pd.errors import InvalidName
 
 # a transfer takes as long as it takes: the wait for its outcome has no timeout
 NO_TIMEOUT = 10 ** 9
-
-
-def human(n) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
-        n /= 1024.0
 
 
 def peer_name(text):

@@ -53,8 +53,41 @@ def event_line(event, now_ms) -> str:
     if kind == "registry":
         line = "%s registry %s" % (stamp, clean(event.get("state")))
         return line + (": " + clean(event["message"]) if event.get("message") else "")
+    if kind == "transfer":
+        return "%s %s" % (stamp, transfer_line(event))
     rest = " ".join("%s=%s" % (clean(k), clean(v)) for k, v in event.items() if k != "event")
     return "%s %s %s" % (stamp, clean(kind), rest)
+
+
+def size(n) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
+def transfer_line(event) -> str:
+    """A transfer event: an offer waiting for consent, or a change of a transfer's state."""
+    names = event.get("names") or []
+    what = clean(names[0]) if len(names) == 1 else "%d files" % (event.get("files") or len(names))
+    peer = clean(event.get("peer"))
+    tid = clean(event.get("tid"))
+    status = event.get("status")
+    incoming = event.get("direction") == "in"
+    if incoming and status == "offered":
+        return "%s offers %s (%s): p2pctl accept %s, or p2pctl reject %s" % (peer, what, size(event.get("bytes")),
+                                                                            tid, tid)
+    if status == "refused":
+        return "refused an offer from %s: %s" % (peer, clean((event.get("error") or {}).get("message")))
+    line = "%s %s %s: %s" % (what, "from" if incoming else "to", peer, clean(status))
+    if status == "done":
+        saved = event.get("saved") or []
+        if incoming and len(saved) == 1:
+            line += ", saved as %s" % clean(saved[0])
+    if event.get("error"):
+        line += " (%s)" % clean((event.get("error") or {}).get("message"))
+    return line
 
 
 def addresses(value) -> str:

@@ -60,7 +60,7 @@ PROGRESS_EVERY = 0.25
 MAX_LISTING = 1000
 RECENT = 200  # finished transfers kept in memory for ``transfers``
 
-ACTIVE_IN = ("offered", "active", "interrupted")
+UNFINISHED = ("offered", "accepted", "active", "interrupted")  # an incoming offer in one of these can resume
 
 
 class TransferError(P2PDError):
@@ -367,6 +367,7 @@ class SendSession(Session):
 
     def produce(self):
         self.scheduled = None
+        self.arm()  # bytes are moving: the silence timer starts again
         budget = TURN_BYTES
         write = self.conn.transport.write
         write_parts = self.conn.transport.writeSequence
@@ -837,7 +838,7 @@ class Transfers:
         self.pulls = {}  # tid -> rid: incoming transfers that answer one of our get requests
         self.recent = []
         os.makedirs(inbox, mode=0o700, exist_ok=True)
-        for record in self.storage.transfers(limit=10 ** 6, statuses=("active", "offered", "hashing")):
+        for record in self.storage.transfers(limit=10 ** 6, statuses=("active", "offered", "accepted")):
             record["status"] = "interrupted"  # the daemon stopped while they ran
             record["error"] = {"code": "interrupted", "message": "the daemon stopped during the transfer"}
             self.storage.put_transfer(record, _now_ms(self.clock))
@@ -1101,7 +1102,7 @@ class Transfers:
         total = sum(i["size"] for i in items)
         rid = frame.get("rid")
         fp = fingerprint(items)
-        previous = self.storage.find_transfer(peer, "in", fp, ("interrupted", "active", "offered"))
+        previous = self.storage.find_transfer(peer, "in", fp, UNFINISHED)
         if previous is not None and previous["tid"] in self.live:
             previous = None  # still running under its own tid: this is a second, separate offer
         if previous is not None:
@@ -1164,7 +1165,7 @@ class Transfers:
         free = self.free_space()
         reserved = sum(sum(i["size"] - h for i, h in zip(o.items, o.have))
                        for o in self.live.values()
-                       if isinstance(o, Incoming) and o is not t and o.record["status"] == "active")
+                       if isinstance(o, Incoming) and o is not t and o.record["status"] in ("accepted", "active"))
         if need + reserved + SPACE_MARGIN > free:
             message = ("not enough free space in the inbox: the files need %s, %s is free (%s of it promised to "
                        "other transfers)" % (human(need), human(max(0, free - SPACE_MARGIN)), human(reserved)))
@@ -1174,8 +1175,7 @@ class Transfers:
             t.record["tops"] = self.choose_tops(t)
         secret = datastream.new_secret()
         t.record.update(accepted=True, resumed_from=sum(t.have))
-        t.set_status("accepted")
-        t.record["status"] = "offered"  # 'active' once the data connection is up
+        t.set_status("accepted")  # 'active' once the data connection is up
         answer = {"t": "accept", "tid": tid, "secret": base64.urlsafe_b64encode(secret).decode().rstrip("="),
                   "have": list(t.have)}
         session = ReceiveSession(t, secret)
