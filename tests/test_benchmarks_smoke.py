@@ -1,5 +1,6 @@
 """The registry benchmark still runs end to end: real registry, bare Klein server and load generator processes,
-for a second per row. Its figures are not checked here, only that it completes and reports every row."""
+for a second per row. Its figures are not checked here, only that it completes and reports every row. The file
+benchmark likewise, with an 8 MiB file and without magic-wormhole."""
 
 import json
 import os
@@ -40,3 +41,27 @@ def test_benchmark_json_has_every_row_without_errors():
     for name, row in report["results"].items():
         assert row["requests"] > 0 and row["errors"] == 0, (name, row)
     assert report["registration"]["requests"] == 20
+
+
+@pytest.mark.slow
+def test_file_benchmark_json_has_the_socket_copy_and_p2pd_rows(tmp_path):
+    """``file_bench.py --size 8M --no-wormhole --json``: the socket copy and p2pd rows, every copy intact, the
+    daemons' peak memory, and nothing left behind in its temporary directory."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "file_bench.py"), "--size", "8M",
+                             "--no-wormhole", "--json", "--tmpdir", str(tmp_path)], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"]["size"] == 8 << 20
+    assert set(report["rows"]) == {"socket", "p2pd"}
+    assert report["skipped"] == {"wormhole": "--no-wormhole"}
+    for name, row in report["rows"].items():
+        assert len(row["runs"]) == 1 and row["runs"][0]["verified"], (name, row)
+        assert 0 < row["best_seconds"] <= row["median_seconds"] and row["median_rate"] > 0, (name, row)
+    p2pd = report["rows"]["p2pd"]
+    assert p2pd["runs"][0]["status"] == "done" and p2pd["runs"][0]["bytes"] == 8 << 20
+    assert all(0 < mb < 1000 for mb in p2pd["memory"]["hwm_mb"].values()), p2pd["memory"]
+    verdicts = {c["check"]: c["pass"] for c in report["checks"]}
+    assert verdicts["every copy intact (size, SHA-256)"] is True
+    assert None in verdicts.values()  # the magic-wormhole target, not run
+    assert list(tmp_path.iterdir()) == []

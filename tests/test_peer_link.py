@@ -178,3 +178,34 @@ def test_handshake_must_finish_in_time():
     _, clock, link, transport = connect()
     clock.advance(HANDSHAKE_TIMEOUT)
     assert transport.disconnecting
+
+
+def test_frames_while_we_still_verify_the_peer_wait_for_the_verification():
+    """The peer may verify us first and start talking while our registry lookup of it still runs: its frames
+    are held and handed over, in order, once it is verified (they used to fail the link: "expected hello")."""
+    pending = defer.Deferred()
+    daemon = FakeDaemon()
+    daemon.verify_peer = lambda name, key: pending
+    daemon, clock, link, transport = connect(daemon)
+    link.handshakeCompleted()
+    lines(transport)
+    send(link, wire.hello("bob", "test"))
+    send(link, MSG)
+    send(link, {"t": "ping", "n": 1})
+    assert daemon.frames == [] and not link.ready and not transport.disconnecting
+    pending.callback({"key": "KEY-B"})
+    assert link.ready and daemon.frames == [MSG]
+    assert lines(transport) == [{"t": "pong", "n": 1}]
+
+
+def test_a_link_that_failed_during_verification_stays_failed():
+    pending = defer.Deferred()
+    daemon = FakeDaemon()
+    daemon.verify_peer = lambda name, key: pending
+    daemon, clock, link, transport = connect(daemon)
+    link.handshakeCompleted()
+    send(link, wire.hello("bob", "test"))
+    link.fail("handshake", "test failure")
+    link.when_ready.addErrback(lambda f: None)
+    pending.callback({"key": "KEY-B"})  # no AlreadyCalledError, and the link does not come up
+    assert not link.ready and daemon.ups == []

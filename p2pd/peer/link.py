@@ -21,6 +21,7 @@ log = Logger()
 PING_AFTER = 10  # seconds without traffic before we probe
 DEAD_AFTER = 30  # seconds without any traffic before the link is declared dead
 HANDSHAKE_TIMEOUT = 15
+MAX_EARLY = 1000  # frames held while the peer's identity is being verified
 
 
 @implementer(IHandshakeListener)
@@ -44,6 +45,7 @@ class PeerLink(LineOnlyReceiver):
         self._timer = None
         self._ping_n = 0
         self.when_ready = defer.Deferred()
+        self.early = []  # frames that came after the peer's hello while we were still verifying it
 
     # connection
 
@@ -78,7 +80,16 @@ class PeerLink(LineOnlyReceiver):
             self.send(wire.error(e.code, str(e), e.ref))
             return
         if not self.ready:
+            if self.peer is not None and frame["t"] != "error":
+                # The peer verified us first and started talking: keep its frames until we have verified it.
+                if len(self.early) >= MAX_EARLY:
+                    return self.fail("handshake", "too many frames before the handshake completed")
+                self.early.append(frame)
+                return
             return self._handshake(frame)
+        self._frame(frame)
+
+    def _frame(self, frame):
         kind = frame["t"]
         if kind == "ping":
             self.send({"t": "pong", "n": frame["n"]})
@@ -112,12 +123,17 @@ class PeerLink(LineOnlyReceiver):
         d.addCallbacks(self._verified, self._refused)
 
     def _verified(self, _):
-        if self.closed:
+        if self.closed or self.when_ready.called:  # failed (and closing) while the lookup ran
             return
         self.ready = True
         self._arm(PING_AFTER)
         self.daemon.link_up(self)
         self.when_ready.callback(self)
+        early, self.early = self.early, []
+        for frame in early:
+            if self.closed:
+                break
+            self._frame(frame)
 
     def _refused(self, failure):
         error = failure.value

@@ -35,7 +35,9 @@ import base64
 import hashlib
 import json
 import os
+import queue
 import stat
+import threading
 import time
 
 from twisted.internet import defer, endpoints, protocol
@@ -474,30 +476,170 @@ def _code(value):
     return value if isinstance(value, str) and value.replace("_", "").isalnum() and len(value) <= 40 else "failed"
 
 
+class DiskWriter:
+    """Writes and verifies the file bytes of one receive session, in a thread of its own.
+
+    The reactor thread receives and decrypts; this consumer writes each chunk to the partial file and hashes it
+    (both release the GIL), so the two overlap. It is the TCP transport's consumer: past :data:`HIGH` queued
+    bytes the transport is paused (TCP then slows the sender), and resumed below :data:`LOW`. Results come
+    back to the reactor thread through ``callFromThread``: ``verified(index, length)``, ``ended(index)``,
+    ``finished()``, ``failed(error)``, ``stopped()``. With a reactor that has no threads (tests' ``Clock``) the
+    work is done inline, with the same callbacks."""
+
+    HIGH = 32 << 20
+    LOW = 8 << 20
+
+    def __init__(self, reactor, session):
+        self.reactor = reactor
+        self.session = session
+        self.threaded = hasattr(reactor, "callFromThread") and hasattr(reactor, "getThreadPool")
+        self.fd = None
+        self.hasher = None
+        self.digests = None
+        self.index = None
+        self.broken = False
+        self.pending = 0
+        self.paused = False
+        self.lock = threading.Lock()
+        if self.threaded:
+            self.queue = queue.SimpleQueue()
+            self.thread = threading.Thread(target=self._run, name="p2pd-writer", daemon=True)
+            self.thread.start()
+
+    def submit(self, op, *args, size=0):
+        if not self.threaded:
+            return self._do(op, args)
+        with self.lock:
+            self.pending += size
+            pause = self.pending > self.HIGH and not self.paused
+            if pause:
+                self.paused = True
+        self.queue.put((op, args, size))
+        if pause:
+            self.session.pause()
+
+    def _run(self):
+        while True:
+            op, args, size = self.queue.get()
+            try:
+                self._do(op, args)
+            finally:
+                if size:
+                    with self.lock:
+                        self.pending -= size
+                        resume = self.paused and self.pending < self.LOW
+                        if resume:
+                            self.paused = False
+                    if resume:
+                        self.reactor.callFromThread(self.session.resume)
+            if op == "stop":
+                return
+
+    def _report(self, name, *args):
+        callback = getattr(self.session, name)
+        if self.threaded:
+            self.reactor.callFromThread(callback, *args)
+        else:
+            callback(*args)
+
+    def _do(self, op, args):
+        if self.broken and op != "stop":
+            return
+        try:
+            getattr(self, "_" + op)(*args)
+        except TransferError as e:
+            self.broken = True
+            self._close()
+            self._report("failed", e, True)
+        except OSError as e:
+            self.broken = True
+            self._close()
+            self._report("failed", TransferError(
+                "cannot write to the inbox: %s" % e.strerror, code="disk_full" if e.errno == 28 else "write_failed"),
+                False)
+
+    def _open(self, index, fd, hasher, digests):
+        self.index, self.fd, self.hasher, self.digests = index, fd, hasher, digests
+
+    def cancel(self):
+        """Drop what is still queued (the session is over); the thread stops after the chunk in hand."""
+        self.broken = True
+        self.submit("stop")
+
+    def _data(self, chunk):
+        written = 0
+        view = memoryview(chunk)
+        while written < len(chunk):
+            written += os.write(self.fd, view[written:])
+        first = self.hasher.index
+        verified = None
+        for k, digest in enumerate(self.hasher.update(chunk)):
+            n = first + k
+            if digest != self.digests[n * filehash.DIGEST:(n + 1) * filehash.DIGEST]:
+                raise TransferError("hash mismatch in chunk %d: the bytes are not those of the file offered; "
+                                    "nothing was kept" % n, code="hash_mismatch")
+            verified = min((n + 1) * self.hasher.chunk, self.hasher.size)
+        if verified is not None:
+            self._report("verified", self.index, verified)
+
+    def _end(self, index):
+        self._close()
+        self._report("ended", index)
+
+    def _finish(self):
+        self._report("finished")
+
+    def _stop(self):
+        self._close()
+        self._report("stopped")
+
+    def _close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class ReceiveSession(Session):
-    """Receives, verifies and lands the files of an incoming transfer."""
+    """Receives, verifies and lands the files of an incoming transfer: the reactor thread checks the stream
+    and the declared sizes; a :class:`DiskWriter` writes and verifies the bytes."""
 
     def __init__(self, transfer, secret):
         super().__init__(transfer, secret)
         self.index = None  # the file being received
-        self.digests = None
-        self.hasher = None
-        self.fd = None
+        self.position = 0  # bytes of it received (not necessarily verified yet)
+        self.open = False
+        self.writer = None
         self.unjournaled = 0
+        self.paused = False
 
     def attach(self, conn):
         self.conn = conn
         self.opener = datastream.Opener(self.keys.to_receiver)
         self.sealer = datastream.Sealer(self.keys.to_sender)
         conn.transport.bufferSize = 1 << 20
+        self.writer = DiskWriter(self.transfer.manager.reactor, self)
         self.transfer.started_data()
         self.arm()
+
+    # flow control, called by the writer
+    def pause(self):
+        if not self.done and not self.conn.closed:
+            self.paused = True
+            self.conn.transport.pauseProducing()
+
+    def resume(self):
+        if self.paused and not self.done and not self.conn.closed:
+            self.paused = False
+            self.conn.transport.resumeProducing()
+            self.arm()
 
     def received(self, data):
         self.arm()
         t = self.transfer
         try:
             for kind, obj in self.opener.feed(data):
+                if self.done:
+                    return
                 if kind == datastream.DATA:
                     self._data(obj)
                 elif kind == datastream.JSON:
@@ -505,15 +647,11 @@ class ReceiveSession(Session):
                 elif kind == datastream.END:
                     self._end(obj)
                 elif kind == datastream.FINISH:
-                    self._finish()
+                    self.writer.submit("finish")
         except TransferError as e:
-            self._abort(e)
+            self.failed(e, True)
         except datastream.StreamError as e:
-            self._abort(TransferError("%s sent a corrupt data stream (%s)" % (t.peer, e), code=e.code),
-                        remove=False)
-        except OSError as e:
-            self._abort(TransferError("cannot write to %s: %s" % (t.manager.inbox, e.strerror),
-                                      code="disk_full" if e.errno == 28 else "write_failed"), remove=False)
+            self.failed(TransferError("%s sent a corrupt data stream (%s)" % (t.peer, e), code=e.code), False)
 
     def _json(self, obj):
         t = self.transfer
@@ -524,7 +662,7 @@ class ReceiveSession(Session):
             raise datastream.StreamError("unexpected JSON record")
         index = obj.get("i")
         expected = 0 if self.index is None else self.index + 1
-        if index != expected or self.fd is not None or index >= len(t.items):
+        if index != expected or self.open or index >= len(t.items):
             raise datastream.StreamError("files out of order")
         try:
             digests = base64.b64decode(obj.get("d", ""), validate=True)
@@ -536,77 +674,100 @@ class ReceiveSession(Session):
             raise TransferError("hash mismatch: the hash list %s sent for %s does not match its offer"
                                 % (t.peer, item["path"]), code="hash_mismatch")
         self.index = index
-        self.digests = digests
         if t.record["saved"][index] is None:
-            self.fd, have = t.open_part(index)
-            self.hasher = filehash.ChunkHasher(item["size"], have)
+            fd, have = t.open_part(index)
             t.have[index] = have
+            self.position = have
+            self.open = True
+            self.writer.submit("open", index, fd, filehash.ChunkHasher(item["size"], have), digests)
 
     def _data(self, chunk):
         t = self.transfer
-        if self.fd is None:
+        if not self.open:
             raise TransferError("%s sent data outside a file" % t.peer, code="bad_stream")
         size = t.items[self.index]["size"]
-        if self.hasher.position + len(chunk) > size:
+        if self.position + len(chunk) > size:
             raise TransferError("%s sent more than the %d bytes it declared for %s; nothing was kept"
                                 % (t.peer, size, t.items[self.index]["path"]), code="size_mismatch")
-        written = 0
-        while written < len(chunk):
-            written += os.write(self.fd, chunk[written:])
-        first = self.hasher.index
-        for k, digest in enumerate(self.hasher.update(chunk)):
-            if digest != self.digests[(first + k) * 32:(first + k + 1) * 32]:
-                raise TransferError("hash mismatch in %s: what %s sent is not the file it offered; nothing was "
-                                    "kept" % (t.items[self.index]["path"], t.peer), code="hash_mismatch")
-            verified = min((first + k + 1) * self.hasher.chunk, size)
-            self.unjournaled += verified - t.have[self.index]
-            t.have[self.index] = verified
+        self.position += len(chunk)
+        self.writer.submit("data", chunk, size=len(chunk))
         t.progress(len(chunk))
-        if self.unjournaled >= JOURNAL_EVERY:
-            self.unjournaled = 0
-            t.save()
 
     def _end(self, index):
         t = self.transfer
         if index != self.index:
             raise datastream.StreamError("end of a file that is not the current one")
-        if t.record["saved"][index] is not None:
-            return
+        if not self.open:
+            return  # already landed in an earlier session
         size = t.items[index]["size"]
-        if self.hasher.position != size or t.have[index] != size:
+        if self.position != size:
             raise TransferError("%s ended %s after %d of %d bytes" % (t.peer, t.items[index]["path"],
-                                                                     self.hasher.position, size),
-                                code="size_mismatch")
-        fd, self.fd = self.fd, None
-        os.close(fd)
-        t.land(index)
+                                                                     self.position, size), code="size_mismatch")
+        self.open = False
+        self.writer.submit("end", index)
 
-    def _finish(self):
+    # results from the writer (reactor thread)
+
+    def verified(self, index, length):
         t = self.transfer
-        if self.fd is not None or None in t.record["saved"]:
-            raise TransferError("%s ended the transfer before every file was sent" % t.peer, code="size_mismatch")
+        if self.done:
+            return
+        self.unjournaled += length - t.have[index]
+        t.have[index] = length
+        if self.unjournaled >= JOURNAL_EVERY:
+            self.unjournaled = 0
+            t.save()
+
+    def ended(self, index):
+        t = self.transfer
+        if self.done:
+            return
+        if t.have[index] != t.items[index]["size"]:
+            return self.failed(TransferError("%s is incomplete" % t.items[index]["path"], code="size_mismatch"),
+                               False)
+        try:
+            t.land(index)
+        except (TransferError, OSError) as e:
+            self.failed(e if isinstance(e, TransferError) else
+                        TransferError("cannot land %s: %s" % (t.items[index]["path"], e.strerror),
+                                      code="write_failed"), False)
+
+    def finished(self):
+        t = self.transfer
+        if self.done:
+            return
+        if self.open or None in t.record["saved"]:
+            return self.failed(TransferError("%s ended the transfer before every file was sent" % t.peer,
+                                             code="size_mismatch"), False)
         self.done = True
+        self.writer.submit("stop")
         self.conn.transport.write(self.sealer.json({"t": "complete", "saved": t.record["saved"]}))
         self.close()
         t.complete(t.record["saved"])
 
-    def _abort(self, error, remove=True):
+    def failed(self, error, remove):
+        """Stop: tell the sender why, and remove the partial file of a sender that lied (size, hash)."""
+        if self.done:
+            return
         self.done = True
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self.writer.cancel()
         if not self.conn.closed:
             self.conn.transport.write(self.sealer.json({"t": "fail", "code": error.code, "message": error.message}))
         self.close()
-        if remove and self.index is not None:
+        if remove and self.index is not None and self.transfer.record["saved"][self.index] is None:
             self.transfer.discard_part(self.index)
         self.transfer.fail(error, resumable=not remove)
 
+    def stopped(self):
+        pass
+
     def lost(self, reason):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        super().lost(reason)
+        self.disarm()
+        if not self.done:
+            self.done = True
+            if self.writer is not None:
+                self.writer.cancel()
+            self.transfer.interrupted("the data connection closed")
 
 
 # -- transfers --------------------------------------------------------------------------------------------------
