@@ -36,8 +36,8 @@ from cryptography.exceptions import InvalidTag
 MAGIC = b"P2PDDAT1"
 PREAMBLE = len(MAGIC) + 16
 SECRET_BYTES = 32
-RECORD_MAX = 1 << 20  # largest plaintext payload in one record
-CHUNK = 256 * 1024  # the payload size a sender uses for file bytes
+RECORD_MAX = 4 << 20  # largest plaintext payload in one record
+CHUNK = 1 << 20  # the payload size a sender uses for file bytes
 TAG = 16
 _HEADER = struct.Struct(">Ic")
 _INDEX = struct.Struct(">I")
@@ -123,15 +123,20 @@ class Opener:
         return len(self._buf)
 
     def feed(self, data):
-        buf = self._buf
-        buf += data
+        # Records are opened straight from *data* when nothing is buffered; only an incomplete record at the
+        # end is copied into the buffer.
+        if self._buf:
+            self._buf += data
+            src = self._buf
+        else:
+            src = data
         start = 0
-        end = len(buf)
-        view = memoryview(buf)
+        end = len(src)
+        view = memoryview(src)
         try:
             size = _HEADER.size
             while end - start >= size:
-                length, kind = _HEADER.unpack_from(buf, start)
+                length, kind = _HEADER.unpack_from(src, start)
                 if length < TAG or length > RECORD_MAX + TAG:
                     raise StreamError("record length %d out of range" % length)
                 if end - start - size < length:
@@ -157,7 +162,7 @@ class Opener:
                 elif kind == JSON:
                     try:
                         obj = json.loads(plain.decode("ascii"))
-                    except (UnicodeDecodeError, ValueError):
+                    except (UnicodeDecodeError, ValueError, RecursionError):
                         raise StreamError("malformed JSON record") from None
                     if not isinstance(obj, dict):
                         raise StreamError("a JSON record must hold an object")
@@ -165,7 +170,12 @@ class Opener:
                 else:
                     self.finished = True
                     yield FINISH, None
+            if self.finished and end > start:
+                raise StreamError("data after the end of the stream")
         finally:
             view.release()
-            if start:
-                del buf[:start]
+            if src is self._buf:
+                if start:
+                    del self._buf[:start]
+            elif start < end:
+                self._buf = bytearray(src[start:])

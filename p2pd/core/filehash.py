@@ -1,8 +1,8 @@
-"""The hash a file offer carries: SHA-256 over the SHA-256 digests of the file's chunks (a one-level hash list).
+"""The hash a file offer carries: BLAKE3 over the BLAKE3 digests of the file's chunks (a one-level hash list).
 
 A file of ``size`` bytes is cut into chunks of :func:`chunk_size` bytes (4 MiB, doubled for very large files
 so that no file has more than :data:`MAX_CHUNKS` of them; the last chunk may be shorter). The offer carries the
-root ``sha256(d0 + d1 + ...)``; the data session sends the list of chunk digests first, and the receiver checks
+root ``blake3(d0 + d1 + ...)``; the data session sends the list of chunk digests first, and the receiver checks
 it against the root before it takes a byte. After that every chunk is verified the moment it is complete, so
 
 - a sender that lies is caught at the first bad chunk, not after gigabytes;
@@ -10,11 +10,16 @@ it against the root before it takes a byte. After that every chunk is verified t
   re-read) bytes it has not verified;
 - the sender reads the file once to hash it; the receiver hashes what it receives, once.
 
-An empty file has no chunks; its root is ``sha256(b"")``.
+An empty file has no chunks; its root is ``blake3(b"")``.
+
+Why BLAKE3 and not SHA-256: both are 256-bit cryptographic hashes, but BLAKE3 runs at several GB/s on one core
+(SIMD) where SHA-256 manages 1.7 GB/s even with the SHA extensions, and both ends hash every byte: at SHA-256's
+speed the two hashes alone took longer than copying a 1 GiB file over loopback.
 """
 
-import hashlib
 import os
+
+from blake3 import blake3
 
 MIN_CHUNK = 4 << 20
 MAX_CHUNKS = 4096
@@ -34,7 +39,7 @@ def chunk_count(size: int) -> int:
 
 
 def root_of(digests: bytes) -> str:
-    return hashlib.sha256(digests).hexdigest()
+    return blake3(digests).hexdigest()
 
 
 class ChunkHasher:
@@ -47,7 +52,7 @@ class ChunkHasher:
         if offset % self.chunk and offset != size:
             raise ValueError("offset %d is not on a chunk boundary" % offset)
         self.position = offset
-        self._h = hashlib.sha256()
+        self._h = blake3()
         self._filled = 0
 
     @property
@@ -73,20 +78,20 @@ class ChunkHasher:
             view = view[len(part):]
             if len(part) == want:
                 done.append(self._h.digest())
-                self._h = hashlib.sha256()
+                self._h = blake3()
                 self._filled = 0
         return done
 
 
 def _chunk_digest(fd, offset, length):
-    h = hashlib.sha256()
-    block = 1 << 20
+    h = blake3()
+    block = 4 << 20
     end = offset + length
     while offset < end:
         data = os.pread(fd, min(block, end - offset), offset)
         if not data:
             raise OSError("the file shrank while it was being hashed")
-        h.update(data)  # hashlib releases the GIL: chunks hash in parallel
+        h.update(data)  # blake3 releases the GIL for large inputs: chunks hash in parallel
         offset += len(data)
     return h.digest()
 

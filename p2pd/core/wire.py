@@ -135,7 +135,10 @@ def _items(f, field, check_item):
     for item in items:
         if not isinstance(item, dict):
             raise FrameError("field %r of a %s frame must hold objects" % (field, f["t"]), ref=_ref(f))
-        check_item(dict(item, t=f["t"]))
+        try:
+            check_item(dict(item, t=f["t"]))
+        except FrameError as e:
+            raise FrameError(str(e), e.code, _ref(f)) from None
     return items
 
 

@@ -58,6 +58,7 @@ JOURNAL_EVERY = 32 << 20  # verified bytes between two journal writes
 DATA_TIMEOUT = 30.0  # seconds to set up a data connection, and of silence on one before it is dropped
 TURN_BYTES = 4 << 20  # bytes a sender produces in one reactor turn before letting others run
 SEND_BUFFER = 4 << 20  # bytes the transport may hold before it pauses the producer
+RECV_SIZE = 1 << 20  # bytes a data connection reads at once
 PROGRESS_EVERY = 0.25
 MAX_LISTING = 1000
 RECENT = 200  # finished transfers kept in memory for ``transfers``
@@ -77,6 +78,12 @@ class TransferError(P2PDError):
 
 class FileProblem(TransferError):
     code = "file_error"
+
+
+class LocalProblem(TransferError):
+    """Our side cannot store the files (disk full, an unusable inbox): not the sender's fault, resumable."""
+
+    code = "write_failed"
 
 
 def _ids():
@@ -349,6 +356,7 @@ class SendSession(Session):
         self.sealer = datastream.Sealer(self.keys.to_receiver)
         self.opener = datastream.Opener(self.keys.to_sender)
         conn.transport.bufferSize = SEND_BUFFER
+        conn.transport.SEND_LIMIT = SEND_BUFFER  # one send() call may take it all (Twisted's default: 128 KiB)
         conn.transport.registerProducer(self, True)
         self.transfer.started_data()
         self.arm()
@@ -498,6 +506,7 @@ class DiskWriter:
         self.digests = None
         self.index = None
         self.broken = False
+        self.stopping = False
         self.pending = 0
         self.paused = False
         self.lock = threading.Lock()
@@ -561,10 +570,16 @@ class DiskWriter:
     def _open(self, index, fd, hasher, digests):
         self.index, self.fd, self.hasher, self.digests = index, fd, hasher, digests
 
+    def stop(self):
+        """No more work: the thread closes the file and ends after what is queued (once, however called)."""
+        if not self.stopping:
+            self.stopping = True
+            self.submit("stop")
+
     def cancel(self):
         """Drop what is still queued (the session is over); the thread stops after the chunk in hand."""
         self.broken = True
-        self.submit("stop")
+        self.stop()
 
     def _data(self, chunk):
         written = 0
@@ -616,7 +631,7 @@ class ReceiveSession(Session):
         self.conn = conn
         self.opener = datastream.Opener(self.keys.to_receiver)
         self.sealer = datastream.Sealer(self.keys.to_sender)
-        conn.transport.bufferSize = 1 << 20
+        conn.transport.bufferSize = RECV_SIZE
         self.writer = DiskWriter(self.transfer.manager.reactor, self)
         self.transfer.started_data()
         self.arm()
@@ -648,10 +663,15 @@ class ReceiveSession(Session):
                     self._end(obj)
                 elif kind == datastream.FINISH:
                     self.writer.submit("finish")
+        except LocalProblem as e:
+            self.failed(e, False)
         except TransferError as e:
             self.failed(e, True)
         except datastream.StreamError as e:
             self.failed(TransferError("%s sent a corrupt data stream (%s)" % (t.peer, e), code=e.code), False)
+        except OSError as e:
+            self.failed(TransferError("cannot write to the inbox: %s" % e.strerror,
+                                      code="disk_full" if e.errno == 28 else "write_failed"), False)
 
     def _json(self, obj):
         t = self.transfer
@@ -669,11 +689,11 @@ class ReceiveSession(Session):
         except (TypeError, ValueError):
             raise datastream.StreamError("malformed hash list") from None
         item = t.items[index]
+        self.index = index
         if len(digests) != filehash.chunk_count(item["size"]) * filehash.DIGEST \
                 or filehash.root_of(digests) != item["hash"]:
             raise TransferError("hash mismatch: the hash list %s sent for %s does not match its offer"
                                 % (t.peer, item["path"]), code="hash_mismatch")
-        self.index = index
         if t.record["saved"][index] is None:
             fd, have = t.open_part(index)
             t.have[index] = have
@@ -740,7 +760,7 @@ class ReceiveSession(Session):
             return self.failed(TransferError("%s ended the transfer before every file was sent" % t.peer,
                                              code="size_mismatch"), False)
         self.done = True
-        self.writer.submit("stop")
+        self.writer.stop()
         self.conn.transport.write(self.sealer.json({"t": "complete", "saved": t.record["saved"]}))
         self.close()
         t.complete(t.record["saved"])
@@ -755,7 +775,10 @@ class ReceiveSession(Session):
             self.conn.transport.write(self.sealer.json({"t": "fail", "code": error.code, "message": error.message}))
         self.close()
         if remove and self.index is not None and self.transfer.record["saved"][self.index] is None:
-            self.transfer.discard_part(self.index)
+            try:
+                self.transfer.discard_part(self.index)
+            except (TransferError, OSError) as e:
+                log.warn("could not remove a partial file: {error}", error=e)
         self.transfer.fail(error, resumable=not remove)
 
     def stopped(self):
@@ -763,10 +786,10 @@ class ReceiveSession(Session):
 
     def lost(self, reason):
         self.disarm()
+        if self.writer is not None and not self.writer.stopping:
+            self.writer.cancel()  # closes the partial file and ends the thread, however the session ended
         if not self.done:
             self.done = True
-            if self.writer is not None:
-                self.writer.cancel()
             self.transfer.interrupted("the data connection closed")
 
 
@@ -932,7 +955,7 @@ class Incoming(Transfer):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
-                raise TransferError("partial file %s is not a regular file" % name, code="write_failed")
+                raise LocalProblem("partial file %s is not a regular file" % name)
             size = self.items[index]["size"]
             if st.st_size != size:
                 if st.st_size < have:  # shorter than the journal says (a power cut): keep whole chunks
@@ -946,9 +969,9 @@ class Incoming(Transfer):
                         os.posix_fallocate(fd, 0, size)
                     except OSError as e:
                         os.close(fd)
-                        raise TransferError("cannot reserve %s in %s: %s" % (human(size), self.manager.inbox,
-                                                                             e.strerror),
-                                            code="disk_full" if e.errno == 28 else "write_failed") from None
+                        raise LocalProblem("cannot reserve %s in %s: %s" % (human(size), self.manager.inbox,
+                                                                            e.strerror),
+                                           code="disk_full" if e.errno == 28 else "write_failed") from None
             os.lseek(fd, have, os.SEEK_SET)
             return fd, have
         finally:
@@ -1033,8 +1056,7 @@ class Transfers:
                 pass
             return os.open(PARTIAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=inbox_fd)
         except OSError as e:
-            raise TransferError("cannot use %s/%s: %s" % (self.inbox, PARTIAL_DIR, e.strerror),
-                                code="write_failed") from None
+            raise LocalProblem("cannot use %s/%s: %s" % (self.inbox, PARTIAL_DIR, e.strerror)) from None
         finally:
             os.close(inbox_fd)
 
@@ -1042,8 +1064,7 @@ class Transfers:
         try:
             return os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise TransferError("cannot use the inbox %s: %s" % (self.inbox, e.strerror), code="write_failed") \
-                from None
+            raise LocalProblem("cannot use the inbox %s: %s" % (self.inbox, e.strerror)) from None
 
     def event(self, transfer):
         snapshot = transfer.snapshot()
