@@ -65,3 +65,25 @@ def test_config_file_unknown_key_is_refused(tmp_path):
     with pytest.raises(SystemExit) as info:
         tap.Options().parseOptions(["--config", str(conf)])
     assert "lease_ttl" in str(info.value)
+
+
+def test_example_peer_config_parses_with_the_file_options(tmp_path):
+    """conf/peer.ini is valid, and the file options (accept policy, sizes, inbox) are checked and converted."""
+    options = tap.Options()
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "peer.ini")
+    options.parseOptions(["--config", conf, "--data-dir", str(tmp_path)])
+    assert options["role"] == "peer" and options["accept"] == "auto"
+    assert options["accept-from"] == ("bob", "carol") and options["accept-max"] == 2 << 30
+    assert options["inbox"] == os.path.join(str(tmp_path), "inbox")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--accept-max", "lots"], "--accept-max must be a size"),
+    (["--accept-from", "bob,b@d"], "--accept-from"),
+    (["--accept", "maybe"], "--accept must be ask, auto or deny"),
+])
+def test_bad_file_options_are_refused(args, message, tmp_path):
+    options = tap.Options()
+    with pytest.raises(SystemExit) as e:
+        options.parseOptions(["--role=peer", "--name", "alice", "--data-dir", str(tmp_path)] + args)
+    assert message in str(e.value)

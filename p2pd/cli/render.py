@@ -76,8 +76,10 @@ def transfer_line(event) -> str:
     status = event.get("status")
     incoming = event.get("direction") == "in"
     if incoming and status == "offered":
-        return "%s offers %s (%s): p2pctl accept %s, or p2pctl reject %s" % (peer, what, size(event.get("bytes")),
-                                                                            tid, tid)
+        types = sorted(set(event.get("types") or []))
+        kind = (", " + clean(", ".join(types[:3]))) if types else ""
+        return "%s offers %s (%s%s): p2pctl accept %s, or p2pctl reject %s" % (
+            peer, what, size(event.get("bytes")), kind, tid, tid)
     if status == "refused":
         return "refused an offer from %s: %s" % (peer, clean((event.get("error") or {}).get("message")))
     line = "%s %s %s: %s" % (what, "from" if incoming else "to", peer, clean(status))

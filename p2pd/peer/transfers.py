@@ -34,6 +34,7 @@ carrying the request's id, which the asking peer accepts by itself. ``ls`` lists
 import base64
 import hashlib
 import json
+import mimetypes
 import os
 import queue
 import stat
@@ -871,6 +872,8 @@ class Transfer:
         if self.result.called:
             return
         self.record["finished"] = _now_ms(self.clock)
+        snapshot = self.snapshot()
+        self.record.update(rate=snapshot["rate"], seconds=snapshot["elapsed"], sent=self.bytes_now)
         if error is not None:
             self.set_status(status, error={"code": error.code, "message": error.message})
         else:
@@ -1071,6 +1074,8 @@ class Transfers:
         snapshot["event"] = "transfer"
         if transfer.record["status"] == "offered" and transfer.direction == "in":
             snapshot["sizes"] = [i["size"] for i in transfer.items][:20]
+            snapshot["types"] = [mimetypes.guess_type(i["path"])[0] or "application/octet-stream"
+                                 for i in transfer.items][:20]
         if transfer.record.get("error"):
             snapshot["error"] = transfer.record["error"]
         if transfer.record.get("saved"):
