@@ -495,8 +495,8 @@ class DiskWriter:
     ``finished()``, ``failed(error)``, ``stopped()``. With a reactor that has no threads (tests' ``Clock``) the
     work is done inline, with the same callbacks."""
 
-    HIGH = 32 << 20
-    LOW = 8 << 20
+    HIGH = 16 << 20
+    LOW = 4 << 20
 
     def __init__(self, reactor, session):
         self.reactor = reactor
