@@ -177,7 +177,6 @@ BAD_TRANSFER_FRAMES = [
     (dict(OFFER, items=[_item(size=1.5)]), TID),
     (dict(OFFER, items=[_item(size=True)]), TID),
     (dict(OFFER, items=[_item(size="1")]), TID),
-    (dict(OFFER, items=[_item(path="")]), TID),
     (dict(OFFER, items=[_item(path="x" * 4097)]), TID),
     (dict(OFFER, items=[_item(path=None)]), TID),
     (dict(OFFER, items=[_item(), _item(path=7)]), TID),

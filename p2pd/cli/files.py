@@ -65,6 +65,9 @@ def follow(ctx, cmd, label, quiet, **args):
         if e.code == "peer_offline":
             e.exit_code = exits.TEMPFAIL
             e.hint = "files go only to peers that are online; try again when they are"
+        elif e.code == "link_failed":  # registered as online, but not answering (crashed, or unreachable)
+            e.exit_code = exits.TEMPFAIL
+            e.hint = "try again later"
         raise
     except KeyboardInterrupt:
         ctx.close()  # closing the control connection cancels the transfer in the daemon

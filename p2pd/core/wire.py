@@ -143,7 +143,7 @@ def _items(f, field, check_item):
 
 
 def _offer_item(item):
-    _want(item, "path", str, _path_ok)
+    _want(item, "path", str, lambda p: len(p) <= 4096)  # "" is refused as bad_name by the receiver
     _want(item, "size", int, lambda n: 0 <= n <= MAX_SIZE)
     _want(item, "hash", str, HASH_RE.fullmatch)
 

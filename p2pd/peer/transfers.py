@@ -970,6 +970,7 @@ class Incoming(Transfer):
                         # Claims the space now (a full disk fails here, not halfway) and makes the writes that
                         # follow cheaper: the blocks exist, and writes no longer allocate them piece by piece.
                         os.posix_fallocate(fd, 0, size)
+                        self.record.setdefault("allocated", [False] * len(self.items))[index] = True
                     except OSError as e:
                         os.close(fd)
                         raise LocalProblem("cannot reserve %s in %s: %s" % (human(size), self.manager.inbox,
@@ -980,8 +981,17 @@ class Incoming(Transfer):
         finally:
             os.close(dfd)
 
+    def unallocated(self) -> int:
+        """Bytes this transfer will still take from the disk: files neither landed nor preallocated yet (a
+        partial file is preallocated to its full size when its first byte comes)."""
+        allocated = self.record.get("allocated") or [False] * len(self.items)
+        return sum(i["size"] for i, saved, done in zip(self.items, self.record["saved"], allocated)
+                   if saved is None and not done)
+
     def discard_part(self, index):
         self.have[index] = 0
+        if self.record.get("allocated"):
+            self.record["allocated"][index] = False
         dfd = self.manager.partial_fd()
         try:
             os.unlink(self.part_name(index), dir_fd=dfd)
@@ -1348,10 +1358,9 @@ class Transfers:
         if t.record["status"] != "offered":
             raise TransferError("transfer %s is %s, not waiting for an answer" % (tid, t.record["status"]),
                                 code="bad_state")
-        need = sum(i["size"] - h for i, h in zip(t.items, t.have))
+        need = t.unallocated()
         free = self.free_space()
-        reserved = sum(sum(i["size"] - h for i, h in zip(o.items, o.have))
-                       for o in self.live.values()
+        reserved = sum(o.unallocated() for o in self.live.values()
                        if isinstance(o, Incoming) and o is not t and o.record["status"] in ("accepted", "active"))
         if need + reserved + SPACE_MARGIN > free:
             message = ("not enough free space in the inbox: the files need %s, %s is free (%s of it promised to "
