@@ -4,7 +4,8 @@
 
 One run writes a file of ``--size`` random bytes (in 1 MiB chunks, hashed with SHA-256 as it is written) into a
 fresh temporary directory, then copies it on loopback, each method ``--runs`` times, every copy to a file in
-that same directory (so on the same filesystem), and checks the SHA-256 of every copy after its timing stopped
+that same directory (so on the same filesystem), and checks the SHA-256 of every copy after its timing stopped.
+Before every timed copy it calls ``sync()``, so that no method is throttled by the dirty pages of the one before
 (one unmeasured socket copy comes first: on a VM the first GiB written into fresh page cache is much slower):
 
 (a) socket copy: a child process ``os.sendfile``s the file into a TCP socket on 127.0.0.1; this process
@@ -208,6 +209,13 @@ with socket.create_connection(("127.0.0.1", port)) as s, open(path, "rb") as f:
 """
 
 
+def settle():
+    """Write back what earlier copies left dirty in the page cache, outside every timing: otherwise each method
+    pays for the ones before it (the kernel throttles writers once gigabytes are dirty), and the order of the
+    methods decides the result."""
+    os.sync()
+
+
 def socket_copy(source, output, size) -> dict:
     """One copy: a child ``sendfile``s *source* to us on loopback, we ``recv_into`` and write it to *output*."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -216,6 +224,7 @@ def socket_copy(source, output, size) -> dict:
     listener.settimeout(30)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
+    settle()
     proc = subprocess.Popen([sys.executable, "-c", SENDER, str(listener.getsockname()[1]), str(source)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=pdeathsig)
@@ -379,6 +388,7 @@ def wormhole_driver(spec) -> dict:
         out["commands"] = {"mailbox": mailbox.args, "send": send_cmd, "receive": receive_cmd}
         if spec["mode"] == "relay":
             out["commands"]["transit_relay"] = relay.args
+        settle()
         began = time.perf_counter()
         sender = start("send", send_cmd)
         receiver = start("receive", receive_cmd)
@@ -526,6 +536,7 @@ class Daemons:
     def send(self, source, size) -> dict:
         """One ``send`` of *source* to bob: timing, the daemon's result and memory/CPU during it."""
         client = ControlClient(self.alice.control_path)
+        settle()
         sampler = MemorySampler(self.pids()).start()
         meter = CPUMeter(dict(self.pids(), registry=self.registry.pid)).start()
         began = time.perf_counter()
