@@ -115,67 +115,70 @@ class Opener:
     def __init__(self, key: bytes):
         self._aead = AESGCM(key)
         self._n = 0
-        self._buf = bytearray()
+        self._pending = []  # what arrived and is not opened yet, in order (bytes or memoryviews of them)
+        self._pending_len = 0
         self.finished = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._pending_len
+
+    def _take(self, total):
+        """The next *total* bytes, as a memoryview: a slice of the piece that holds them all (no copy), or one
+        join of the pieces a record straddles (one copy, not one per piece)."""
+        first = self._pending[0]
+        if len(first) < total:
+            first = b"".join(self._pending)
+            self._pending = [first]
+        view = memoryview(first)
+        if len(first) == total:
+            self._pending.pop(0)
+        else:
+            self._pending[0] = view[total:]
+        self._pending_len -= total
+        return view[:total]
 
     def feed(self, data):
-        # Records are opened straight from *data* when nothing is buffered; only an incomplete record at the
-        # end is copied into the buffer.
-        if self._buf:
-            self._buf += data
-            src = self._buf
-        else:
-            src = data
-        start = 0
-        end = len(src)
-        view = memoryview(src)
-        try:
-            size = _HEADER.size
-            while end - start >= size:
-                length, kind = _HEADER.unpack_from(src, start)
-                if length < TAG or length > RECORD_MAX + TAG:
-                    raise StreamError("record length %d out of range" % length)
-                if end - start - size < length:
-                    break
-                if self.finished:
-                    raise StreamError("data after the end of the stream")
-                if kind not in KINDS:
-                    raise StreamError("unknown record kind %r" % (kind,))
-                nonce = b"\0\0\0\0" + self._n.to_bytes(8, "big")
-                try:
-                    plain = self._aead.decrypt(nonce, view[start + size:start + size + length], kind)
-                except InvalidTag:
-                    raise StreamError("a record failed authentication (forged, altered or out of order)",
-                                      code="bad_record") from None
-                self._n += 1
-                start += size + length
-                if kind == DATA:
-                    yield DATA, plain
-                elif kind == END:
-                    if len(plain) != 4:
-                        raise StreamError("malformed end-of-file record")
-                    yield END, _INDEX.unpack(plain)[0]
-                elif kind == JSON:
-                    try:
-                        obj = json.loads(plain.decode("ascii"))
-                    except (UnicodeDecodeError, ValueError, RecursionError):
-                        raise StreamError("malformed JSON record") from None
-                    if not isinstance(obj, dict):
-                        raise StreamError("a JSON record must hold an object")
-                    yield JSON, obj
-                else:
-                    self.finished = True
-                    yield FINISH, None
-            if self.finished and end > start:
+        if data:
+            self._pending.append(data)
+            self._pending_len += len(data)
+        size = _HEADER.size
+        while self._pending_len >= size:
+            if len(self._pending[0]) < size:
+                self._pending = [b"".join(self._pending)]
+            length, kind = _HEADER.unpack_from(self._pending[0], 0)
+            if length < TAG or length > RECORD_MAX + TAG:
+                raise StreamError("record length %d out of range" % length)
+            if self.finished:
                 raise StreamError("data after the end of the stream")
-        finally:
-            view.release()
-            if src is self._buf:
-                if start:
-                    del self._buf[:start]
-            elif start < end:
-                self._buf = bytearray(src[start:])
+            if self._pending_len < size + length:
+                break
+            if kind not in KINDS:
+                raise StreamError("unknown record kind %r" % (kind,))
+            record = self._take(size + length)
+            nonce = b"\0\0\0\0" + self._n.to_bytes(8, "big")
+            try:
+                plain = self._aead.decrypt(nonce, record[size:], kind)
+            except InvalidTag:
+                raise StreamError("a record failed authentication (forged, altered or out of order)",
+                                  code="bad_record") from None
+            self._n += 1
+            if kind == DATA:
+                yield DATA, plain
+            elif kind == END:
+                if len(plain) != 4:
+                    raise StreamError("malformed end-of-file record")
+                yield END, _INDEX.unpack(plain)[0]
+            elif kind == JSON:
+                try:
+                    obj = json.loads(plain.decode("ascii"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    raise StreamError("malformed JSON record") from None
+                if not isinstance(obj, dict):
+                    raise StreamError("a JSON record must hold an object")
+                yield JSON, obj
+            else:
+                self.finished = True
+                yield FINISH, None
+        if self.finished and self._pending_len:
+            raise StreamError("data after the end of the stream")
