@@ -26,6 +26,7 @@ and a record cannot be moved. ``kind`` is one of:
 
 import json
 import os
+import queue
 import struct
 
 from cryptography.hazmat.primitives import hashes
@@ -106,15 +107,50 @@ class Sealer:
         return self.seal(FINISH)
 
 
+class BufferPool:
+    """Reusable buffers for decrypted file bytes: ``take(n)`` a bytearray view of *n* bytes (None when the pool is
+    empty or *n* too big: the caller allocates), ``give(view)`` it back once the bytes are written.
+
+    Reuse matters more than it seems: the kernel copies from these buffers into the page cache, and copying from
+    pages it saw a moment ago costs a quarter of copying from freshly allocated ones (measured on this project's
+    VM: 0.15 s against 0.35-1.4 s of system time per GiB). Thread-safe: taken in the reactor thread, given back by
+    the writer thread."""
+
+    def __init__(self, count=24, size=CHUNK):
+        self.size = size
+        self.count = count
+        self.made = 0  # buffers are made when first needed: a daemon that only sends never holds any
+        self._free = queue.SimpleQueue()
+
+    def take(self, n):
+        if n > self.size:
+            return None
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            if self.made >= self.count:
+                return None
+            self.made += 1
+            buf = bytearray(self.size)
+        return memoryview(buf)[:n]
+
+    def give(self, view):
+        if isinstance(view, memoryview) and isinstance(view.obj, bytearray) and len(view.obj) == self.size:
+            buf = view.obj
+            view.release()
+            self._free.put(buf)
+
+
 class Opener:
     """Opens the records of one direction as bytes arrive: ``feed(data)`` yields ``(kind, payload)``.
 
     Buffers at most one record (``RECORD_MAX`` plus a header) besides what one ``feed`` brings. Raises :class:`StreamError` for a record
     that is too long, does not authenticate, has an unknown kind, or follows ``Z``."""
 
-    def __init__(self, key: bytes):
+    def __init__(self, key: bytes, buffers: BufferPool | None = None):
         self._aead = AESGCM(key)
         self._n = 0
+        self.buffers = buffers  # where DATA payloads are decrypted into (else: new bytes each)
         self._pending = []  # what arrived and is not opened yet, in order (bytes or memoryviews of them)
         self._pending_len = 0
         self.finished = False
@@ -157,8 +193,13 @@ class Opener:
                 raise StreamError("unknown record kind %r" % (kind,))
             record = self._take(size + length)
             nonce = b"\0\0\0\0" + self._n.to_bytes(8, "big")
+            into = self.buffers.take(length - TAG) if kind == DATA and self.buffers is not None else None
             try:
-                plain = self._aead.decrypt(nonce, record[size:], kind)
+                if into is None:
+                    plain = self._aead.decrypt(nonce, record[size:], kind)
+                else:
+                    self._aead.decrypt_into(nonce, record[size:], kind, into)
+                    plain = into
             except InvalidTag:
                 raise StreamError("a record failed authentication (forged, altered or out of order)",
                                   code="bad_record") from None

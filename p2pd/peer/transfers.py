@@ -501,6 +501,7 @@ class DiskWriter:
     def __init__(self, reactor, session):
         self.reactor = reactor
         self.session = session
+        self.pool = session.transfer.manager.buffers
         self.threaded = hasattr(reactor, "callFromThread") and hasattr(reactor, "getThreadPool")
         self.fd = None
         self.hasher = None
@@ -554,6 +555,8 @@ class DiskWriter:
 
     def _do(self, op, args):
         if self.broken and op != "stop":
+            if op == "data":
+                self.pool.give(args[0])
             return
         try:
             getattr(self, "_" + op)(*args)
@@ -595,6 +598,7 @@ class DiskWriter:
                 raise TransferError("hash mismatch in chunk %d: the bytes are not those of the file offered; "
                                     "nothing was kept" % n, code="hash_mismatch")
             verified = min((n + 1) * self.hasher.chunk, self.hasher.size)
+        self.pool.give(chunk)  # written and hashed: the buffer can take the next record
         if verified is not None:
             self._report("verified", self.index, verified)
 
@@ -630,7 +634,7 @@ class ReceiveSession(Session):
 
     def attach(self, conn):
         self.conn = conn
-        self.opener = datastream.Opener(self.keys.to_receiver)
+        self.opener = datastream.Opener(self.keys.to_receiver, self.transfer.manager.buffers)
         self.sealer = datastream.Sealer(self.keys.to_sender)
         conn.transport.bufferSize = RECV_SIZE
         self.writer = DiskWriter(self.transfer.manager.reactor, self)
@@ -708,11 +712,13 @@ class ReceiveSession(Session):
             raise TransferError("%s sent data outside a file" % t.peer, code="bad_stream")
         size = t.items[self.index]["size"]
         if self.position + len(chunk) > size:
+            t.manager.buffers.give(chunk)
             raise TransferError("%s sent more than the %d bytes it declared for %s; nothing was kept"
                                 % (t.peer, size, t.items[self.index]["path"]), code="size_mismatch")
-        self.position += len(chunk)
-        self.writer.submit("data", chunk, size=len(chunk))
-        t.progress(len(chunk))
+        n = len(chunk)
+        self.position += n
+        self.writer.submit("data", chunk, size=n)  # the writer owns the buffer from here on
+        t.progress(n)
 
     def _end(self, index):
         t = self.transfer
@@ -1029,6 +1035,7 @@ class Transfers:
         self.policy = policy
         self.accept_from = tuple(accept_from or ())
         self.accept_max = accept_max
+        self.buffers = datastream.BufferPool()  # shared by all receive sessions
         self.live = {}  # tid -> Outgoing/Incoming still running or waiting
         self.sessions = {}  # sid -> Session waiting for its data connection
         self.requests = {}  # rid -> (peer, kind, Deferred) of our ls/get requests
