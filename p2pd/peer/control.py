@@ -24,6 +24,11 @@ accept     ``tid``                             ``{"tid", "status"}``: an offer w
 reject     ``tid``                             ``{"tid", "status": "rejected"}``
 cancel     ``tid``                             ``{"tid", "status": "cancelled"}``
 transfers  ``limit`` (opt)                     transfers, newest first, running and finished
+create     ``room``                            the new room (its creator is its first member)
+join       ``room``                            the room with its members
+leave      ``room``                            the room with its members (General cannot be left)
+groups     -                                   every room: ``name``, ``member_count``, ...
+users      -                                   the online peers (as ``peers``)
 =========  ==================================  ==========================================================
 
 ``send`` and ``get`` write ``{"id": ID, "progress": {...}}`` lines (bytes, done, rate, eta) while they run,
@@ -317,6 +322,21 @@ class ControlProtocol(LineReceiver):
     def do_unwatch(self, request):
         self.stop_watching()
         return {"watching": False}
+
+    def do_create(self, request):
+        return self.facade.create_room(_arg(request, "room", str))
+
+    def do_join(self, request):
+        return self.facade.join_room(_arg(request, "room", str))
+
+    def do_leave(self, request):
+        return self.facade.leave_room(_arg(request, "room", str))
+
+    def do_groups(self, request):
+        return self.facade.rooms()
+
+    def do_users(self, request):
+        return self.facade.peers()
 
     def _transfers(self):
         transfers = getattr(self.facade, "transfers", None)

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from p2pd import __version__
 from p2pd.core import wire
-from p2pd.core.names import canonical_name
+from p2pd.core.names import canonical_name, room_display
 from p2pd.errors import BadRequest, NotFound, P2PDError
 from p2pd.peer.link import IdentityMismatchError, LinkFailed, PeerLink
 
@@ -707,6 +707,30 @@ class PeerDaemon:
             "queued": len(self.queues.get(name, {})),
         }
         return record
+
+    # rooms (the registry keeps who is in which room)
+
+    def create_room(self, room):
+        """Create *room* (and join it); RoomExists if a room of that name, ignoring case, exists."""
+        return self.registry.create_room(room_display(room))
+
+    def join_room(self, room):
+        return self.registry.join(room_display(room))
+
+    def leave_room(self, room):
+        return self.registry.leave(room_display(room))
+
+    @defer.inlineCallbacks
+    def rooms(self):
+        """Every room, with its member count and whether we are in it."""
+        found, after = [], None
+        while True:
+            page = yield self.registry.rooms(after=after, limit=200)
+            found.extend(page["rooms"])
+            after = page.get("next")
+            if not after or len(found) > 10000:
+                break
+        return found
 
     def history(self, conversation=None, limit=100):
         if conversation is not None:

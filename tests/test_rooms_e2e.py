@@ -1,0 +1,91 @@
+"""Chat rooms end to end, first part: managing rooms (create, join, leave, groups, users) with real daemons.
+
+Three peers of the seed's figure 1 (jim, george, michael) against one registry, driven through ``p2pctl`` as a
+user would: every success and every failure case the seed lists gets its own clear line and exit code.
+Room messages (``public``), announcements and ``p2pctl shell`` come with the rest of the rooms issue.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.peer_process import ControlError, PeerProcess
+from tests.registry_process import RegistryProcess
+
+pytestmark = pytest.mark.slow
+
+P2PCTL = os.path.join(os.path.dirname(sys.executable), "p2pctl")
+
+
+def p2pctl(peer, *args):
+    return subprocess.run([P2PCTL, "--data-dir", peer.data_dir] + list(args), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rooms")
+    with RegistryProcess(str(base / "registry")) as registry:
+        peers = [PeerProcess(str(base / name), name, registry.http) for name in ("jim", "george", "michael")]
+        try:
+            for peer in peers:
+                peer.start()
+            yield peers
+        finally:
+            for peer in peers:
+                peer.stop()
+
+
+def test_everyone_is_in_general_from_the_start(trio):
+    jim, george, michael = trio
+    rooms = {r["name"]: r for r in jim.ctl("groups")}
+    assert rooms["General"]["member_count"] == 3
+    out = p2pctl(george, "groups")
+    assert out.returncode == 0 and "General" in out.stdout
+    users = p2pctl(jim, "users")
+    assert users.returncode == 0
+    assert "george" in users.stdout and "michael" in users.stdout and "jim " not in users.stdout
+
+
+def test_create_join_leave_and_every_failure(trio):
+    jim, george, michael = trio
+    out = p2pctl(michael, "create", "G1")
+    assert out.returncode == 0 and out.stdout.strip() == "created room G1 (1 member: michael)"
+
+    out = p2pctl(jim, "create", "g1")  # unique ignoring case
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: room G1 already exists" and not out.stdout
+
+    out = p2pctl(jim, "join", "G1")
+    assert out.returncode == 0 and out.stdout.strip() == "joined G1 (2 members: jim, michael)"
+    out = p2pctl(jim, "join", "G1")
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: jim is already a member of G1"
+
+    out = p2pctl(george, "join", "G2")
+    assert out.returncode == 1 and "does not exist" in out.stderr and "g2" in out.stderr.lower()
+    out = p2pctl(george, "leave", "G2")
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    out = p2pctl(george, "leave", "G1")
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: george is not a member of G1"
+    out = p2pctl(george, "leave", "General")
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: everyone stays in General"
+
+    out = p2pctl(jim, "leave", "G1")
+    assert out.returncode == 0 and out.stdout.strip() == "left G1 (1 member: michael)"
+    room = {r["name"]: r for r in jim.ctl("groups")}["G1"]
+    assert room["member_count"] == 1 and room["creator"] == "michael"
+
+    out = p2pctl(jim, "--json", "join", "G1")
+    assert out.returncode == 0 and json.loads(out.stdout)["members"] == ["jim", "michael"]
+
+
+@pytest.mark.parametrize("name", ["bad name", "x" * 33, "", "G/1", "\u0413"])
+def test_invalid_room_names_are_refused_before_the_registry(trio, name):
+    jim = trio[0]
+    out = p2pctl(jim, "create", name)
+    assert out.returncode == 2 and "invalid room name" in out.stderr
+    with pytest.raises(ControlError) as e:
+        jim.ctl("create", room=name)
+    assert e.value.code == "invalid_name"
