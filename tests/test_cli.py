@@ -483,7 +483,7 @@ def test_watch_prints_one_safe_line_per_event(run, daemon):
     lines = out.splitlines()
     assert len(lines) == len(EVENTS) and out.count("\n") == len(EVENTS)
     assert_terminal_safe(out)
-    assert lines[0].endswith("] bob -> alice: " + PERSIAN)
+    assert lines[0].endswith("] Private message from bob: " + PERSIAN)
     assert "delivered to bob (direct)" in lines[2] and "bob is offline" in lines[4]
     assert "registry unreachable: connection refused" in lines[6]
 

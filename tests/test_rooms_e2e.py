@@ -89,3 +89,61 @@ def test_invalid_room_names_are_refused_before_the_registry(trio, name):
     with pytest.raises(ControlError) as e:
         jim.ctl("create", room=name)
     assert e.value.code == "invalid_name"
+
+
+def room_history(peer, room):
+    return [(m["sender"], m["body"]) for m in peer.ctl("history", conversation=room, limit=100)]
+
+
+def wait_for(predicate, what, timeout=20):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def test_public_messages_reach_every_member_once_in_order(trio):
+    jim, george, michael = trio
+    assert p2pctl(george, "create", "Fans").returncode == 0
+    assert p2pctl(jim, "join", "Fans").returncode == 0
+    assert p2pctl(michael, "join", "Fans").returncode == 0
+    bodies = ["fan message %d" % n for n in range(20)]
+    for body in bodies:
+        out = p2pctl(george, "public", "Fans", body)
+        assert out.returncode == 0 and out.stdout.strip() == "sent to Fans (2 other members)"
+    for member in (jim, michael):
+        wait_for(lambda m=member: len(room_history(m, "Fans")) == 20, "%s to get 20 room messages" % member.name)
+        assert room_history(member, "Fans") == [("george", b) for b in bodies]
+    assert room_history(george, "Fans") == [("george", b) for b in bodies]  # the sender's own copy, once
+    assert george.ctl("status")["outbox"] == 0
+
+
+def test_public_failures(trio):
+    jim, george, michael = trio
+    out = p2pctl(jim, "public", "Nowhere", "hi")
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: room Nowhere does not exist"
+    assert p2pctl(michael, "create", "Closed").returncode == 0
+    out = p2pctl(jim, "public", "Closed", "hi")
+    assert out.returncode == 1 and "you are not a member of Closed" in out.stderr
+    out = p2pctl(jim, "private", "nobody", "hi")
+    assert out.returncode == 4 and "unknown peer nobody" in out.stderr
+
+
+def test_leaving_stops_delivery_and_an_offline_member_gets_room_messages_on_return(trio):
+    jim, george, michael = trio
+    assert p2pctl(michael, "create", "G7").returncode == 0
+    assert p2pctl(jim, "join", "G7").returncode == 0
+    assert p2pctl(george, "join", "G7").returncode == 0
+    george.stop()
+    out = p2pctl(michael, "public", "G7", "while george is away")
+    assert out.returncode == 0
+    wait_for(lambda: ("michael", "while george is away") in room_history(jim, "G7"), "jim to get it")
+    george.start()
+    wait_for(lambda: ("michael", "while george is away") in room_history(george, "G7"), "george to get it back")
+    assert p2pctl(jim, "leave", "G7").returncode == 0
+    assert p2pctl(michael, "public", "G7", "after jim left").returncode == 0
+    wait_for(lambda: ("michael", "after jim left") in room_history(george, "G7"), "george to get it")
+    assert ("michael", "after jim left") not in room_history(jim, "G7")

@@ -208,16 +208,29 @@ def test_duplicate_after_reopen_dropped(path):
 
 
 def test_last_seq(store):
-    """last_seq is the highest seq received per (sender, conversation), 0 before any, whatever the order."""
+    """last_seq is the highest seq received from a sender, 0 before any, whatever the order: a sender numbers
+    everything it sends us (chat and room messages) in one sequence, kept under its one-to-one conversation."""
     assert store.last_seq("bob", "bob") == 0
     for n in (1, 3, 2):
         store.add_incoming(incoming(n), NOW)
+    assert store.last_seq("bob", "bob") == 3
     store.add_incoming(incoming(9, room="General"), NOW)
     store.add_incoming(incoming(5, sender="carol"), NOW)
-    assert store.last_seq("bob", "bob") == 3
-    assert store.last_seq("bob", "#general") == 9
+    assert store.last_seq("bob", "bob") == 9
     assert store.last_seq("carol", "carol") == 5
-    assert store.last_seq("carol", "#general") == 0
+
+
+def test_room_post_shows_once_and_queues_a_copy_per_member(store):
+    post, copies = store.add_room_post("G1", "hello room", ["bob", "carol"], NOW)
+    assert post["conversation"] == "#g1" and post["status"] == "sent" and post["recipient"] is None
+    assert [c["recipient"] for c in copies] == ["bob", "carol"] and len({c["id"] for c in copies}) == 2
+    assert all(c["room"] == "G1" and c["conversation"] == "~#g1" for c in copies)
+    assert [m["id"] for m in store.history("#g1")] == [post["id"]]
+    assert [m["id"] for m in store.history()] == [post["id"]]
+    assert {m["id"] for m in store.outbox()} == {c["id"] for c in copies}
+    assert [c["conversation"] for c in store.conversations()] == ["#g1"]
+    store.add_outgoing("bob", "direct", NOW)
+    assert [m["seq"] for m in store.outbox("bob")] == [1, 2]  # one sequence per recipient
 
 
 def test_incoming_room_message(store):
@@ -670,7 +683,7 @@ class StorageMachine(RuleBasedStateMachine):
         assert self.s.add_incoming(incoming(seq, sender=sender, room=room, msg_id=msg_id), NOW) is expected
         if expected:
             self.status[msg_id] = "received"
-            key = (sender, sender if room is None else "#general")
+            key = (sender, sender)  # one sequence per sender, chat and rooms alike
             self.last_in[key] = max(self.last_in.get(key, 0), seq)
         return msg_id
 

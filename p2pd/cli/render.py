@@ -38,7 +38,15 @@ def event_line(event, now_ms) -> str:
     kind = event.get("event")
     stamp = "[%s]" % clock(now_ms)
     if kind == "message":
-        return message_line(event.get("message"), recipient=True)
+        msg = event.get("message")
+        if isinstance(msg, dict) and msg.get("direction") == "in":
+            if msg.get("room"):
+                return "%s In group %s, %s: %s" % (stamp, clean(msg["room"]), clean(msg.get("sender")),
+                                                   clean(msg.get("body")))
+            return "%s Private message from %s: %s" % (stamp, clean(msg.get("sender")), clean(msg.get("body")))
+        return message_line(msg, recipient=True)
+    if kind == "room":
+        return "%s %s %s %s" % (stamp, clean(event.get("name")), clean(event.get("change")), clean(event.get("room")))
     if kind == "delivered":
         return "%s delivered to %s (%s), message %s" % (stamp, clean(event.get("to")), clean(event.get("via")),
                                                         short_id(event.get("id")))

@@ -5,7 +5,7 @@ chatroom of the seed lists has its own message and a non-zero exit: the room exi
 exist (join, leave), you are already a member (join), you are not a member (leave), General cannot be left.
 """
 
-from p2pd.cli import exits, render
+from p2pd.cli import basic, exits, render
 from p2pd.cli.basic import show
 from p2pd.cli.command import arg, command
 from p2pd.cli.sanitize import clean, table
@@ -62,3 +62,18 @@ def groups(ctx, args):
 @command("users", "list the users who are online")
 def users(ctx, args):
     return show(ctx, ctx.request("users"), render.peers_lines)
+
+
+@command("public", "send a message to every member of a room", [ROOM, arg("text", metavar="TEXT", nargs="+")])
+def public(ctx, args):
+    result = ctx.request("public", room=room_name(args.room), text=" ".join(args.text))
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        n = len(result.get("recipients") or [])
+        ctx.say("sent to %s (%d other member%s)" % (clean(result.get("room")), n, "" if n == 1 else "s"))
+    return exits.OK
+
+
+command("private", "send a private message to one user (the same as msg)",
+        [arg("peer", metavar="USER"), arg("text", metavar="TEXT", nargs="+")])(basic.msg)

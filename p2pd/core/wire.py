@@ -10,6 +10,7 @@ Both sides open with ``hello``; everything else waits for it. Frames (``t`` is t
     {"t": "ping", "n": 3} / {"t": "pong", "n": 3}            keepalive (idle links are probed, dead ones closed)
     {"t": "error", "code": "bad_frame", "message": "...", "ref": ID?}
     {"t": "bye"}
+    {"t": "room", "room": "G1", "from": "alice", "change": "joined"|"left"}   announced to the room's members
 
 File transfers (:mod:`p2pd.peer.transfers`; the bytes go on a data connection, :mod:`p2pd.core.datastream`)::
 
@@ -117,6 +118,12 @@ def _error(f):
     _want(f, "message", str, lambda m: len(m) <= 1000)
 
 
+def _room_event(f):
+    _want(f, "room", str, ROOM_RE.fullmatch)
+    _want(f, "from", str, NAME_RE.fullmatch)
+    _want(f, "change", str, lambda c: c in ("joined", "left"))
+
+
 MAX_ITEMS = 1000  # files in one offer (a larger tree is sent as several offers)
 MAX_SIZE = 1 << 50  # bytes in one file
 HASH_RE = re.compile(r"[0-9a-f]{64}")
@@ -187,7 +194,7 @@ def _listing(f):
 
 CHECKS = {"hello": _hello, "msg": _msg, "ack": _ack, "ping": _ping, "pong": _ping, "error": _error,
           "bye": lambda f: None, "offer": _offer, "accept": _accept, "reject": _reject, "cancel": _reject,
-          "ls": _ls, "listing": _listing, "get": _ls}
+          "ls": _ls, "listing": _listing, "get": _ls, "room": _room_event}
 
 
 # jsonbody.loads_object's rules, made cheaper for the many short lines of a link: one decoder built once (json.loads

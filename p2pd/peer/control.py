@@ -28,6 +28,8 @@ create     ``room``                            the new room (its creator is its 
 join       ``room``                            the room with its members
 leave      ``room``                            the room with its members (General cannot be left)
 groups     -                                   every room: ``name``, ``member_count``, ...
+public     ``room``, ``text``                  ``{"id", "room", "recipients", "status": "sent"}`` once stored
+private    ``to``, ``text``                    as ``msg``
 users      -                                   the online peers (as ``peers``)
 =========  ==================================  ==========================================================
 
@@ -331,6 +333,12 @@ class ControlProtocol(LineReceiver):
 
     def do_leave(self, request):
         return self.facade.leave_room(_arg(request, "room", str))
+
+    def do_public(self, request):
+        return self.facade.post_room(_arg(request, "room", str), _arg(request, "text", str))
+
+    def do_private(self, request):
+        return self.facade.send_message(_arg(request, "to", str), _arg(request, "text", str))
 
     def do_groups(self, request):
         return self.facade.rooms()

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from p2pd import __version__
 from p2pd.core import wire
-from p2pd.core.names import canonical_name, room_display
+from p2pd.core.names import canonical_name, canonical_room, room_display
 from p2pd.errors import BadRequest, NotFound, P2PDError
 from p2pd.peer.link import IdentityMismatchError, LinkFailed, PeerLink
 
@@ -52,6 +52,18 @@ class PeerOffline(P2PDError):
 
 class NoSuchPeer(NotFound):
     code = "unknown_peer"
+
+
+class NoSuchRoom(NotFound):
+    code = "unknown_room"
+
+
+class NotMember(P2PDError):
+    code = "not_member"
+    status = 409
+
+
+ROOM_NAME_RE = wire.ROOM_RE
 
 
 def now_ms(clock) -> int:
@@ -96,6 +108,9 @@ class PeerDaemon:
         self._fetching = None
         self.started = False
         self.transfers = None  # a p2pd.peer.transfers.Transfers, when files are enabled
+        self.room_member = {}  # canonical room -> whether we are in it (rooms joined/left through this daemon)
+        for key, member in storage.settings_with_prefix("rooms:"):
+            self.room_member[key[len("rooms:"):]] = member
         for msg in storage.outbox(limit=10**9):
             self.queues.setdefault(msg["recipient"], OrderedDict())[msg["id"]] = msg
 
@@ -284,7 +299,9 @@ class PeerDaemon:
 
     def link_frame(self, link, frame):
         kind = frame["t"]
-        if kind in self.TRANSFER_FRAMES:
+        if kind == "room":
+            self.room_event(link, frame)
+        elif kind in self.TRANSFER_FRAMES:
             if self.transfers is None:
                 link.send(wire.error("unsupported", "this peer takes no files", frame.get("tid") or frame.get("rid")))
             else:
@@ -310,8 +327,9 @@ class PeerDaemon:
         if frame["from"] != link.peer:
             link.send(wire.error("bad_frame", "messages on this link must come from %s" % link.peer, frame["id"]))
             return
-        if frame.get("room"):
-            link.send(wire.error("unsupported", "room messages are not supported by this peer yet", frame["id"]))
+        if frame.get("room") and not self.in_room(frame["room"]):
+            # We left the room (or never were in it): take the message off the sender's outbox, keep nothing.
+            link.send({"t": "ack", "id": frame["id"]})
             return
         if link.backlog is not None:
             link.backlog.append(frame)
@@ -333,7 +351,8 @@ class PeerDaemon:
         msg = {"id": frame["id"], "sender": frame["from"], "recipient": self.name, "seq": frame["seq"],
                "ts": frame["ts"], "body": frame["body"], "room": frame.get("room"), "via": via}
         if self.storage.add_incoming(msg, now_ms(self.clock)):
-            stored = dict(msg, conversation=frame["from"], direction="in", via=via)
+            conversation = frame["from"] if not frame.get("room") else "#" + canonical_room(frame["room"])
+            stored = dict(msg, conversation=conversation, direction="in", via=via)
             self._after_commit.append(lambda: self.emit({"event": "message", "message": stored}))
         if link is not None:
             ids = self._acks.get(link)
@@ -366,19 +385,26 @@ class PeerDaemon:
 
     # sending
 
+    @staticmethod
+    def _check_text(text):
+        if not isinstance(text, str) or not text:
+            raise BadRequest("the message is empty")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise BadRequest("the message is not valid Unicode text") from None
+        if size > wire.MAX_BODY:
+            raise BadRequest("the message is %d bytes; the limit is %d" % (size, wire.MAX_BODY))
+
     def send_message(self, to, text, wait=10.0):
         try:
             to = canonical_name(to)
         except P2PDError as e:
             return defer.fail(e)
-        if not isinstance(text, str) or not text:
-            return defer.fail(BadRequest("the message is empty"))
         try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            return defer.fail(BadRequest("the message is not valid Unicode text"))
-        if size > wire.MAX_BODY:
-            return defer.fail(BadRequest("the message is %d bytes; the limit is %d" % (size, wire.MAX_BODY)))
+            self._check_text(text)
+        except P2PDError as e:
+            return defer.fail(e)
         if to == self.name:
             return defer.fail(BadRequest("you cannot send a message to yourself"))
         result = defer.Deferred().addCallback(_outcome, to)  # first, whatever the caller adds to it later
@@ -426,10 +452,10 @@ class PeerDaemon:
         self._after_commit.append(lambda: self._dispatch(msg, wait))
         self.schedule_flush()
 
-    def _dispatch(self, msg, wait):
+    def _dispatch(self, msg, wait, announce=True):
         """A committed message: announce it, queue it, send it or get it moving."""
         to = msg["recipient"]
-        if self.subscribers:
+        if self.subscribers and announce:
             self.emit({"event": "message", "message": dict(msg, direction="out")})
         queue = self.queues.get(to)
         if queue is None:
@@ -479,10 +505,16 @@ class PeerDaemon:
             if not waiter.called:
                 waiter.callback(dict(outcome, id=msg_id))
 
+    def frame_of(self, msg):
+        frame = {"t": "msg", "id": msg["id"], "from": self.name, "seq": msg["seq"], "ts": msg["ts"],
+                 "body": msg["body"]}
+        if msg.get("room"):
+            frame["room"] = msg["room"]
+        return frame
+
     def send_frame(self, link, msg):
         link.inflight.add(msg["id"])
-        link.send({"t": "msg", "id": msg["id"], "from": self.name, "seq": msg["seq"], "ts": msg["ts"],
-                   "body": msg["body"]})
+        link.send(self.frame_of(msg))
 
     def send_queued(self, link):
         for msg in list(self.queues.get(link.peer, {}).values()):
@@ -590,8 +622,7 @@ class PeerDaemon:
         for msg in list(self.queues.get(peer, {}).values()):
             if peer in self.links:
                 return self.send_queued(self.links[peer])
-            frame = {"t": "msg", "id": msg["id"], "from": self.name, "seq": msg["seq"], "ts": msg["ts"],
-                     "body": msg["body"]}
+            frame = self.frame_of(msg)
             token = seal(self.identity.signing, self.name, peer, box,
                          json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
             try:
@@ -710,15 +741,67 @@ class PeerDaemon:
 
     # rooms (the registry keeps who is in which room)
 
+    def in_room(self, room):
+        """Whether we are a member of *room*, as far as we know (rooms we joined or left through this daemon;
+        every peer is in General). Unknown rooms count as joined: a message is never dropped on a guess."""
+        return self.room_member.get(canonical_room(room), True)
+
+    def _membership(self, room_view, member):
+        self.room_member[canonical_room(room_view["name"])] = member
+        self.storage.put("rooms:" + canonical_room(room_view["name"]), member)
+        self.schedule_flush()
+        self.announce_room(room_view, "joined" if member else "left")
+        return room_view
+
     def create_room(self, room):
         """Create *room* (and join it); RoomExists if a room of that name, ignoring case, exists."""
-        return self.registry.create_room(room_display(room))
+        return self.registry.create_room(room_display(room)).addCallback(self._membership, True)
 
     def join_room(self, room):
-        return self.registry.join(room_display(room))
+        return self.registry.join(room_display(room)).addCallback(self._membership, True)
 
     def leave_room(self, room):
-        return self.registry.leave(room_display(room))
+        return self.registry.leave(room_display(room)).addCallback(self._membership, False)
+
+    def announce_room(self, room_view, change):
+        """Tell the room's other members that we joined or left it, on links that are up or can be set up now
+        (an announcement is not queued: members who are away see the member list when they look)."""
+        frame = {"t": "room", "room": room_view["name"], "from": self.name, "change": change}
+        for member in room_view.get("members") or []:
+            if member == self.name:
+                continue
+            d = self.dial(member)
+            d.addCallback(lambda link: link.send(frame))
+            d.addErrback(lambda f: None)
+
+    def room_event(self, link, frame):
+        if frame["from"] != link.peer:
+            return link.send(wire.error("bad_frame", "room events on this link must come from %s" % link.peer))
+        self.emit({"event": "room", "room": frame["room"], "name": link.peer, "change": frame["change"]})
+
+    @defer.inlineCallbacks
+    def post_room(self, room, text):
+        """Send *text* to every member of *room*: stored once in our history and once per member in the outbox
+        (committed before the answer), then delivered to each directly, or sealed into the mailbox for those we
+        cannot reach. NotFound if the room does not exist, NotMember if we are not in it."""
+        self._check_text(text)
+        display = room_display(room)
+        try:
+            view = yield self.registry.room(display)
+        except NotFound:
+            raise NoSuchRoom("room %s does not exist" % display) from None
+        if self.name not in view.get("members", []):
+            raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
+        recipients = [m for m in view["members"] if m != self.name]
+        post, copies = self.storage.add_room_post(view["name"], text, recipients, now_ms(self.clock))
+        committed = defer.Deferred()
+        self._after_commit.append(lambda: committed.callback(None))
+        self.schedule_flush()
+        yield committed
+        self.emit({"event": "message", "message": post})
+        for msg in copies:
+            self._dispatch(msg, 0, announce=False)
+        return {"id": post["id"], "room": view["name"], "recipients": recipients, "status": "sent"}
 
     @defer.inlineCallbacks
     def rooms(self):
@@ -733,6 +816,19 @@ class PeerDaemon:
         return found
 
     def history(self, conversation=None, limit=100):
+        """The conversation with a peer, or with a room (``#G1``, or ``G1`` when no peer chat of that name
+        exists)."""
         if conversation is not None:
-            conversation = canonical_name(conversation)
+            conversation = self.conversation_key(conversation)
         return self.storage.history(conversation, limit=limit)
+
+    def conversation_key(self, name):
+        if name.startswith("#"):
+            return "#" + canonical_room(name[1:])
+        try:
+            peer = canonical_name(name)
+        except P2PDError:
+            return "#" + canonical_room(name)
+        known = {c["conversation"] for c in self.storage.conversations()}
+        room = "#" + canonical_room(name) if ROOM_NAME_RE.fullmatch(name) else None
+        return room if room in known and peer not in known else peer

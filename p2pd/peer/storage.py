@@ -254,8 +254,10 @@ _OUTBOX_RECIPIENTS = (
     " SELECT name FROM r WHERE name IS NOT NULL"
 )
 _HISTORY = {
-    (False, False): "SELECT %s FROM messages m ORDER BY m.rowid DESC LIMIT ?",
-    (False, True): "SELECT %s FROM messages m WHERE m.rowid < ? ORDER BY m.rowid DESC LIMIT ?",
+    (False, False): "SELECT %s FROM messages m WHERE m.conversation NOT LIKE '~%%' ORDER BY m.rowid DESC LIMIT ?",
+    (False, True): (
+        "SELECT %s FROM messages m WHERE m.conversation NOT LIKE '~%%' AND m.rowid < ? ORDER BY m.rowid DESC LIMIT ?"
+    ),
     (True, False): "SELECT %s FROM messages m WHERE m.conversation = ? ORDER BY m.rowid DESC LIMIT ?",
     (True, True): (
         "SELECT %s FROM messages m WHERE m.conversation = ? AND m.rowid < ? ORDER BY m.rowid DESC LIMIT ?"
@@ -447,6 +449,27 @@ class Storage:
             "rowid": rowid,
         }
 
+    @_writes
+    def add_room_post(self, room: str, body: str, recipients, now_ms: int) -> tuple:
+        """Store a message to *room*: ``(post, copies)``. The post is what our history shows, once, in
+        ``"#" + canonical room`` (status ``sent``, in no outbox); each of *recipients* gets a copy of its own
+        (own id, the recipient's next seq) in the outbox, kept in the hidden conversation ``"~#" + room``, so
+        every member's delivery is tracked, retried and sealed into the mailbox like a one-to-one message."""
+        _text("body", body)
+        _integer("now_ms", now_ms)
+        conversation = _room_conversation(room)
+        msg_id = "%012x%s" % (now_ms & 0xFFFFFFFFFFFF, os.urandom(10).hex())
+        rowid = self._db.execute(_INSERT_MESSAGE, (
+            msg_id, conversation, self.name, None, room, 0, now_ms, body, "out", "sent", None, now_ms, now_ms,
+        )).lastrowid
+        self._count(conversation, now_ms, rowid)
+        post = {"id": msg_id, "conversation": conversation, "sender": self.name, "recipient": None, "room": room,
+                "seq": 0, "ts": now_ms, "body": body, "direction": "out", "status": "sent", "via": None,
+                "received_at": now_ms, "mailbox_id": None, "reason": None, "updated_at": now_ms, "rowid": rowid}
+        copies = [self.add_outgoing(r, body, now_ms, room=room, conversation="~" + conversation)
+                  for r in recipients]
+        return post, copies
+
     def outbox(self, recipient: str | None = None, limit: int = 1000) -> list[dict]:
         """Undelivered outgoing messages in sending order: by seq for one recipient, else by recipient, seq."""
         if recipient is None:
@@ -539,8 +562,10 @@ class Storage:
         ))
         if cursor.rowcount != 1:
             return False
-        db.execute(_SEEN_SEQ, (sender, conversation, seq))
-        key = (sender, conversation)
+        # The sender numbers everything it sends us in one sequence (chat and rooms alike): the seq is kept per
+        # sender, under the conversation key of its one-to-one chat.
+        db.execute(_SEEN_SEQ, (sender, sender, seq))
+        key = (sender, sender)
         last = self._last_seq.get(key)
         if last is not None and seq > last:
             self._last_seq[key] = seq
@@ -594,7 +619,8 @@ class Storage:
         return [
             {"conversation": name, "count": count, "last_ts": last_ts}
             for name, count, last_ts in self._db.execute(
-                "SELECT conversation, count, last_ts FROM conversations ORDER BY last_rowid DESC"
+                "SELECT conversation, count, last_ts FROM conversations WHERE conversation NOT LIKE '~%' "
+                "ORDER BY last_rowid DESC"
             )
         ]
 
@@ -604,6 +630,12 @@ class Storage:
         """The setting *key* as it was put, or *default*."""
         row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    def settings_with_prefix(self, prefix: str) -> list:
+        """``(key, value)`` of every setting whose key starts with *prefix*."""
+        rows = self._db.execute("SELECT key, value FROM settings WHERE key >= ? AND key < ?",
+                                (prefix, prefix + "\uffff"))
+        return [(key, json.loads(value)) for key, value in rows]
 
     @_writes
     def put(self, key: str, value):
