@@ -61,14 +61,14 @@ def test_create_join_leave_and_every_failure(trio):
     out = p2pctl(jim, "join", "G1")
     assert out.returncode == 0 and out.stdout.strip() == "joined G1 (2 members: jim, michael)"
     out = p2pctl(jim, "join", "G1")
-    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: jim is already a member of G1"
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: you are already a member of G1"
 
     out = p2pctl(george, "join", "G2")
-    assert out.returncode == 1 and "does not exist" in out.stderr and "g2" in out.stderr.lower()
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: room G2 does not exist"
     out = p2pctl(george, "leave", "G2")
     assert out.returncode == 1 and "does not exist" in out.stderr
     out = p2pctl(george, "leave", "G1")
-    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: george is not a member of G1"
+    assert out.returncode == 1 and out.stderr.strip() == "p2pctl: you are not a member of G1"
     out = p2pctl(george, "leave", "General")
     assert out.returncode == 1 and out.stderr.strip() == "p2pctl: everyone stays in General"
 
@@ -147,3 +147,100 @@ def test_leaving_stops_delivery_and_an_offline_member_gets_room_messages_on_retu
     assert p2pctl(michael, "public", "G7", "after jim left").returncode == 0
     wait_for(lambda: ("michael", "after jim left") in room_history(george, "G7"), "george to get it")
     assert ("michael", "after jim left") not in room_history(jim, "G7")
+
+
+class ShellProcess:
+    """``p2pctl shell`` with its stdin and stdout piped: type a line, wait for a line to appear."""
+
+    def __init__(self, peer):
+        import queue
+        import threading
+
+        self.peer = peer
+        self.lines = queue.Queue()
+        self.seen = []
+        self.proc = subprocess.Popen([P2PCTL, "--data-dir", peer.data_dir, "shell"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def type(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, text, timeout=15):
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if text in line:
+                    self.seen.remove(line)
+                    return line
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("%s's shell never showed %r; it showed %r" % (self.peer.name, text, self.seen))
+            if line is None:
+                raise AssertionError("%s's shell ended before showing %r (%r)" % (self.peer.name, text, self.seen))
+            self.seen.append(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+def test_the_seed_figure_1_session(trio):
+    """The three users of the seed's figure 1, each in a shell, in the order the figure shows."""
+    jim, george, michael = trio
+    shells = {p.name: ShellProcess(p) for p in (jim, george, michael)}
+    j, g, m = shells["jim"], shells["george"], shells["michael"]
+    try:
+        for name, shell in shells.items():
+            shell.expect("Hello %s! You joined the room 'General'." % name)
+        m.type("create Seed1")
+        m.expect("New group chat 'Seed1' created; you are its first member.")
+        m.type("join Seed1")
+        m.expect("you are already a member of Seed1")
+        j.type("join Seed1")
+        j.expect("You have joined group chat 'Seed1'.")
+        m.expect("jim has joined group chat 'Seed1'.")
+        g.type("users")
+        g.expect("online users:")
+        for name in ("george", "jim", "michael"):
+            g.expect(name)
+        g.type("private michael Could you help me join a group chat?")
+        m.expect("Private message from george: Could you help me join a group chat?")
+        m.type("private george sure")
+        g.expect("Private message from michael: sure")
+        j.type("public Seed1 Hey Michael, What's up?")
+        m.expect("In group Seed1, jim: Hey Michael, What's up?")
+        m.type("public Seed1 Not much!")
+        j.expect("In group Seed1, michael: Not much!")
+        g.type("groups")
+        g.expect("available groups:")
+        g.expect("Seed1")
+        g.type("join Seed1")
+        g.expect("You have joined group chat 'Seed1'.")
+        j.expect("george has joined group chat 'Seed1'.")
+        m.expect("george has joined group chat 'Seed1'.")
+        j.type("leave Seed1")
+        j.expect("You have left group chat 'Seed1'.")
+        g.expect("jim has left group chat 'Seed1'.")
+        m.expect("jim has left group chat 'Seed1'.")
+        j.type("exit")
+        assert j.proc.wait(10) == 0
+        assert jim.ctl("status")["registry"]["state"] == "online"  # the daemon keeps running
+        m.type("public Seed1 jim is gone")
+        g.expect("In group Seed1, michael: jim is gone")
+        assert ("michael", "jim is gone") not in room_history(jim, "Seed1")
+        assert room_history(jim, "Seed1") == [("jim", "Hey Michael, What's up?"), ("michael", "Not much!")]
+    finally:
+        for shell in shells.values():
+            shell.close()

@@ -753,15 +753,33 @@ class PeerDaemon:
         self.announce_room(room_view, "joined" if member else "left")
         return room_view
 
+    def _room_error(self, failure, display):
+        """The registry's answer in the user's words: "you are ...", and the room as it was typed."""
+        error = failure.value
+        if isinstance(error, P2PDError):
+            words = {"unknown_room": "room %s does not exist" % display,
+                     "already_member": "you are already a member of %s" % display,
+                     "not_member": "you are not a member of %s" % display}
+            if error.code in words:
+                error.message = words[error.code]
+                error.args = (error.message,)
+        return failure
+
     def create_room(self, room):
         """Create *room* (and join it); RoomExists if a room of that name, ignoring case, exists."""
-        return self.registry.create_room(room_display(room)).addCallback(self._membership, True)
+        display = room_display(room)
+        return self.registry.create_room(display).addCallbacks(self._membership, self._room_error,
+                                                               callbackArgs=(True,), errbackArgs=(display,))
 
     def join_room(self, room):
-        return self.registry.join(room_display(room)).addCallback(self._membership, True)
+        display = room_display(room)
+        return self.registry.join(display).addCallbacks(self._membership, self._room_error,
+                                                        callbackArgs=(True,), errbackArgs=(display,))
 
     def leave_room(self, room):
-        return self.registry.leave(room_display(room)).addCallback(self._membership, False)
+        display = room_display(room)
+        return self.registry.leave(display).addCallbacks(self._membership, self._room_error,
+                                                         callbackArgs=(False,), errbackArgs=(display,))
 
     def announce_room(self, room_view, change):
         """Tell the room's other members that we joined or left it, on links that are up or can be set up now
