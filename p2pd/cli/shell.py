@@ -41,6 +41,8 @@ def event_text(event):
             return "In group %s, %s: %s" % (clean(msg["room"]), clean(msg.get("sender")), clean(msg.get("body")))
         return "Private message from %s: %s" % (clean(msg.get("sender")), clean(msg.get("body")))
     if kind == "room":
+        if event.get("room") == "General" and event.get("change") == "joined":
+            return "%s joined the room 'General'" % clean(event.get("name"))
         verb = "has joined" if event.get("change") == "joined" else "has left"
         return "%s %s group chat '%s'." % (clean(event.get("name")), verb, clean(event.get("room")))
     if kind == "transfer" and event.get("direction") == "in" and event.get("status") == "offered":

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from p2pd import __version__
 from p2pd.core import wire
-from p2pd.core.names import canonical_name, canonical_room, room_display
+from p2pd.core.names import GENERAL, canonical_name, canonical_room, room_display
 from p2pd.errors import BadRequest, NotFound, P2PDError
 from p2pd.peer.link import IdentityMismatchError, LinkFailed, PeerLink
 
@@ -191,6 +191,8 @@ class PeerDaemon:
         if state != previous:
             self.emit({"event": "registry", "state": state, "message": message})
         if state == "online" and previous != "online":
+            if not self.storage.get("announced:general"):
+                self.announce_general()
             self.fetch_mailbox()
             for peer in list(self.queues):
                 self.retry_at.pop(peer, None)
@@ -791,6 +793,19 @@ class PeerDaemon:
             d = self.dial(member)
             d.addCallback(lambda link: link.send(frame))
             d.addErrback(lambda f: None)
+
+    @defer.inlineCallbacks
+    def announce_general(self, most=200):
+        """On our very first start, tell the peers online that we joined General (everyone is in it)."""
+        self.storage.put("announced:general", True)
+        self.schedule_flush()
+        try:
+            peers = yield self.peers()
+        except Exception as e:
+            log.info("could not announce joining General: {error}", error=e)
+            return
+        names = [p["name"] for p in peers if p.get("online", True)][:most]
+        self.announce_room({"name": GENERAL, "members": names}, "joined")
 
     def room_event(self, link, frame):
         if frame["from"] != link.peer:
