@@ -168,6 +168,7 @@ def main(argv=None):
             print("  %s --data-dir %s chat %s" % (p2pctl, shlex.quote(shown(peers[other])),
                                                   first))
             print("  %s --data-dir %s history %s" % (p2pctl, d, other))
+            print("  %s --data-dir %s shell                  # chat rooms: create, join, public, ..." % (p2pctl, d))
             print("  %s --data-dir %s send %s README.md     # %s is asked first:" % (p2pctl, d, other, other))
             print("  %s --data-dir %s transfers             #   the offer, then accept ID" % (
                 p2pctl, shlex.quote(shown(peers[other]))))
