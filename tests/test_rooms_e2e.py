@@ -282,3 +282,32 @@ def test_fan_out_survives_a_sender_killed_mid_way(trio):
         wait_for(lambda m=member: len(room_history(m, "Crash")) == 30, "%s to get all 30" % member.name, 40)
         assert room_history(member, "Crash") == [("michael", b) for b in bodies]
     wait_for(lambda: michael.ctl("status")["outbox"] == 0, "michael's outbox to empty", 40)
+
+
+def test_a_non_member_cannot_post_into_a_room(trio, tmp_path):
+    """A peer that is not in a room gets its room messages acknowledged (so it stops resending) but nothing is
+    stored or shown: the receiver checks the registry's member list before it keeps a room message."""
+    import time
+
+    from p2pd.core import wire
+    from p2pd.peer import identity as identity_mod
+    from tests.test_files_e2e import Link
+
+    jim, george, michael = trio
+    assert p2pctl(michael, "create", "Private1").returncode == 0
+    assert p2pctl(jim, "join", "Private1").returncode == 0
+    mallory = PeerProcess(str(tmp_path / "mallory"), "mallory", jim.registry_url)
+    with mallory:
+        ident = identity_mod.load_or_create(mallory.data_dir, "mallory")
+        link = Link(jim, ident, "mallory")
+        try:
+            forged = {"t": "msg", "id": os.urandom(16).hex(), "from": "mallory", "seq": 1,
+                      "ts": int(time.time() * 1000), "body": "let me in", "room": "Private1"}
+            link.send(forged)
+            link.wait(lambda f: f["t"] == "ack" and forged["id"] in wire.ack_ids(f), what="the ack")
+            assert ("mallory", "let me in") not in room_history(jim, "Private1")
+            michael.ctl("public", room="Private1", text="members only")
+            wait_for(lambda: ("michael", "members only") in room_history(jim, "Private1"), "jim to get it")
+            assert room_history(jim, "Private1") == [("michael", "members only")]
+        finally:
+            link.close()

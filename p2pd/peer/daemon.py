@@ -64,6 +64,7 @@ class NotMember(P2PDError):
 
 
 ROOM_NAME_RE = wire.ROOM_RE
+ROOM_CACHE_TTL = 10.0  # seconds a room's member list is trusted when checking who posts in it
 
 
 def now_ms(clock) -> int:
@@ -109,6 +110,7 @@ class PeerDaemon:
         self.started = False
         self.transfers = None  # a p2pd.peer.transfers.Transfers, when files are enabled
         self.room_member = {}  # canonical room -> whether we are in it (rooms joined/left through this daemon)
+        self.room_members = {}  # canonical room -> (when fetched, frozenset of members): who may post there
         for key, member in storage.settings_with_prefix("rooms:"):
             self.room_member[key[len("rooms:"):]] = member
         for msg in storage.outbox(limit=10**9):
@@ -333,6 +335,13 @@ class PeerDaemon:
             # We left the room (or never were in it): take the message off the sender's outbox, keep nothing.
             link.send({"t": "ack", "id": frame["id"]})
             return
+        if frame.get("room") and not self.room_known_member(frame["room"], frame["from"]) \
+                and link.backlog is None:
+            # Check with the registry that the sender is in the room before anything of it is stored; frames
+            # that come meanwhile wait behind this one, in order.
+            link.backlog = [frame]
+            defer.ensureDeferred(self.room_sender_ok(frame)).addBoth(lambda _: self._drain(link))
+            return
         if link.backlog is not None:
             link.backlog.append(frame)
             return
@@ -347,6 +356,11 @@ class PeerDaemon:
     def _drain(self, link):
         frames, link.backlog = link.backlog or [], None
         for frame in frames:
+            if frame.get("room") and self.room_known_member(frame["room"], frame["from"]) is False:
+                log.warn("dropped a message to room {room} from {sender}, who is not a member",
+                         room=frame["room"], sender=frame["from"])
+                link.send({"t": "ack", "id": frame["id"]})
+                continue
             self.accept(frame, via="direct", link=link)
 
     def accept(self, frame, via, link=None, after_commit=None):
@@ -681,6 +695,9 @@ class PeerDaemon:
                              id=item.get("id"), sender=item.get("from"), error=e)
                     await self.registry.ack(item["id"])
                     continue
+                if frame.get("room") and not await self.room_sender_ok(frame):
+                    await self.registry.ack(item["id"])
+                    continue
                 done = defer.Deferred()
                 self.accept(frame, via="mailbox", after_commit=lambda d=done: d.callback(None))
                 await done  # committed: now the registry may forget it
@@ -793,6 +810,32 @@ class PeerDaemon:
             d = self.dial(member)
             d.addCallback(lambda link: link.send(frame))
             d.addErrback(lambda f: None)
+
+    def room_known_member(self, room, sender):
+        """True/False if our recent copy of *room*'s member list has/lacks *sender*; None if we have none."""
+        cached = self.room_members.get(canonical_room(room))
+        if cached is None or self.clock.seconds() - cached[0] > ROOM_CACHE_TTL:
+            return None
+        return sender in cached[1]
+
+    async def room_sender_ok(self, frame):
+        """Whether the sender of a room message is a member of the room, per the registry (asked at most every
+        ROOM_CACHE_TTL seconds per room, and again when the sender is missing). If the registry cannot answer the
+        message is kept: losing it would be worse than a message from a peer that left a moment ago."""
+        room, sender = frame["room"], frame["from"]
+        if self.room_known_member(room, sender):
+            return True
+        try:
+            view = await self.registry.room(room)
+        except NotFound:
+            self.room_members[canonical_room(room)] = (self.clock.seconds(), frozenset())
+            return False
+        except Exception as e:
+            log.info("could not check the members of {room}: {error}", room=room, error=e)
+            return True
+        members = frozenset(view.get("members") or ())
+        self.room_members[canonical_room(room)] = (self.clock.seconds(), members)
+        return sender in members
 
     @defer.inlineCallbacks
     def announce_general(self, most=200):
