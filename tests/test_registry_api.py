@@ -310,6 +310,9 @@ async def test_room_commands(world):
     await fails_with(bob.leave("G1"), errors.Conflict, "not_member")
     names = [r["name"] for r in (await bob.rooms())["rooms"]]
     assert names == ["G1", "General"]
+    lonely = await bob.create_room("G3", join=False)  # the seed's create: no member until someone joins
+    assert lonely["members"] == [] and lonely["creator"] == "bob"
+    assert (await bob.join("G3"))["members"] == ["bob"]
     await fails_with(alice.create_room("bad room"), errors.BadRequest, "invalid_name")
 
 

@@ -53,7 +53,10 @@ def test_everyone_is_in_general_from_the_start(trio):
 def test_create_join_leave_and_every_failure(trio):
     jim, george, michael = trio
     out = p2pctl(michael, "create", "G1")
-    assert out.returncode == 0 and out.stdout.strip() == "created room G1 (1 member: michael)"
+    assert out.returncode == 0 and out.stdout.strip() == "created room G1 (no members yet: p2pctl join G1)"
+    out = p2pctl(michael, "public", "G1", "too early")
+    assert out.returncode == 1 and "you are not a member of G1" in out.stderr
+    assert p2pctl(michael, "join", "G1").returncode == 0
 
     out = p2pctl(jim, "create", "g1")  # unique ignoring case
     assert out.returncode == 1 and out.stderr.strip() == "p2pctl: room G1 already exists" and not out.stdout
@@ -108,6 +111,7 @@ def wait_for(predicate, what, timeout=20):
 def test_public_messages_reach_every_member_once_in_order(trio):
     jim, george, michael = trio
     assert p2pctl(george, "create", "Fans").returncode == 0
+    assert p2pctl(george, "join", "Fans").returncode == 0
     assert p2pctl(jim, "join", "Fans").returncode == 0
     assert p2pctl(michael, "join", "Fans").returncode == 0
     bodies = ["fan message %d" % n for n in range(20)]
@@ -126,6 +130,7 @@ def test_public_failures(trio):
     out = p2pctl(jim, "public", "Nowhere", "hi")
     assert out.returncode == 1 and out.stderr.strip() == "p2pctl: room Nowhere does not exist"
     assert p2pctl(michael, "create", "Closed").returncode == 0
+    assert p2pctl(michael, "join", "Closed").returncode == 0
     out = p2pctl(jim, "public", "Closed", "hi")
     assert out.returncode == 1 and "you are not a member of Closed" in out.stderr
     out = p2pctl(jim, "private", "nobody", "hi")
@@ -135,6 +140,7 @@ def test_public_failures(trio):
 def test_leaving_stops_delivery_and_an_offline_member_gets_room_messages_on_return(trio):
     jim, george, michael = trio
     assert p2pctl(michael, "create", "G7").returncode == 0
+    assert p2pctl(michael, "join", "G7").returncode == 0
     assert p2pctl(jim, "join", "G7").returncode == 0
     assert p2pctl(george, "join", "G7").returncode == 0
     george.stop()
@@ -205,9 +211,9 @@ def test_the_seed_figure_1_session(trio):
         for name, shell in shells.items():
             shell.expect("Hello %s! You joined the room 'General'." % name)
         m.type("create Seed1")
-        m.expect("New group chat 'Seed1' created; you are its first member.")
+        m.expect("New group chat 'Seed1' created successfully!")
         m.type("join Seed1")
-        m.expect("you are already a member of Seed1")
+        m.expect("You have joined group chat 'Seed1'.")
         j.type("join Seed1")
         j.expect("You have joined group chat 'Seed1'.")
         m.expect("jim has joined group chat 'Seed1'.")
@@ -269,6 +275,7 @@ def test_fan_out_survives_a_sender_killed_mid_way(trio):
     finishes the fan-out), each exactly once and in order."""
     jim, george, michael = trio
     assert p2pctl(michael, "create", "Crash").returncode == 0
+    assert p2pctl(michael, "join", "Crash").returncode == 0
     for peer in (jim, george):
         assert p2pctl(peer, "join", "Crash").returncode == 0
     george.stop()  # unreachable for now: its copies stay in michael's outbox (or go to the mailbox)
@@ -295,6 +302,7 @@ def test_a_non_member_cannot_post_into_a_room(trio, tmp_path):
 
     jim, george, michael = trio
     assert p2pctl(michael, "create", "Private1").returncode == 0
+    assert p2pctl(michael, "join", "Private1").returncode == 0
     assert p2pctl(jim, "join", "Private1").returncode == 0
     mallory = PeerProcess(str(tmp_path / "mallory"), "mallory", jim.registry_url)
     with mallory:

@@ -24,6 +24,8 @@ def room_name(text):
 
 def members_text(room) -> str:
     members = [clean(m) for m in room.get("members") or []]
+    if not members:
+        return "no members yet: p2pctl join %s" % clean(room.get("name"))
     return "%d member%s%s" % (len(members), "" if len(members) == 1 else "s",
                               (": " + ", ".join(members[:20]) + (", ..." if len(members) > 20 else "")) if members
                               else "")
@@ -41,7 +43,7 @@ def _change(cmd, done):
     return run
 
 
-command("create", "create a chat room (you are its first member)", [ROOM])(_change("create", "created room"))
+command("create", "create a chat room (then join it to take part)", [ROOM])(_change("create", "created room"))
 command("join", "join a chat room", [ROOM])(_change("join", "joined"))
 command("leave", "leave a chat room (everyone stays in General)", [ROOM])(_change("leave", "left"))
 

@@ -123,7 +123,7 @@ class Shell(Interactive):
     def do_create(self, rest):
         room = self._one("create", rest)
         if room:
-            self.show("New group chat '%s' created; you are its first member." % clean(room.get("name")))
+            self.show("New group chat '%s' created successfully! (join it to take part)" % clean(room.get("name")))
 
     def do_join(self, rest):
         room = self._one("join", rest)

@@ -785,10 +785,10 @@ class PeerDaemon:
         return failure
 
     def create_room(self, room):
-        """Create *room* (and join it); RoomExists if a room of that name, ignoring case, exists."""
+        """Create *room* (as the seed's chatroom does, creating does not join it: ``join`` does);
+        RoomExists if a room of that name, ignoring case, exists."""
         display = room_display(room)
-        return self.registry.create_room(display).addCallbacks(self._membership, self._room_error,
-                                                               callbackArgs=(True,), errbackArgs=(display,))
+        return self.registry.create_room(display, join=False).addErrback(self._room_error, display)
 
     def join_room(self, room):
         display = room_display(room)

@@ -116,8 +116,9 @@ class RegistryClient:
     def room(self, room):
         return self.request("GET", "/v1/rooms/" + quote(room, safe=""))
 
-    def create_room(self, room):
-        return self.request("POST", "/v1/rooms", {"name": room}, signed=True)
+    def create_room(self, room, join=True):
+        return self.request("POST", "/v1/rooms", {"name": room} if join else {"name": room, "join": False},
+                            signed=True)
 
     def _member(self, room):
         return "/v1/rooms/%s/members/%s" % (quote(room, safe=""), quote(self.name, safe=""))

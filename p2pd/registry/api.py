@@ -322,12 +322,16 @@ class RegistryAPI:
         self.limit(request, self.writes)
         raw, body = self.read_body(request)
         entry = yield self.authenticate(request, raw)
-        if set(body) - {"name"}:
-            raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"name"})))
+        if set(body) - {"name", "join"}:
+            raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"name", "join"})))
+        join = body.get("join", True)
+        if not isinstance(join, bool):
+            raise BadRequest("'join' must be true or false")
         display = room_display(body.get("name"))
         room = canonical_room(display)
         yield self.store.create_room(room, {"name": display, "creator": entry.name, "created_at": self.now_ms()})
-        yield self.store.join_room(room, entry.name)
+        if join:
+            yield self.store.join_room(room, entry.name)
         created = yield self.store.get_room(room)
         return self.reply(request, room_view(created), 201)
 
