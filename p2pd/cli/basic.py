@@ -65,7 +65,7 @@ def msg(ctx, args):
     return code
 
 
-@command("history", "the stored conversation (with one peer, or all)",
+@command("history", "the stored conversation (with one peer or room, or all)",
          [arg("peer", metavar="PEER", nargs="?"),
           arg("--limit", type=int, default=100, metavar="N", help="the newest N messages (default 100)")])
 def history(ctx, args):

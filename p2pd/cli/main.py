@@ -46,7 +46,7 @@ def global_options(parser, suppress):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="p2pctl", description="Talk to the local p2pd peer daemon: chat, peers, history, events.",
+        prog="p2pctl", description="Talk to the local p2pd peer daemon: chat, files, rooms, peers, history, events.",
         epilog=exits.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
