@@ -319,3 +319,32 @@ def test_a_non_member_cannot_post_into_a_room(trio, tmp_path):
             assert room_history(jim, "Private1") == [("michael", "members only")]
         finally:
             link.close()
+
+
+def test_pipelined_room_posts_keep_their_order(trio):
+    """Posts requested back to back on one control connection are stored and delivered in request order,
+    whatever order the registry answers their member lookups in."""
+    import socket
+
+    jim, george, michael = trio
+    assert p2pctl(george, "create", "Burst").returncode == 0
+    for peer in trio:
+        assert p2pctl(peer, "join", "Burst").returncode == 0
+    bodies = ["burst %03d" % n for n in range(60)]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(george.control_path)
+        s.sendall(b"".join(json.dumps({"id": n, "cmd": "public", "room": "Burst", "text": body}).encode() + b"\n"
+                           for n, body in enumerate(bodies)))
+        replies, buf = {}, b""
+        while len(replies) < len(bodies):
+            buf += s.recv(65536)
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                reply = json.loads(line)
+                replies[reply["id"]] = reply
+    assert all(r["ok"] for r in replies.values()), [r for r in replies.values() if not r["ok"]][:2]
+    for member in (jim, michael):
+        wait_for(lambda m=member: len(room_history(m, "Burst")) == 60, "%s to get the burst" % member.name)
+        assert room_history(member, "Burst") == [("george", b) for b in bodies]
+    assert room_history(george, "Burst") == [("george", b) for b in bodies]

@@ -111,6 +111,8 @@ class PeerDaemon:
         self.transfers = None  # a p2pd.peer.transfers.Transfers, when files are enabled
         self.room_member = {}  # canonical room -> whether we are in it (rooms joined/left through this daemon)
         self.room_members = {}  # canonical room -> (when fetched, frozenset of members): who may post there
+        self.room_refreshing = set()  # rooms whose member list is being fetched again
+        self.post_fifo = deque()  # [room, text, result, lookup outcome, came back] of room posts, in order
         for key, member in storage.settings_with_prefix("rooms:"):
             self.room_member[key[len("rooms:"):]] = member
         for msg in storage.outbox(limit=10**9):
@@ -812,11 +814,29 @@ class PeerDaemon:
             d.addErrback(lambda f: None)
 
     def room_known_member(self, room, sender):
-        """True/False if our recent copy of *room*'s member list has/lacks *sender*; None if we have none."""
-        cached = self.room_members.get(canonical_room(room))
-        if cached is None or self.clock.seconds() - cached[0] > ROOM_CACHE_TTL:
+        """True/False if our copy of *room*'s member list has/lacks *sender*; None if we have none (or it is
+        stale and lacks the sender). A stale list that has the sender still counts (the list is fetched again in
+        the background): a member's messages never wait for the registry."""
+        key = canonical_room(room)
+        cached = self.room_members.get(key)
+        if cached is None:
             return None
-        return sender in cached[1]
+        if self.clock.seconds() - cached[0] <= ROOM_CACHE_TTL:
+            return sender in cached[1]
+        if sender not in cached[1]:
+            return None
+        if key not in self.room_refreshing:
+            self.room_refreshing.add(key)
+            d = defer.ensureDeferred(self._refresh_room(room))
+            d.addBoth(lambda _: self.room_refreshing.discard(key))
+        return True
+
+    async def _refresh_room(self, room):
+        try:
+            view = await self.registry.room(room)
+        except Exception:
+            return
+        self.room_members[canonical_room(room)] = (self.clock.seconds(), frozenset(view.get("members") or ()))
 
     async def room_sender_ok(self, frame):
         """Whether the sender of a room message is a member of the room, per the registry (asked at most every
@@ -855,29 +875,63 @@ class PeerDaemon:
             return link.send(wire.error("bad_frame", "room events on this link must come from %s" % link.peer))
         self.emit({"event": "room", "room": frame["room"], "name": link.peer, "change": frame["change"]})
 
-    @defer.inlineCallbacks
     def post_room(self, room, text):
         """Send *text* to every member of *room*: stored once in our history and once per member in the outbox
         (committed before the answer), then delivered to each directly, or sealed into the mailbox for those we
-        cannot reach. NotFound if the room does not exist, NotMember if we are not in it."""
-        self._check_text(text)
-        display = room_display(room)
+        cannot reach. NotFound if the room does not exist, NotMember if we are not in it.
+
+        Posts are stored in the order they were requested, whatever order the registry answers their member
+        lookups in (those run concurrently): a FIFO, like one-to-one messages."""
         try:
-            view = yield self.registry.room(display)
-        except NotFound:
-            raise NoSuchRoom("room %s does not exist" % display) from None
+            self._check_text(text)
+            display = room_display(room)
+        except P2PDError as e:
+            return defer.fail(e)
+        result = defer.Deferred()
+        entry = [display, text, result, None, False]  # ..., the lookup's outcome, whether it came back
+        self.post_fifo.append(entry)
+
+        def looked_up(outcome):
+            entry[3], entry[4] = outcome, True
+            self._posts_ready()
+
+        self.registry.room(display).addBoth(looked_up)
+        return result
+
+    def _posts_ready(self):
+        """Store the posts at the head of the FIFO whose member lookups have come back, in order."""
+        while self.post_fifo and self.post_fifo[0][4]:
+            display, text, result, outcome, _ = self.post_fifo.popleft()
+            if isinstance(outcome, Failure):
+                if outcome.check(NotFound):
+                    result.errback(NoSuchRoom("room %s does not exist" % display))
+                else:
+                    result.errback(outcome)
+                continue
+            try:
+                stored = self._store_post(outcome, text)
+            except Exception:
+                result.errback(Failure())
+            else:
+                stored.chainDeferred(result)
+
+    def _store_post(self, view, text):
         if self.name not in view.get("members", []):
             raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
         recipients = [m for m in view["members"] if m != self.name]
         post, copies = self.storage.add_room_post(view["name"], text, recipients, now_ms(self.clock))
         committed = defer.Deferred()
-        self._after_commit.append(lambda: committed.callback(None))
+
+        def dispatch():
+            self.emit({"event": "message", "message": post})
+            for msg in copies:
+                self._dispatch(msg, 0, announce=False)
+            committed.callback({"id": post["id"], "room": view["name"], "recipients": recipients,
+                                "status": "sent"})
+
+        self._after_commit.append(dispatch)
         self.schedule_flush()
-        yield committed
-        self.emit({"event": "message", "message": post})
-        for msg in copies:
-            self._dispatch(msg, 0, announce=False)
-        return {"id": post["id"], "room": view["name"], "recipients": recipients, "status": "sent"}
+        return committed
 
     @defer.inlineCallbacks
     def rooms(self):

@@ -120,7 +120,7 @@ class PeerService(service.MultiService):
         self.identity = identity_mod.load_or_create(self.data_dir, self.name)
         self.storage = Storage(os.path.join(self.data_dir, "p2pd.sqlite3"), name=self.name)
         pool = HTTPConnectionPool(reactor)
-        pool.maxPersistentPerHost = 4
+        pool.maxPersistentPerHost = 16  # room posts each ask the registry for the member list
         self.registry = RegistryClient(options["registry"], reactor, _TreqWithPool(pool), self.identity.signing,
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
