@@ -28,7 +28,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -40,6 +39,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from line_echo import CPUMeter, latency_summary  # noqa: E402  (benchmarks/ is the script's dir)
+import procs  # noqa: E402
 from procs import stop_pid  # noqa: E402
 
 from p2pd.core import wire  # noqa: E402
@@ -266,16 +266,7 @@ class Bench:
 
 
 def revision() -> str:
-    """The commit the daemons ran, with "+changes" when p2pd/ differs from it (the daemon code moves fast)."""
-    root = str(HERE.parent)
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "p2pd"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+changes" if dirty else "")
+    return procs.revision(str(HERE.parent))
 
 
 def checks(chat, verified):
@@ -380,11 +371,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
-    def terminated(signum, frame):
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    procs.exit_on_signals()
     progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     bench = Bench(args, progress)
     try:

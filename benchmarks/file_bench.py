@@ -58,6 +58,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from line_echo import CPUMeter  # noqa: E402  (benchmarks/ is the script's dir)
+import procs  # noqa: E402
 from procs import stop_pid  # noqa: E402
 
 from tests.peer_process import PeerProcess  # noqa: E402
@@ -769,16 +770,7 @@ def filesystem(path):
 
 
 def revision() -> str:
-    """The commit the daemons ran, with "+changes" when p2pd/ differs from it."""
-    root = str(HERE.parent)
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "p2pd"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+changes" if dirty else "")
+    return procs.revision(str(HERE.parent))
 
 
 # verdict and output
@@ -944,11 +936,7 @@ def main(argv=None):
         return 0
     args = parse_args(argv)
 
-    def terminated(signum, frame):
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    procs.exit_on_signals()
     progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     try:
         bench = Bench(args, progress)

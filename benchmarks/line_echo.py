@@ -23,7 +23,6 @@ import json
 import math
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from twisted.internet import defer, endpoints, protocol, task
 from twisted.protocols.basic import LineReceiver
 
+import procs  # noqa: E402
 from procs import stop_pid  # benchmarks/ is on sys.path as the script's directory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -331,11 +331,7 @@ def main(argv=None):
     if args.serve:
         return serve(args)
 
-    def terminated(signum, frame):
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    procs.exit_on_signals()
     report = run(args)
     print(describe(report) if args.text else json.dumps(report, indent=2))
     return 0

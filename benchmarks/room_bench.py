@@ -42,7 +42,6 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,8 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from line_echo import CPUMeter, percentile  # noqa: E402  (benchmarks/ is the script's dir)
+import procs  # noqa: E402  (benchmarks/ is the script's dir)
+from line_echo import CPUMeter, percentile  # noqa: E402
 
 from tests.peer_process import ControlError, PeerProcess  # noqa: E402
 from tests.registry_process import RegistryProcess  # noqa: E402
@@ -497,16 +497,7 @@ def mb(kb):
 
 
 def revision() -> str:
-    """The commit the daemons ran, with "+changes" when p2pd/ differs from it (the daemon code moves fast)."""
-    root = str(HERE.parent)
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "p2pd"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+changes" if dirty else "")
+    return procs.revision(str(HERE.parent))
 
 
 # verdict and output
@@ -668,11 +659,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
-    def terminated(signum, frame):
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    procs.exit_on_signals()
     progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     load = [round(x, 2) for x in os.getloadavg()]
     try:
