@@ -63,7 +63,6 @@ class NotMember(P2PDError):
     status = 409
 
 
-ROOM_NAME_RE = wire.ROOM_RE
 ROOM_CACHE_TTL = 10.0  # seconds a room's member list is trusted when checking who posts in it
 
 
@@ -960,5 +959,5 @@ class PeerDaemon:
         except P2PDError:
             return "#" + canonical_room(name)
         known = {c["conversation"] for c in self.storage.conversations()}
-        room = "#" + canonical_room(name) if ROOM_NAME_RE.fullmatch(name) else None
+        room = "#" + canonical_room(name) if wire.ROOM_RE.fullmatch(name) else None
         return room if room in known and peer not in known else peer
