@@ -178,12 +178,29 @@ class Interactive:
             self.outgoing.put(None)
             sender.join(ctx.timeout + message_wait(ctx))
         finally:
-            self.leaving = True
-            ctx.close()
-            events.join(2)
+            self.close(events)
+        return self.outcome()
+
+    def close(self, events):
+        """Leaving: close the daemon connection and let the event thread end."""
+        self.leaving = True
+        self.ctx.close()
+        events.join(2)
+
+    def outcome(self):
         if self.lost:
             raise exits.Unavailable("the daemon closed the connection", hint="is it still running? p2pctl status")
         return exits.OK
+
+    def next_event(self):
+        """The next event from the daemon; None when the connection has ended (said above the prompt, and the
+        reading thread interrupted, if we were not leaving)."""
+        event = self.ctx.client.events.get()
+        if event is None and not self.leaving:
+            self.lost = True
+            self.show("(the daemon closed the connection)")
+            _thread.interrupt_main()
+        return event
 
     def send_all(self):
         ctx = self.ctx
@@ -207,12 +224,8 @@ class Interactive:
 
     def relay(self):
         while True:
-            event = self.ctx.client.events.get()
+            event = self.next_event()
             if event is None:
-                if not self.leaving:
-                    self.lost = True
-                    self.show("(the daemon closed the connection)")
-                    _thread.interrupt_main()
                 return
             kind = event.get("event")
             if is_from(event, self.peer):

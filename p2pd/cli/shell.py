@@ -81,12 +81,8 @@ class Shell(Interactive):
                 if self.execute(line.strip()) is False:
                     break
         finally:
-            self.leaving = True
-            ctx.close()
-            events.join(2)
-        if self.lost:
-            raise exits.Unavailable("the daemon closed the connection", hint="is it still running? p2pctl status")
-        return exits.OK
+            self.close(events)
+        return self.outcome()
 
     def execute(self, line):
         """Run one command line; False to leave the shell."""
@@ -160,11 +156,8 @@ class Shell(Interactive):
 
     def relay(self):
         while True:
-            event = self.ctx.client.events.get()
+            event = self.next_event()
             if event is None:
-                if not self.leaving:
-                    self.lost = True
-                    self.show("(the daemon closed the connection)")
                 return
             text = event_text(event)
             if text is not None:
