@@ -74,8 +74,7 @@ SAMPLE_EVERY = 0.2        # seconds between memory samples of the daemons
 MB = 1e6
 
 
-class BenchError(Exception):
-    """The benchmark could not run; the message says why."""
+BenchError = procs.BenchError
 
 
 # sizes, hashes, memory
@@ -937,22 +936,7 @@ def main(argv=None):
     args = parse_args(argv)
 
     procs.exit_on_signals()
-    progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        bench = Bench(args, progress)
-    except OSError as e:
-        print("file_bench: cannot make a temporary directory: %s" % e, file=sys.stderr)
-        return 2
-    try:
-        report = bench.run()
-    except BenchError as e:
-        print("file_bench: %s" % e, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("file_bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        bench.close()
+    bench, report = procs.run("file_bench", lambda progress: Bench(args, progress))
     report.update({
         "config": {"size": args.size, "runs": args.runs, "wormhole": "wormhole" in report["rows"]},
         "cores": os.cpu_count(),
@@ -960,11 +944,7 @@ def main(argv=None):
         "dir": str(bench.tmp),
         "targets": {"socket_share": SOCKET_TARGET, "wormhole_times": WORMHOLE_TARGET, "rss_mb": RSS_TARGET_MB},
     })
-    report["checks"] = checks(report)
-    report["pass"] = all(c["pass"] is not False for c in report["checks"])
-    report["notes"] = notes(report)
-    print(json.dumps(report, indent=2) if args.json else table(report))
-    return 1 if args.strict and not report["pass"] else 0
+    return procs.verdict(report, checks, notes, args, table)
 
 
 if __name__ == "__main__":

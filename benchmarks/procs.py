@@ -1,7 +1,9 @@
 """Process helpers shared by the benchmark scripts (benchmarks/ is on sys.path as the script's directory)."""
 
+import json
 import signal
 import subprocess
+import sys
 
 
 def stop_pid(proc, grace=5):
@@ -40,3 +42,43 @@ def revision(root) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head or "unknown") + ("+changes" if dirty else "")
+
+
+class BenchError(Exception):
+    """The benchmark could not run; the message says why."""
+
+
+def progress(text):
+    """A progress line, on stderr (stdout carries the table or the JSON)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(name, make_bench):
+    """Make the benchmark (``make_bench(progress)``: an object with ``run() -> report`` and ``close()``) and run
+    it: ``(bench, report)``. One that cannot run ends the script with status 2 and one line on stderr; Ctrl-C ends
+    it with 130. Either way ``close()`` stops whatever it started."""
+    try:
+        bench = make_bench(progress)
+    except OSError as e:
+        print("%s: cannot make a temporary directory: %s" % (name, e), file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        return bench, bench.run()
+    except BenchError as e:
+        print("%s: %s" % (name, e), file=sys.stderr)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        print("%s: interrupted" % name, file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        bench.close()
+
+
+def verdict(report, checks, notes, args, table) -> int:
+    """Judge *report*, print it (a table, or JSON with ``--json``) and return the exit status (1 for a failed check
+    with ``--strict``)."""
+    report["checks"] = checks(report)
+    report["pass"] = all(c["pass"] is not False for c in report["checks"])
+    report["notes"] = notes(report)
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return 1 if args.strict and not report["pass"] else 0

@@ -71,8 +71,7 @@ SLOWEST = 5             # items listed with their times in the JSON report
 MB = 1e6
 
 
-class BenchError(Exception):
-    """The benchmark could not run; the message says why."""
+BenchError = procs.BenchError
 
 
 def latency_ms(latencies_s) -> dict:
@@ -660,23 +659,8 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
     procs.exit_on_signals()
-    progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     load = [round(x, 2) for x in os.getloadavg()]
-    try:
-        bench = Bench(args, progress)
-    except OSError as e:
-        print("room_bench: cannot make a temporary directory: %s" % e, file=sys.stderr)
-        return 2
-    try:
-        report = bench.run()
-    except BenchError as e:
-        print("room_bench: %s" % e, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("room_bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        bench.close()
+    bench, report = procs.run("room_bench", lambda progress: Bench(args, progress))
     report.update({
         "config": {"members": args.members, "messages": args.messages, "rate": args.rate, "window": args.window,
                    "body_size": BODY_SIZE},
@@ -685,11 +669,7 @@ def main(argv=None):
         "revision": revision(),
         "targets": {"p99_ms": P99_TARGET_MS, "rate": RATE_TARGET, "members": MEMBERS_TARGET},
     })
-    report["checks"] = checks(report)
-    report["pass"] = all(c["pass"] is not False for c in report["checks"])
-    report["notes"] = notes(report)
-    print(json.dumps(report, indent=2) if args.json else table(report))
-    return 1 if args.strict and not report["pass"] else 0
+    return procs.verdict(report, checks, notes, args, table)
 
 
 if __name__ == "__main__":
