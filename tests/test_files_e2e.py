@@ -859,6 +859,17 @@ def test_empty_name_is_refused_with_bad_name_for_that_offer(spawn, mallory):
     assert frame["t"] == "error" and frame.get("ref") == tid and frame["code"] == "bad_name", frame
 
 
+def _fails_with(receiver, session, tid, code):
+    """The receiver answers the data *session* with a ``fail`` record of *code*, and its transfer *tid* ends
+    ``failed`` with that code."""
+    reply = session.reply()
+    session.close()
+    assert reply["t"] == "fail" and reply["code"] == code, reply
+    record = wait_until(lambda: [t for t in transfers(receiver, "in") if t["tid"] == tid
+                                 and t["status"] == "failed"], 10, "the %s to fail the transfer" % code)[0]
+    assert record["error"]["code"] == code, record
+
+
 def _accepted(link, data, name):
     root, digests = digests_of(data)
     tid = link.offer([{"path": name, "size": len(data), "hash": root}])
@@ -885,12 +896,7 @@ def test_lying_senders_never_get_a_file_landed(spawn, mallory):
         session.data(data[512 * 1024:] + os.urandom(256 * 1024), record=768 * 1024)
         session.end(0)
         session.finish()
-        reply = session.reply()
-        session.close()
-        assert reply["t"] == "fail" and reply["code"] == "size_mismatch", reply
-        record = wait_until(lambda: [t for t in transfers(bob, "in") if t["tid"] == tid
-                                     and t["status"] == "failed"], 10, "the size lie to fail")[0]
-        assert record["error"]["code"] == "size_mismatch", record
+        _fails_with(bob, session, tid, "size_mismatch")
         assert landed(bob) == {} and partials(bob) == [], (landed(bob), partials(bob))
 
         # (c) 100 KB of 1 MB, then the connection closes: interrupted, resumable
@@ -926,12 +932,7 @@ def test_lying_senders_never_get_a_file_landed(spawn, mallory):
         session.data(bytes(bad))
         session.end(0)
         session.finish()
-        reply = session.reply()
-        session.close()
-        assert reply["t"] == "fail" and reply["code"] == "hash_mismatch", reply
-        record = wait_until(lambda: [t for t in transfers(bob, "in") if t["tid"] == tid
-                                     and t["status"] == "failed"], 10, "the hash lie to fail")[0]
-        assert record["error"]["code"] == "hash_mismatch", record
+        _fails_with(bob, session, tid, "hash_mismatch")
         assert landed(bob) == honest and partials(bob) == [], (landed(bob), partials(bob))
 
         # (e) the chunk digests do not add up to the offered root
