@@ -43,8 +43,6 @@ import procs  # noqa: E402
 from procs import stop_pid  # noqa: E402
 
 from p2pd.core import wire  # noqa: E402
-from tests.peer_process import PeerProcess  # noqa: E402
-from tests.registry_process import RegistryProcess  # noqa: E402
 
 RATE_TARGET = 10000.0  # delivered messages per second, at least
 P99_TARGET_MS = 5.0    # round trip, one message at a time
@@ -52,8 +50,7 @@ WAIT = 60              # seconds a msg request may wait for its acknowledgement 
 REPLY_TIMEOUT = 120    # seconds without any reply before the run is declared stuck
 
 
-class BenchError(Exception):
-    """The benchmark could not run; the message says why."""
+BenchError = procs.BenchError
 
 
 class ControlClient:
@@ -145,16 +142,7 @@ class Bench:
 
     def start(self):
         self.progress("starting a registry and two peer daemons (alice, bob)")
-        try:
-            self.registry = RegistryProcess(self.tmp / "registry", stun=False)
-            self.registry.start()
-            self.registry.wait_healthy()
-            self.alice = PeerProcess(self.tmp / "alice", "alice", self.registry.http)
-            self.alice.start()
-            self.bob = PeerProcess(self.tmp / "bob", "bob", self.registry.http)
-            self.bob.start()
-        except (RuntimeError, AssertionError) as e:
-            raise BenchError("the daemons did not start: %s" % e) from None
+        self.registry, self.alice, self.bob = procs.start_pair(self.tmp)
         self.client = ControlClient(self.alice.control_path)
 
     def close(self):

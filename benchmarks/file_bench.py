@@ -61,8 +61,6 @@ from line_echo import CPUMeter  # noqa: E402  (benchmarks/ is the script's dir)
 import procs  # noqa: E402
 from procs import stop_pid  # noqa: E402
 
-from tests.peer_process import PeerProcess  # noqa: E402
-from tests.registry_process import RegistryProcess  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)  # the virtualenv's scripts: twistd, twist, wormhole
 SOCKET_TARGET = 0.50      # p2pd at least this share of the socket copy's rate
@@ -521,16 +519,7 @@ class Daemons:
 
     def start(self):
         self.progress("p2pd: starting a registry and two peer daemons (alice, bob with --accept auto)")
-        try:
-            self.registry = RegistryProcess(self.tmp / "registry", stun=False)
-            self.registry.start()
-            self.registry.wait_healthy()
-            self.alice = PeerProcess(self.tmp / "alice", "alice", self.registry.http)
-            self.alice.start()
-            self.bob = PeerProcess(self.tmp / "bob", "bob", self.registry.http, args=["--accept", "auto"])
-            self.bob.start()
-        except (RuntimeError, AssertionError, OSError) as e:
-            raise BenchError("the daemons did not start: %s" % e) from None
+        self.registry, self.alice, self.bob = procs.start_pair(self.tmp, bob_args=["--accept", "auto"])
         try:
             reply = self.alice.ctl("msg", to="bob", text="file benchmark: warming up the link", wait=30)
         except (OSError, RuntimeError) as e:

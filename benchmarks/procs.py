@@ -82,3 +82,29 @@ def verdict(report, checks, notes, args, table) -> int:
     report["notes"] = notes(report)
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 1 if args.strict and not report["pass"] else 0
+
+
+def start_pair(tmp, bob_args=()):
+    """A registry (embedded Redis, no STUN) and two peer daemons, alice and bob (*bob_args* added to bob's
+    options), all on 127.0.0.1 under the directory *tmp*: ``(registry, alice, bob)``. BenchError if they do not
+    start, after stopping whatever did."""
+    from tests.peer_process import PeerProcess
+    from tests.registry_process import RegistryProcess
+
+    started = []
+    try:
+        registry = RegistryProcess(tmp / "registry", stun=False)
+        started.append(registry)
+        registry.start()
+        registry.wait_healthy()
+        alice = PeerProcess(tmp / "alice", "alice", registry.http)
+        started.append(alice)
+        alice.start()
+        bob = PeerProcess(tmp / "bob", "bob", registry.http, args=list(bob_args))
+        started.append(bob)
+        bob.start()
+    except (RuntimeError, AssertionError, OSError) as e:
+        for proc in reversed(started):
+            proc.stop()
+        raise BenchError("the daemons did not start: %s" % e) from None
+    return registry, alice, bob
