@@ -100,6 +100,14 @@ def fingerprint(items) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
+def view(record, done, rate, eta, elapsed) -> dict:
+    """What the control socket shows of a transfer (running: :meth:`Transfer.snapshot`; finished: its record)."""
+    return {"tid": record["tid"], "direction": record["direction"], "peer": record["peer"],
+            "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
+            "files": len(record["items"]), "bytes": record["total"], "done": done, "rate": rate, "eta": eta,
+            "elapsed": elapsed}
+
+
 def human(n) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -862,10 +870,7 @@ class Transfer:
         rate = self.bytes_now / elapsed if elapsed > 0 else 0.0
         done = min(self.done_bytes(), r["total"])
         left = (r["total"] - done) / rate if rate > 0 else None
-        return {"tid": self.tid, "direction": r["direction"], "peer": self.peer, "status": r["status"],
-                "names": [i["path"] for i in self.items][:20], "files": len(self.items), "bytes": r["total"],
-                "done": done, "rate": round(rate), "eta": None if left is None else round(left, 1),
-                "elapsed": round(elapsed, 3)}
+        return view(r, done, round(rate), None if left is None else round(left, 1), round(elapsed, 3))
 
     def outcome(self):
         s = self.snapshot()
@@ -1122,14 +1127,13 @@ class Transfers:
         out = []
         for record in self.storage.transfers(limit=limit):
             t = live.get(record["tid"])
-            entry = t.snapshot() if t is not None else {
-                "tid": record["tid"], "direction": record["direction"], "peer": record["peer"],
-                "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
-                "files": len(record["items"]), "bytes": record["total"],
-                "done": sum(record.get("have") or []) if record["direction"] == "in" else
-                (record["total"] if record["status"] == "done" else record.get("resumed_from", 0) +
-                 record.get("sent", 0)),
-                "rate": record.get("rate", 0), "eta": None, "elapsed": record.get("seconds")}
+            if t is not None:
+                entry = t.snapshot()
+            else:
+                done = sum(record.get("have") or []) if record["direction"] == "in" else \
+                    record["total"] if record["status"] == "done" else \
+                    record.get("resumed_from", 0) + record.get("sent", 0)
+                entry = view(record, done, record.get("rate", 0), None, record.get("seconds"))
             entry.update(error=record.get("error"), saved=(record.get("saved") or [])[:20],
                          created=record.get("created"), finished=record.get("finished"))
             out.append(entry)
