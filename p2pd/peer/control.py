@@ -373,10 +373,12 @@ class ControlProtocol(LineReceiver):
 
         def done(result):
             self.running.pop(request_id, None)
-            if not transfer_d.called:
-                transfer_d.callback(result) if not isinstance(result, Failure) else transfer_d.errback(result)
-            elif isinstance(result, Failure):
-                result.trap(Exception)
+            if transfer_d.called:  # cancelled: the client is gone, nobody reads the outcome
+                return None
+            if isinstance(result, Failure):
+                transfer_d.errback(result)
+            else:
+                transfer_d.callback(result)
 
         d.addBoth(done)
         self.running[request_id] = transfer_d
