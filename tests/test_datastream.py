@@ -365,3 +365,70 @@ def test_json_records_are_compact_ascii():
     assert list(opener.feed(record)) == [(JSON, obj)]
     plain = json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     assert len(record) == HEADER + len(plain) + TAG
+
+
+# -- reading straight into the opener (what a data connection's recv_into does) -----------------------------------
+
+def read_into(opener, stream, most):
+    """Plays ``recv_into``: each read puts at most *most* bytes of *stream* into ``space()``; returns the records
+    and the size of every read."""
+    out, sizes, at = [], [], 0
+    while at < len(stream):
+        room = opener.space()
+        n = min(len(room), most, len(stream) - at)
+        room[:n] = stream[at:at + n]
+        opener.filled(n)
+        at += n
+        sizes.append(n)
+        out.extend(opener.records())
+    return out, sizes
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs=st.lists(record_spec, max_size=8), finish=st.booleans(), most=st.integers(1, 5000))
+def test_reading_into_space_round_trips(specs, finish, most):
+    sealer, opener = pair()
+    wire_bytes, expected = seal_specs(sealer, specs, finish)
+    out, _ = read_into(opener, wire_bytes, most)
+    assert out == expected and opener.buffered == 0
+
+
+def test_space_ends_each_read_on_a_record_boundary():
+    """With the socket full (reads as big as ``space()`` allows), every full data record arrives in one read of
+    exactly its size: it is decrypted where it landed, never joined or moved."""
+    sealer, opener = pair()
+    stream = b"".join(b"".join(sealer.data(bytes([i]) * datastream.CHUNK)) for i in range(5)) + sealer.finish()
+    out, sizes = read_into(opener, stream, 1 << 30)
+    assert [bytes(value) for kind, value in out[:5]] == [bytes([i]) * datastream.CHUNK for i in range(5)]
+    assert sizes[:5] == [datastream.STANDARD] * 5 and out[5] == (FINISH, None)
+
+
+def test_a_record_bigger_than_the_buffer_grows_it():
+    sealer, opener = pair()
+    stream = sealer.json({"t": "file"}) + b"".join(sealer.data(b"\x07" * RECORD_MAX)) + sealer.json({"t": "x"})
+    out, _ = read_into(opener, stream, 3 << 20)
+    assert [kind for kind, _ in out] == [JSON, DATA, JSON] and bytes(out[1][1]) == b"\x07" * RECORD_MAX
+
+
+def test_a_bad_header_in_the_buffer_fails_space_too():
+    """Once a record's header is in and its length is out of range, asking where to read next is a StreamError
+    (the data connection drops the link), as opening it is."""
+    _, opener = pair()
+    room = opener.space()
+    room[:HEADER] = struct.pack(">Ic", RECORD_MAX + TAG + 1, b"D")
+    opener.filled(HEADER)
+    with pytest.raises(StreamError):
+        list(opener.records())
+    with pytest.raises(StreamError):
+        opener.space()
+
+
+def test_data_into_seals_the_same_record_as_data():
+    """``data_into`` (the sender's reused buffer) and ``data`` give identical records for identical state."""
+    a, b = Sealer(KEYS.to_receiver), Sealer(KEYS.to_receiver)
+    out = bytearray(datastream.STANDARD)
+    for payload in (b"", b"x", bytes(range(256)) * 4096):
+        view = a.data_into(payload, out)
+        assert bytes(view) == b"".join(b.data(payload))
+    fresh, opener = Sealer(KEYS.to_receiver), Opener(KEYS.to_receiver)
+    assert [bytes(v) for _, v in opener.feed(bytes(fresh.data_into(b"last", out)))] == [b"last"]

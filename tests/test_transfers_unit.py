@@ -949,6 +949,9 @@ class FakeSession:
     def attach(self, conn):
         self.conns.append(conn)
 
+    def write(self, data):
+        self.conns[-1].transport.write(data)
+
     def received(self, data):
         self.data.append(data)
 

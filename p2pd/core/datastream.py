@@ -41,6 +41,8 @@ RECORD_MAX = 4 << 20  # largest plaintext payload in one record
 CHUNK = 1 << 20  # the payload size a sender uses for file bytes
 TAG = 16
 _HEADER = struct.Struct(">Ic")
+HEADER = _HEADER.size
+STANDARD = HEADER + CHUNK + TAG  # the wire size of a full data record
 _INDEX = struct.Struct(">I")
 
 DATA, END, JSON, FINISH = b"D", b"E", b"J", b"Z"
@@ -97,6 +99,16 @@ class Sealer:
         """A data record as ``(header, ciphertext)``."""
         return self.seal_parts(DATA, chunk)
 
+    def data_into(self, chunk, out: bytearray) -> memoryview:
+        """A data record sealed into *out* (at least ``len(chunk) + HEADER + TAG`` bytes): a view of it."""
+        length = len(chunk) + TAG
+        _HEADER.pack_into(out, 0, length, DATA)
+        nonce = b"\0\0\0\0" + self._n.to_bytes(8, "big")
+        self._n += 1
+        view = memoryview(out)
+        self._aead.encrypt_into(nonce, chunk, DATA, view[HEADER:HEADER + length])
+        return view[:HEADER + length]
+
     def end(self, index: int) -> bytes:
         return self.seal(END, _INDEX.pack(index))
 
@@ -142,68 +154,106 @@ class BufferPool:
 
 
 class Opener:
-    """Opens the records of one direction as bytes arrive: ``feed(data)`` yields ``(kind, payload)``.
+    """Opens the records of one direction as bytes arrive.
 
-    Buffers at most one record (``RECORD_MAX`` plus a header) besides what one ``feed`` brings. Raises :class:`StreamError` for a record
-    that is too long, does not authenticate, has an unknown kind, or follows ``Z``."""
+    Bytes land in one buffer of the opener's own, either copied in by ``feed(data)`` or read straight into it:
+    ``space()`` is where the next bytes should go, ``filled(n)`` says *n* bytes went there, and ``records()``
+    yields the ``(kind, payload)`` of every record now complete. ``space()`` never reaches past the end of the
+    record being received (or past one standard record when its header is not in yet), so a ``recv_into`` that
+    fills it ends on a record boundary and a record is decrypted where it arrived: no join, no copy. The buffer
+    holds at most one record plus what one ``feed`` brings. Raises :class:`StreamError` for a record that is
+    too long, does not authenticate, has an unknown kind, or follows ``Z``."""
 
     def __init__(self, key: bytes, buffers: BufferPool | None = None):
         self._aead = AESGCM(key)
         self._n = 0
         self.buffers = buffers  # where DATA payloads are decrypted into (else: new bytes each)
-        self._pending = []  # what arrived and is not opened yet, in order (bytes or memoryviews of them)
-        self._pending_len = 0
+        self._buf = bytearray(2 * STANDARD)
+        self._view = memoryview(self._buf)
+        self._start = 0  # the first byte not opened yet
+        self._end = 0  # the end of what arrived
         self.finished = False
 
     @property
     def buffered(self) -> int:
-        return self._pending_len
+        return self._end - self._start
 
-    def _take(self, total):
-        """The next *total* bytes, as a memoryview: a slice of the piece that holds them all (no copy), or one
-        join of the pieces a record straddles (one copy, not one per piece)."""
-        first = self._pending[0]
-        if len(first) < total:
-            first = b"".join(self._pending)
-            self._pending = [first]
-        view = memoryview(first)
-        if len(first) == total:
-            self._pending.pop(0)
-        else:
-            self._pending[0] = view[total:]
-        self._pending_len -= total
-        return view[:total]
+    def _record_length(self):
+        """The full length (header included) of the record starting at ``_start``, once its header is in."""
+        length, _ = _HEADER.unpack_from(self._buf, self._start)
+        if length < TAG or length > RECORD_MAX + TAG:
+            raise StreamError("record length %d out of range" % length)
+        if self.finished:
+            raise StreamError("data after the end of the stream")
+        return HEADER + length
+
+    def space(self, at_least=0) -> memoryview:
+        """Where the next bytes go: up to the end of the current record, or one standard record's worth when its
+        header is not in yet (at least *at_least* bytes, for ``feed``)."""
+        have = self._end - self._start
+        if have == 0:
+            self._start = self._end = 0
+        want = (self._record_length() if have >= HEADER else STANDARD) - have
+        want = max(want, at_least, 1)
+        if self._end + want > len(self._buf):
+            self._make_room(have + want)
+        return self._view[self._end:self._end + want]
+
+    def _make_room(self, total):
+        """Moves what is buffered to the front of the buffer (a part of one record: rare), in a bigger one if
+        *total* bytes do not fit."""
+        kept = bytes(self._view[self._start:self._end])
+        if total > len(self._buf):
+            self._view.release()
+            self._buf = bytearray(max(total, 2 * STANDARD))
+            self._view = memoryview(self._buf)
+        self._view[:len(kept)] = kept
+        self._start, self._end = 0, len(kept)
+
+    def filled(self, n: int):
+        """*n* bytes were written at the start of the last ``space()``."""
+        self._end += n
 
     def feed(self, data):
-        if data:
-            self._pending.append(data)
-            self._pending_len += len(data)
-        size = _HEADER.size
-        while self._pending_len >= size:
-            if len(self._pending[0]) < size:
-                self._pending = [b"".join(self._pending)]
-            length, kind = _HEADER.unpack_from(self._pending[0], 0)
-            if length < TAG or length > RECORD_MAX + TAG:
-                raise StreamError("record length %d out of range" % length)
-            if self.finished:
-                raise StreamError("data after the end of the stream")
-            if self._pending_len < size + length:
-                break
+        """Copies *data* in and yields the records it completes."""
+        view = memoryview(data)
+        while len(view):
+            room = self.space(len(view))
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            self.filled(n)
+            view = view[n:]
+            yield from self.records()
+        if self.finished and self.buffered:
+            raise StreamError("data after the end of the stream")
+
+    def records(self):
+        """Opens and yields the records that are complete in the buffer."""
+        while self._end - self._start >= HEADER:
+            total = self._record_length()
+            if self._end - self._start < total:
+                return
+            kind = bytes(self._view[self._start + 4:self._start + 5])
             if kind not in KINDS:
                 raise StreamError("unknown record kind %r" % (kind,))
-            record = self._take(size + length)
+            body = self._view[self._start + HEADER:self._start + total]
             nonce = b"\0\0\0\0" + self._n.to_bytes(8, "big")
-            into = self.buffers.take(length - TAG) if kind == DATA and self.buffers is not None else None
+            into = self.buffers.take(len(body) - TAG) if kind == DATA and self.buffers is not None else None
             try:
                 if into is None:
-                    plain = self._aead.decrypt(nonce, record[size:], kind)
+                    plain = self._aead.decrypt(nonce, body, kind)
                 else:
-                    self._aead.decrypt_into(nonce, record[size:], kind, into)
+                    self._aead.decrypt_into(nonce, body, kind, into)
                     plain = into
             except InvalidTag:
+                if into is not None:
+                    self.buffers.give(into)
                 raise StreamError("a record failed authentication (forged, altered or out of order)",
                                   code="bad_record") from None
+            finally:
+                body.release()
             self._n += 1
+            self._start += total
             if kind == DATA:
                 yield DATA, plain
             elif kind == END:
@@ -221,5 +271,5 @@ class Opener:
             else:
                 self.finished = True
                 yield FINISH, None
-        if self.finished and self._pending_len:
-            raise StreamError("data after the end of the stream")
+                if self.buffered:
+                    raise StreamError("data after the end of the stream")

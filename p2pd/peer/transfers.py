@@ -32,6 +32,7 @@ carrying the request's id, which the asking peer accepts by itself. ``ls`` lists
 """
 
 import base64
+import collections
 import hashlib
 import json
 import mimetypes
@@ -41,7 +42,7 @@ import stat
 import threading
 import time
 
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints, main, protocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -223,12 +224,43 @@ class DataConnection(protocol.Protocol):
         self.closed = False
 
     def connectionMade(self):
-        if self.dialer:
-            self.transport.write(self.session.keys.preamble)
         self.session.attach(self)
+        if self.dialer:
+            self.session.write(self.session.keys.preamble)  # before any record: a sender produces in a later turn
+        self.read_directly()
 
     def dataReceived(self, data):
         self.session.received(data)
+
+    def read_directly(self):
+        """Has the TCP transport ``recv_into`` the session's opener instead of calling ``dataReceived``.
+
+        Twisted's ``doRead`` receives into a new bytes object each time (4 MiB here), and a record that
+        straddles two reads must then be joined; reading into the opener's buffer, up to the end of the record
+        in hand, leaves every record whole where it arrived, to be decrypted from there. Transports without a
+        socket (tests' ``StringTransport``) keep ``dataReceived``."""
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if sock is None or not callable(getattr(transport, "doRead", None)):
+            return
+        recv_into = sock.recv_into
+        opener = self.session.opener
+        arrived = self.session.arrived
+
+        def doRead():
+            try:
+                n = recv_into(opener.space())
+            except (BlockingIOError, InterruptedError):
+                return None
+            except (OSError, datastream.StreamError):
+                return main.CONNECTION_LOST
+            if not n:
+                return main.CONNECTION_DONE
+            opener.filled(n)
+            arrived()
+            return None
+
+        transport.doRead = doRead
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.closed = True
@@ -345,10 +377,29 @@ class Session:
         if not self.done:
             self.transfer.interrupted("the data connection closed")
 
+    def write(self, data):
+        self.conn.transport.write(data)
+
+    def received(self, data):
+        """Bytes from Twisted's ``doRead`` (or what came with the preamble)."""
+        self.arm()
+        self.handle(self.opener.feed(data))
+
+    def arrived(self):
+        """Bytes were read straight into the opener (:meth:`DataConnection.read_directly`)."""
+        self.arm()
+        self.handle(self.opener.records())
+
 
 @implementer(IPushProducer)
 class SendSession(Session):
-    """Streams the files of an outgoing transfer from the offsets the receiver already verified."""
+    """Streams the files of an outgoing transfer from the offsets the receiver already verified.
+
+    On a real TCP transport it writes to the socket itself: each chunk is read into one reused buffer, sealed
+    into one reused record buffer and handed to ``send`` at once; what the socket does not take waits (with
+    production stopped) until the transport's ``doWrite`` says it can take more. Twisted's own write path would
+    join every record into a new string first: a second copy of every byte. Transports without a socket (tests'
+    ``StringTransport``) get the bytes through ``write`` and pause the session as a push producer."""
 
     def __init__(self, transfer, secret, have):
         super().__init__(transfer, secret)
@@ -359,17 +410,74 @@ class SendSession(Session):
         self.paused = True
         self.scheduled = None
         self.finished_sending = False
+        self.sock = None  # the socket, when writing directly
+        self.unsent = collections.deque()  # what the socket has not taken yet (memoryviews or bytes)
+        self.plain = self.record = None
 
     def attach(self, conn):
         self.conn = conn
         self.sealer = datastream.Sealer(self.keys.to_receiver)
         self.opener = datastream.Opener(self.keys.to_sender)
-        conn.transport.bufferSize = SEND_BUFFER
-        conn.transport.SEND_LIMIT = SEND_BUFFER  # one send() call may take it all (Twisted's default: 128 KiB)
-        conn.transport.registerProducer(self, True)
+        transport = conn.transport
+        sock = getattr(transport, "socket", None)
+        if sock is not None and callable(getattr(transport, "doWrite", None)):
+            self.sock = sock
+            transport.doWrite = self._do_write
+        else:
+            transport.bufferSize = SEND_BUFFER
+            transport.SEND_LIMIT = SEND_BUFFER  # one send() call may take it all (Twisted's default: 128 KiB)
+            transport.registerProducer(self, True)
+        self.plain = bytearray(datastream.CHUNK)
+        self.record = bytearray(datastream.STANDARD)
         self.transfer.started_data()
         self.arm()
         self.resumeProducing()
+
+    # writing
+
+    def write(self, data):
+        """Sends *data* (bytes, or a view of the record buffer, which is not reused before it is all sent)."""
+        if self.sock is None:
+            self.conn.transport.write(bytes(data))
+            return
+        if self.conn.closed:
+            return
+        if not self.unsent:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the connection is broken: doWrite reports it
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self.conn.transport.startWriting()
+        self.unsent.append(data)
+
+    def _do_write(self):
+        """The transport's ``doWrite`` while this session writes directly."""
+        while self.unsent:
+            data = self.unsent[0]
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                return main.CONNECTION_LOST
+            if sent < len(data):
+                self.unsent[0] = data[sent:]
+                return None
+            self.unsent.popleft()
+        if not self.finished_sending:
+            self.resumeProducing()
+        # Twisted's own: its buffer is empty, so it stops writing, or ends a loseConnection() waiting for us
+        return type(self.conn.transport).doWrite(self.conn.transport)
+
+    def close(self, abort=False):
+        if abort:
+            self.unsent.clear()
+        super().close(abort)
 
     # IPushProducer
     def pauseProducing(self):
@@ -388,16 +496,17 @@ class SendSession(Session):
         self.scheduled = None
         self.arm()  # bytes are moving: the silence timer starts again
         budget = TURN_BYTES
-        write = self.conn.transport.write
-        write_parts = self.conn.transport.writeSequence
+        write = self.write
         items = self.transfer.items
+        plain = memoryview(self.plain)
         try:
-            while not self.paused and not self.finished_sending and not self.conn.closed:
+            while not self.paused and not self.unsent and not self.finished_sending and not self.conn.closed:
                 if self.fd is None:
                     if self.index >= len(items):
                         write(self.sealer.finish())
                         self.finished_sending = True
-                        self.conn.transport.unregisterProducer()
+                        if self.sock is None:
+                            self.conn.transport.unregisterProducer()
                         break
                     self._open(self.index)
                     write(self.sealer.json({"t": "file", "i": self.index,
@@ -409,16 +518,16 @@ class SendSession(Session):
                     write(self.sealer.end(self.index))
                     self.index += 1
                     continue
-                chunk = os.pread(self.fd, min(datastream.CHUNK, size - self.position), self.position)
-                if not chunk:
+                n = os.preadv(self.fd, [plain[:min(datastream.CHUNK, size - self.position)]], self.position)
+                if not n:
                     raise FileProblem("%s shrank while it was being sent" % self.transfer.local[self.index],
                                       code="file_changed")
-                write_parts(self.sealer.data(chunk))
-                self.position += len(chunk)
-                self.transfer.progress(len(chunk))
-                budget -= len(chunk)
+                write(self.sealer.data_into(plain[:n], self.record))
+                self.position += n
+                self.transfer.progress(n)
+                budget -= n
                 if budget <= 0:
-                    if not self.paused:
+                    if not self.paused and not self.unsent:
                         self.scheduled = self.clock.callLater(0, self.produce)
                     break
         except (OSError, P2PDError) as e:
@@ -427,8 +536,7 @@ class SendSession(Session):
                 "cannot read %s: %s" % (self.transfer.local[self.index], e.strerror), code="file_unreadable")
             self.done = True
             if not self.conn.closed:
-                self.conn.transport.write(self.sealer.json({"t": "fail", "code": error.code,
-                                                            "message": error.message}))
+                self.write(self.sealer.json({"t": "fail", "code": error.code, "message": error.message}))
             self.close()
             self.transfer.fail(error)
 
@@ -453,10 +561,9 @@ class SendSession(Session):
             os.close(self.fd)
             self.fd = None
 
-    def received(self, data):
-        self.arm()
+    def handle(self, records):
         try:
-            for kind, obj in self.opener.feed(data):
+            for kind, obj in records:
                 if kind != datastream.JSON:
                     raise datastream.StreamError("unexpected record from the receiver")
                 if obj.get("t") == "complete":
@@ -661,11 +768,10 @@ class ReceiveSession(Session):
             self.conn.transport.resumeProducing()
             self.arm()
 
-    def received(self, data):
-        self.arm()
+    def handle(self, records):
         t = self.transfer
         try:
-            for kind, obj in self.opener.feed(data):
+            for kind, obj in records:
                 if self.done:
                     return
                 if kind == datastream.DATA:
