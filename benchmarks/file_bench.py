@@ -1,6 +1,6 @@
 """File transfer between two peer daemons, side by side with a plain socket copy and with magic-wormhole.
 
-    .venv/bin/python benchmarks/file_bench.py [--size 1G] [--runs 1] [--no-wormhole] [--json] [--strict] [--keep]
+    .venv/bin/python benchmarks/file_bench.py [--size 1G] [--runs 5] [--no-wormhole] [--json] [--strict] [--keep]
 
 One run writes a file of ``--size`` random bytes (in 1 MiB chunks, hashed with SHA-256 as it is written) into a
 fresh temporary directory, then copies it on loopback, each method ``--runs`` times, every copy to a file in
@@ -208,27 +208,36 @@ with socket.create_connection(("127.0.0.1", port)) as s, open(path, "rb") as f:
 """
 
 
-def touch_free_memory(reserve=2 << 30, most=16 << 30) -> int:
-    """Write once to (nearly) all free memory, in a child process, and give it back.
+def memory_reclaim() -> list:
+    """What this machine does to take freed memory back to its host (a VM's free page reporting, a DAMON
+    ``pageout`` scheme), as short notes for the report; empty on a machine that does neither.
 
-    On a VM whose memory the host backs lazily (this one is a Firecracker guest), the first write to a guest
-    page that was never used costs a fault in the host; page cache for a freshly written file is taken from those
-    pages, so a method that happens to get never-touched pages runs at half speed or worse (seen: the same p2pd
-    send at 0.7 s and at 3.3 s, 3 s of it kernel time in ``copy_folio_from_iter_atomic``). After this, every
-    method runs on memory that is already backed, as on a machine that has been up for a while. Returns the bytes
-    touched."""
+    Why it matters here: page cache for a freshly written file comes from free pages, and a free page that was
+    reported to the host has been taken back: the first write to it costs a fault in the host. On this project's
+    VM (Firecracker) the guest reports free 2 MiB blocks a second or two after they are freed, so the same copy
+    of the same file writes into pages that are still in the guest (0.2 s per GiB for ``dd``) or into pages taken
+    back (1.5-2 s per GiB), depending on whether the last copy's pages were freed long enough before. Every
+    method draws from that lottery; the medians over several runs are what to compare."""
+    notes = []
+    reporting = "/sys/module/page_reporting/parameters/page_reporting_order"
+    if os.path.exists(reporting):
+        try:
+            with open(reporting) as f:
+                order = int(f.read())
+            notes.append("free page reporting (blocks of %d KiB go back to the host)" % (4 << order))
+        except (OSError, ValueError):
+            notes.append("free page reporting")
+    damon = pathlib.Path("/sys/kernel/mm/damon/admin/kdamonds")
     try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-    except (OSError, ValueError, IndexError):
-        return 0
-    size = min(most, info.get("MemFree", 0) - reserve)
-    if size <= 0:
-        return 0
-    code = ("import mmap, sys\nn = int(sys.argv[1]); m = mmap.mmap(-1, n); block = b'\\1' * (64 << 20)\n"
-            "while m.tell() + len(block) <= n: m.write(block)\n")
-    subprocess.run([sys.executable, "-c", code, str(size)], check=False, timeout=600)
-    return size
+        for state in damon.glob("*/state"):
+            if state.read_text().strip() == "on" and any(
+                    action.read_text().strip() == "pageout" for action in state.parent.glob(
+                        "contexts/*/schemes/*/action")):
+                notes.append("DAMON pageout of idle page cache")
+                break
+    except OSError:
+        pass
+    return notes
 
 
 def settle():
@@ -621,9 +630,10 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def prepare(self) -> dict:
-        touched = touch_free_memory()
-        if touched:
-            self.progress("touched %s of free memory once (see touch_free_memory)" % human_size(touched))
+        reclaim = memory_reclaim()
+        if reclaim:
+            self.progress("this machine gives freed memory back to its host (%s): timings vary from run to run, "
+                          "compare medians (see memory_reclaim)" % ", ".join(reclaim))
         size = self.args.size
         free = shutil.disk_usage(self.tmp).free
         if free < 2 * size + (256 << 20):
@@ -633,7 +643,8 @@ class Bench:
         began = time.perf_counter()
         self.digest = write_random_file(self.source, size)
         return {"path": str(self.source), "bytes": size, "sha256": self.digest,
-                "write_seconds": round(time.perf_counter() - began, 3), "filesystem": filesystem(self.tmp)}
+                "write_seconds": round(time.perf_counter() - began, 3), "filesystem": filesystem(self.tmp),
+                "memory_reclaim": reclaim}
 
     def check(self, run, path):
         run.update(verify(path, self.args.size, self.digest))
@@ -809,6 +820,11 @@ def table(report) -> str:
         "p2pd at %s; %d CPU cores, load average %s at the start; files in %s on %s; MB = 10^6 bytes" % (
             report["revision"], report["cores"], "/".join("%.2f" % x for x in report["load_average"]),
             report["dir"], src["filesystem"]),
+    ]
+    if src.get("memory_reclaim"):
+        lines.append("freed memory goes back to the host here (%s): runs vary, the targets use medians"
+                     % ", ".join(src["memory_reclaim"]))
+    lines += [
         "",
         "%-44s %8s %8s %9s %9s %8s %7s  %-17s %8s" % ("method", "best s", "med s", "best MB/s", "med MB/s",
                                                       "% of (a)", "x (b)", "peak RSS MB", "verify s"),
@@ -898,7 +914,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--size", type=parse_size, default=1 << 30, help="file size: bytes, or with K/M/G (binary), default 1G")
-    add("--runs", type=int, default=1, help="runs per method (1-20, default 1); best and median are reported")
+    add("--runs", type=int, default=5, help="runs per method (1-20, default 5); best and median are reported")
     add("--no-wormhole", action="store_true", help="skip (b), magic-wormhole")
     add("--no-p2pd", action="store_true", help="skip the daemons (the baselines alone)")
     add("--wormhole-mode", choices=("auto", "netns", "relay"), default="auto",

@@ -45,10 +45,10 @@ def test_benchmark_json_has_every_row_without_errors():
 
 @pytest.mark.slow
 def test_file_benchmark_json_has_the_socket_copy_and_p2pd_rows(tmp_path):
-    """``file_bench.py --size 8M --no-wormhole --json``: the socket copy and p2pd rows, every copy intact, the
-    daemons' peak memory, and nothing left behind in its temporary directory."""
+    """``file_bench.py --size 8M --runs 1 --no-wormhole --json``: the socket copy and p2pd rows, every copy
+    intact, the daemons' peak memory, and nothing left behind in its temporary directory."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "file_bench.py"), "--size", "8M",
-                             "--no-wormhole", "--json", "--tmpdir", str(tmp_path)], cwd=ROOT,
+                             "--runs", "1", "--no-wormhole", "--json", "--tmpdir", str(tmp_path)], cwd=ROOT,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
