@@ -432,3 +432,12 @@ def test_data_into_seals_the_same_record_as_data():
         assert bytes(view) == b"".join(b.data(payload))
     fresh, opener = Sealer(KEYS.to_receiver), Opener(KEYS.to_receiver)
     assert [bytes(v) for _, v in opener.feed(bytes(fresh.data_into(b"last", out)))] == [b"last"]
+
+
+def test_release_drops_the_buffer_and_the_opener_still_works():
+    """A finished session releases its opener's buffer (finished transfers stay listed for a while)."""
+    sealer, opener = pair()
+    assert list(opener.feed(sealer.json({"n": 1}))) == [(JSON, {"n": 1})]
+    opener.release()
+    assert opener.buffered == 0 and len(opener._buf) == 0
+    assert list(opener.feed(sealer.json({"n": 2}))) == [(JSON, {"n": 2})]

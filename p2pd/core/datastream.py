@@ -210,6 +210,13 @@ class Opener:
         self._view[:len(kept)] = kept
         self._start, self._end = 0, len(kept)
 
+    def release(self):
+        """Drops the buffer (the stream is over); what was buffered is gone."""
+        self._view.release()
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+
     def filled(self, n: int):
         """*n* bytes were written at the start of the last ``space()``."""
         self._end += n

@@ -338,6 +338,7 @@ class Session:
     def __init__(self, transfer, secret):
         self.transfer = transfer
         self.keys = datastream.SessionKeys(secret)
+        self.opener = None
         self.conn = None
         self.timer = None
         self.done = False
@@ -374,6 +375,8 @@ class Session:
 
     def lost(self, reason):
         self.disarm()
+        if self.opener is not None:
+            self.opener.release()  # a finished transfer is kept for the listing; its buffers are not
         if not self.done:
             self.transfer.interrupted("the data connection closed")
 
@@ -494,6 +497,8 @@ class SendSession(Session):
 
     def produce(self):
         self.scheduled = None
+        if self.plain is None:  # the connection is gone
+            return
         self.arm()  # bytes are moving: the silence timer starts again
         budget = TURN_BYTES
         write = self.write
@@ -586,6 +591,8 @@ class SendSession(Session):
 
     def lost(self, reason):
         self._close_file()
+        self.plain = self.record = None
+        self.unsent.clear()
         if self.scheduled is not None and self.scheduled.active():
             self.scheduled.cancel()
         self.scheduled = None
@@ -906,12 +913,12 @@ class ReceiveSession(Session):
         pass
 
     def lost(self, reason):
-        self.disarm()
         if self.writer is not None and not self.writer.stopping:
             self.writer.cancel()  # closes the partial file and ends the thread, however the session ended
         if not self.done:
             self.done = True
             self.transfer.interrupted("the data connection closed")
+        super().lost(reason)
 
 
 # -- transfers --------------------------------------------------------------------------------------------------
