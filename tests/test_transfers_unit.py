@@ -1134,6 +1134,16 @@ def test_a_lost_connection_closes_the_partial_file(world):
     assert fds_open_to(part) == []
 
 
+def test_a_finished_session_lets_go_of_its_buffers(world):
+    """Finished transfers stay in the listing, and a session's receive buffer (two records) goes with the
+    connection: 200 listed transfers must not keep 200 of them."""
+    daemon, manager = world
+    t, outcome, conn, part = half_received(manager)
+    assert len(conn.session.opener._buf) >= datastream.STANDARD
+    conn.connectionLost(Failure(Exception("gone")))
+    assert len(conn.session.opener._buf) == 0
+
+
 class ThreadedClock(Clock):
     """A Clock with the two methods that make a DiskWriter use its thread; callFromThread queues the call for
     :meth:`pump` to run in the test's thread (the reactor thread)."""
