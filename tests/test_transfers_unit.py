@@ -1227,3 +1227,124 @@ def test_the_threaded_writer_reports_a_bad_chunk(threaded, small_chunks):
     assert partials(manager) == [] and inbox_files(manager) == []
     t.session.writer.thread.join(5)
     assert not t.session.writer.thread.is_alive()
+
+
+# -- the sender's consumer ------------------------------------------------------------------------------------------
+
+class SocketTransport:
+    """What a DirectConsumer uses of Twisted's TCP transport, over a real (non-blocking) socket."""
+
+    def __init__(self, sock):
+        self.socket = sock
+        self.disconnected = self.disconnecting = False
+        self.writing = False
+        self.own_writes = 0
+
+    def startWriting(self):
+        self.writing = True
+
+    def stopWriting(self):
+        self.writing = False
+
+    def doWrite(self):  # Twisted's own, whose buffer is empty: it stops writing
+        self.own_writes += 1
+        self.stopWriting()
+
+
+class Producer:
+    def __init__(self):
+        self.calls = []
+
+    def pauseProducing(self):
+        self.calls.append("pause")
+
+    def resumeProducing(self):
+        self.calls.append("resume")
+
+
+@pytest.fixture
+def direct():
+    """A DirectConsumer on one end of a socket pair with a small send buffer; yields ``(consumer, transport,
+    producer, peer)``."""
+    import socket
+
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    transport = SocketTransport(ours)
+    consumer = tmod.DirectConsumer.over(transport)
+    producer = Producer()
+    consumer.registerProducer(producer, True)
+    yield consumer, transport, producer, peer
+    ours.close()
+    peer.close()
+
+
+def drain(consumer, transport, peer):
+    """Reads from *peer* and calls the transport's doWrite (as the reactor would) until nothing waits."""
+    got = bytearray()
+    peer.settimeout(5)
+    while consumer.unsent:
+        got += peer.recv(1 << 20)
+        assert transport.doWrite() is None
+    peer.setblocking(False)
+    try:
+        while True:
+            chunk = peer.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+    except BlockingIOError:
+        pass
+    return bytes(got)
+
+
+def test_a_write_the_socket_takes_goes_out_at_once(direct):
+    consumer, transport, producer, peer = direct
+    consumer.write(memoryview(bytearray(b"record")))
+    assert peer.recv(100) == b"record"
+    assert producer.calls == [] and not consumer.unsent and not transport.writing
+
+
+def test_what_the_socket_does_not_take_waits_with_the_producer_paused(direct):
+    """A record bigger than the socket buffer: the producer is paused while part of it waits (as a view of its
+    buffer), and resumed once doWrite has sent the rest; the bytes arrive whole and in order, and Twisted's own
+    doWrite runs at the end (it stops writing)."""
+    consumer, transport, producer, peer = direct
+    record = bytearray(os.urandom(1 << 20))
+    consumer.write(memoryview(record))
+    assert producer.calls == ["pause"] and consumer.unsent and transport.writing
+    consumer.write(b"next")  # queued behind, never sent ahead of the record
+    assert drain(consumer, transport, peer) == bytes(record) + b"next"
+    assert producer.calls == ["pause", "resume"]
+    assert transport.own_writes == 1 and not transport.writing
+
+
+def test_a_broken_connection_is_reported_by_dowrite(direct):
+    consumer, transport, producer, peer = direct
+    consumer.write(memoryview(bytearray(1 << 20)))
+    peer.close()
+    assert transport.doWrite() is tmod.main.CONNECTION_LOST
+
+
+def test_writes_after_the_connection_is_closing_are_dropped_and_discard_forgets(direct):
+    consumer, transport, producer, peer = direct
+    consumer.write(memoryview(bytearray(1 << 20)))
+    consumer.discard()
+    assert not consumer.unsent
+    transport.disconnecting = True
+    consumer.write(b"late")
+    assert not consumer.unsent
+    assert transport.doWrite() is None and producer.calls == ["pause"]  # not resumed while closing
+
+
+def test_a_transport_without_a_socket_gets_copies_and_pauses_the_producer_itself():
+    transport = StringTransport()
+    consumer = tmod.DirectConsumer.over(transport)
+    producer = Producer()
+    consumer.registerProducer(producer, True)
+    assert transport.producer is producer
+    buf = bytearray(b"abc")
+    consumer.write(memoryview(buf))
+    buf[:] = b"xyz"  # the buffer is the producer's again at once
+    assert transport.value() == b"abc"

@@ -43,7 +43,7 @@ import threading
 import time
 
 from twisted.internet import defer, endpoints, main, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -332,6 +332,100 @@ class DemuxFactory(protocol.Factory):
         return Demux(self, addr)
 
 
+@implementer(IConsumer)
+class DirectConsumer:
+    """The consumer a sender writes file records to, over a TCP transport: it hands each write to ``send`` at
+    once, from the caller's own buffer.
+
+    Twisted's transport would queue the write and later join everything queued into one new string (a second
+    copy of every byte) before sending it. Here what the socket does not take waits as a view of the caller's
+    buffer, the registered push producer is paused, and it is resumed once the transport's ``doWrite`` (which
+    this consumer takes over) has sent it all: a producer must not touch a buffer it wrote until then. Twisted's
+    ``doWrite`` still runs after that, so ``loseConnection`` works as usual."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.sock = transport.socket
+        self.unsent = collections.deque()
+        self.producer = None
+        transport.doWrite = self.doWrite
+
+    @classmethod
+    def over(cls, transport):
+        """A DirectConsumer for a TCP transport; the transport itself (Twisted's buffering, data copied to
+        bytes) for one without a socket, such as tests' ``StringTransport``."""
+        if getattr(transport, "socket", None) is not None and callable(getattr(transport, "doWrite", None)):
+            return cls(transport)
+        return CopyingConsumer(transport)
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        if self.transport.disconnected or self.transport.disconnecting:
+            return
+        if not self.unsent:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the connection is broken: doWrite will say so
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self.transport.startWriting()
+            if self.producer is not None:
+                self.producer.pauseProducing()
+        self.unsent.append(data)
+
+    def doWrite(self):
+        while self.unsent:
+            data = self.unsent[0]
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                return main.CONNECTION_LOST
+            if sent < len(data):
+                self.unsent[0] = data[sent:]
+                return None
+            self.unsent.popleft()
+        if self.producer is not None and not self.transport.disconnecting:
+            self.producer.resumeProducing()
+        # Twisted's own: its buffer is empty, so it stops writing (or ends a loseConnection() that waited for us)
+        return type(self.transport).doWrite(self.transport)
+
+    def discard(self):
+        """Forget what was not sent (the connection is being aborted, or is gone)."""
+        self.unsent.clear()
+
+
+class CopyingConsumer:
+    """The transport as the consumer, for transports without a socket: writes are copied to bytes (a view of a
+    buffer the producer reuses must not be queued as it is), and the transport pauses the producer itself."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        transport.bufferSize = SEND_BUFFER
+
+    def registerProducer(self, producer, streaming):
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self.transport.unregisterProducer()
+
+    def write(self, data):
+        self.transport.write(bytes(data))
+
+    def discard(self):
+        pass
+
+
 class Session:
     """A data session of one transfer; *transfer* is the Outgoing or Incoming it works for."""
 
@@ -398,11 +492,9 @@ class Session:
 class SendSession(Session):
     """Streams the files of an outgoing transfer from the offsets the receiver already verified.
 
-    On a real TCP transport it writes to the socket itself: each chunk is read into one reused buffer, sealed
-    into one reused record buffer and handed to ``send`` at once; what the socket does not take waits (with
-    production stopped) until the transport's ``doWrite`` says it can take more. Twisted's own write path would
-    join every record into a new string first: a second copy of every byte. Transports without a socket (tests'
-    ``StringTransport``) get the bytes through ``write`` and pause the session as a push producer."""
+    A push producer over a :class:`DirectConsumer`: each chunk is read into one reused buffer, sealed into one
+    reused record buffer and written; the consumer pauses the session while the socket holds part of a record,
+    and both buffers are used again only once it is resumed."""
 
     def __init__(self, transfer, secret, have):
         super().__init__(transfer, secret)
@@ -413,73 +505,27 @@ class SendSession(Session):
         self.paused = True
         self.scheduled = None
         self.finished_sending = False
-        self.sock = None  # the socket, when writing directly
-        self.unsent = collections.deque()  # what the socket has not taken yet (memoryviews or bytes)
+        self.out = None  # the consumer
         self.plain = self.record = None
 
     def attach(self, conn):
         self.conn = conn
         self.sealer = datastream.Sealer(self.keys.to_receiver)
         self.opener = datastream.Opener(self.keys.to_sender)
-        transport = conn.transport
-        sock = getattr(transport, "socket", None)
-        if sock is not None and callable(getattr(transport, "doWrite", None)):
-            self.sock = sock
-            transport.doWrite = self._do_write
-        else:
-            transport.bufferSize = SEND_BUFFER
-            transport.SEND_LIMIT = SEND_BUFFER  # one send() call may take it all (Twisted's default: 128 KiB)
-            transport.registerProducer(self, True)
+        self.out = DirectConsumer.over(conn.transport)
+        self.out.registerProducer(self, True)
         self.plain = bytearray(datastream.CHUNK)
         self.record = bytearray(datastream.STANDARD)
         self.transfer.started_data()
         self.arm()
         self.resumeProducing()
 
-    # writing
-
     def write(self, data):
-        """Sends *data* (bytes, or a view of the record buffer, which is not reused before it is all sent)."""
-        if self.sock is None:
-            self.conn.transport.write(bytes(data))
-            return
-        if self.conn.closed:
-            return
-        if not self.unsent:
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # the connection is broken: doWrite reports it
-            if sent == len(data):
-                return
-            data = data[sent:]
-            self.conn.transport.startWriting()
-        self.unsent.append(data)
-
-    def _do_write(self):
-        """The transport's ``doWrite`` while this session writes directly."""
-        while self.unsent:
-            data = self.unsent[0]
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                return None
-            except OSError:
-                return main.CONNECTION_LOST
-            if sent < len(data):
-                self.unsent[0] = data[sent:]
-                return None
-            self.unsent.popleft()
-        if not self.finished_sending:
-            self.resumeProducing()
-        # Twisted's own: its buffer is empty, so it stops writing, or ends a loseConnection() waiting for us
-        return type(self.conn.transport).doWrite(self.conn.transport)
+        self.out.write(data)
 
     def close(self, abort=False):
-        if abort:
-            self.unsent.clear()
+        if abort and self.out is not None:
+            self.out.discard()
         super().close(abort)
 
     # IPushProducer
@@ -505,13 +551,12 @@ class SendSession(Session):
         items = self.transfer.items
         plain = memoryview(self.plain)
         try:
-            while not self.paused and not self.unsent and not self.finished_sending and not self.conn.closed:
+            while not self.paused and not self.done and not self.finished_sending and not self.conn.closed:
                 if self.fd is None:
                     if self.index >= len(items):
                         write(self.sealer.finish())
                         self.finished_sending = True
-                        if self.sock is None:
-                            self.conn.transport.unregisterProducer()
+                        self.out.unregisterProducer()
                         break
                     self._open(self.index)
                     write(self.sealer.json({"t": "file", "i": self.index,
@@ -532,7 +577,7 @@ class SendSession(Session):
                 self.transfer.progress(n)
                 budget -= n
                 if budget <= 0:
-                    if not self.paused and not self.unsent:
+                    if not self.paused:
                         self.scheduled = self.clock.callLater(0, self.produce)
                     break
         except (OSError, P2PDError) as e:
@@ -592,7 +637,8 @@ class SendSession(Session):
     def lost(self, reason):
         self._close_file()
         self.plain = self.record = None
-        self.unsent.clear()
+        if self.out is not None:
+            self.out.discard()
         if self.scheduled is not None and self.scheduled.active():
             self.scheduled.cancel()
         self.scheduled = None
@@ -1355,7 +1401,8 @@ class Transfers:
     def _on_reject(self, link, frame):
         out = self.live.get(frame["tid"])
         if isinstance(out, Outgoing) and out.peer == link.peer and not out.answer.called:
-            code = frame["code"] if frame["code"] in ("denied", "no_space", "offer_too_large", "bad_name") else "rejected"
+            refusals = ("denied", "no_space", "offer_too_large", "bad_name")
+            code = frame["code"] if frame["code"] in refusals else "rejected"
             out.answer.errback(TransferError("%s refused the files: %s" % (link.peer, _text(frame["message"])),
                                              code=code))
 
