@@ -7,7 +7,7 @@ fresh temporary directory, then copies it on loopback, each method ``--runs`` ti
 that same directory (so on the same filesystem), and checks the SHA-256 of every copy after its timing stopped.
 Before every timed copy it calls ``sync()``, so that no method is throttled by the dirty pages of the one before
 (one unmeasured socket copy comes first: on a VM the first GiB written into fresh page cache is much slower;
-likewise one unmeasured p2pd send of another file, at most 256 MiB, on the freshly started daemons):
+likewise one unmeasured p2pd send of another file of the same size, on the freshly started daemons):
 
 (a) socket copy: a child process ``os.sendfile``s the file into a TCP socket on 127.0.0.1; this process
     ``recv_into``s a preallocated buffer and ``os.write``s it to a file. Timed from ``accept`` (the connection
@@ -636,9 +636,9 @@ class Bench:
                           "compare medians (see memory_reclaim)" % ", ".join(reclaim))
         size = self.args.size
         free = shutil.disk_usage(self.tmp).free
-        if free < 2 * size + (256 << 20):
-            raise BenchError("%s has %s free; the file and one copy need %s" % (
-                self.tmp, human_size(free), human_size(2 * size + (256 << 20))))
+        if free < 3 * size + (256 << 20):  # the file, the p2pd warm-up's file and its copy
+            raise BenchError("%s has %s free; the file and two more of its size need %s" % (
+                self.tmp, human_size(free), human_size(3 * size + (256 << 20))))
         self.progress("writing %s of random bytes to %s" % (human_size(size), self.source))
         began = time.perf_counter()
         self.digest = write_random_file(self.source, size)
@@ -678,8 +678,8 @@ class Bench:
         # One unmeasured send first, as the socket copy has its warm-up copy: of another file (random bytes too),
         # so alice's hash cache does not spare the measured runs anything.
         warm_source = self.tmp / "warm-up-source.bin"
-        write_random_file(warm_source, min(self.args.size, 256 << 20))
-        warm = self.daemons.send(warm_source, min(self.args.size, 256 << 20))
+        write_random_file(warm_source, self.args.size)
+        warm = self.daemons.send(warm_source, self.args.size)
         for leftover in (warm_source, self.daemons.received_path(warm["result"], warm_source)):
             try:
                 os.unlink(leftover)
