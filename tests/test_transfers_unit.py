@@ -379,7 +379,7 @@ def test_a_correct_stream_lands_every_file_and_answers_complete(world):
     assert t.record["status"] == "done" and t.have == [len(A), 0, len(B)]
     assert daemon.storage.get_transfer(t.tid)["status"] == "done"
     assert manager.live == {} and manager.sessions == {}
-    assert daemon.clock.getDelayedCalls() == []
+    assert_quiet(daemon.clock)
 
 
 def test_files_land_beside_existing_names_without_replacing_them(world):
@@ -395,6 +395,34 @@ def test_files_land_beside_existing_names_without_replacing_them(world):
     with open(os.path.join(manager.inbox, "notes.txt"), "rb") as f:
         assert f.read() == b"mine"
     assert os.listdir(os.path.join(manager.inbox, "pics")) == []
+
+
+def assert_quiet(clock):
+    """Nothing is left scheduled but the limit on a graceful close of the data connection (cancelled when the
+    connection is gone; these tests' transport never says it is)."""
+    assert [call.func.__name__ for call in clock.getDelayedCalls()] in ([], ["_close_timed_out"])
+
+
+def test_a_graceful_close_that_never_completes_is_aborted(world):
+    """A receiver closes after 'complete'; if the sender never lets the connection go (it stops reading, so
+    what is queued is never sent), the connection is aborted after DATA_TIMEOUT. Once it is gone, nothing is
+    left scheduled."""
+    daemon, manager = world
+    t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
+    deliver(conn, file_records(sealer, 0, A, digests=digests_of(A)) + sealer.finish())
+    assert transport.disconnecting and not transport.aborted
+    daemon.clock.advance(DATA_TIMEOUT)
+    assert transport.aborted
+    conn.connectionLost(Failure(Exception("aborted")))
+    assert daemon.clock.getDelayedCalls() == []
+
+
+def test_a_closed_connection_cancels_the_close_limit(world):
+    daemon, manager = world
+    t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
+    deliver(conn, file_records(sealer, 0, A, digests=digests_of(A)) + sealer.finish())
+    conn.connectionLost(Failure(Exception("closed")))
+    assert daemon.clock.getDelayedCalls() == [] and not transport.aborted
 
 
 def receive_one(manager, data, declared=None):
@@ -413,7 +441,13 @@ def assert_failed_cleanly(manager, t, outcome, keys, transport, code, status="fa
     assert t.record["status"] == status and t.record["error"]["code"] == code
     assert inbox_files(manager) == []
     assert manager.live == {}
-    assert t.manager.clock.getDelayedCalls() == []
+    assert_quiet(t.manager.clock)
+    assert_buffers_back(manager)
+
+
+def assert_buffers_back(manager):
+    """Every decrypted-data buffer the daemon-wide pool made is back in it (a record dropped on a failure too)."""
+    assert manager.buffers._free.qsize() == manager.buffers.made
 
 
 @pytest.mark.parametrize("pieces", [[], [1000], [600], [999]])
@@ -483,7 +517,8 @@ def test_finish_before_every_file_is_an_error(world):
     assert replies(keys, transport)[-1]["t"] == "fail" and transport.disconnecting
     assert t.record["status"] in ("failed", "interrupted") and t.record["error"]["code"] == "size_mismatch"
     assert inbox_files(manager) == ["a.bin"] and partials(manager) == []
-    assert manager.live == {} and daemon.clock.getDelayedCalls() == []
+    assert manager.live == {}
+    assert_quiet(daemon.clock)
 
 
 def test_finish_in_the_middle_of_a_file_is_an_error(world):
@@ -493,7 +528,8 @@ def test_finish_in_the_middle_of_a_file_is_an_error(world):
     failed_with(outcome, "size_mismatch")
     assert replies(keys, transport)[-1]["t"] == "fail" and transport.disconnecting
     assert t.record["status"] in ("failed", "interrupted") and t.record["error"]["code"] == "size_mismatch"
-    assert inbox_files(manager) == [] and manager.live == {} and daemon.clock.getDelayedCalls() == []
+    assert inbox_files(manager) == [] and manager.live == {}
+    assert_quiet(daemon.clock)
     if t.record["status"] == "failed":  # not resumable: nothing may stay behind
         assert partials(manager) == []
 
@@ -526,6 +562,7 @@ def test_malformed_streams_fail_without_landing(world, make):
     assert outcome[0].value.code in ("bad_stream", "bad_record", "size_mismatch")
     assert inbox_files(manager) == [] and partials(manager) == []
     assert replies(keys, transport)[-1]["t"] == "fail"
+    assert_buffers_back(manager)
 
 
 def test_a_file_started_twice_is_a_stream_error(world):

@@ -343,19 +343,20 @@ class DirectConsumer:
     this consumer takes over) has sent it all: a producer must not touch a buffer it wrote until then. Twisted's
     ``doWrite`` still runs after that, so ``loseConnection`` works as usual."""
 
-    def __init__(self, transport):
+    def __init__(self, transport, sent=None):
         self.transport = transport
         self.sock = transport.socket
         self.unsent = collections.deque()
         self.producer = None
+        self.sent = sent  # called when the socket took bytes that had waited (a slow link is still moving)
         transport.doWrite = self.doWrite
 
     @classmethod
-    def over(cls, transport):
+    def over(cls, transport, sent=None):
         """A DirectConsumer for a TCP transport; the transport itself (Twisted's buffering, data copied to
         bytes) for one without a socket, such as tests' ``StringTransport``."""
         if getattr(transport, "socket", None) is not None and callable(getattr(transport, "doWrite", None)):
-            return cls(transport)
+            return cls(transport, sent)
         return CopyingConsumer(transport)
 
     def registerProducer(self, producer, streaming):
@@ -365,7 +366,8 @@ class DirectConsumer:
         self.producer = None
 
     def write(self, data):
-        if self.transport.disconnected or self.transport.disconnecting:
+        t = self.transport
+        if t.disconnected or t.disconnecting or getattr(t, "_aborting", False):
             return
         if not self.unsent:
             try:
@@ -391,6 +393,8 @@ class DirectConsumer:
                 return None
             except OSError:
                 return main.CONNECTION_LOST
+            if sent and self.sent is not None:
+                self.sent()
             if sent < len(data):
                 self.unsent[0] = data[sent:]
                 return None
@@ -434,6 +438,7 @@ class Session:
         self.keys = datastream.SessionKeys(secret)
         self.opener = None
         self.conn = None
+        self.closing = None  # the limit on a graceful close
         self.timer = None
         self.done = False
 
@@ -456,6 +461,7 @@ class Session:
         self.timer = None
         if self.conn is None:
             self.transfer.manager.sessions.pop(self.keys.sid, None)
+        self.done = True
         self.transfer.interrupted("no data for %d s" % DATA_TIMEOUT)
         self.close(abort=True)
 
@@ -465,10 +471,20 @@ class Session:
             if abort:
                 self.conn.transport.abortConnection()
             else:
+                # waits until what is queued is sent: a peer that stops reading would hold it open for ever
                 self.conn.transport.loseConnection()
+                if self.closing is None:
+                    self.closing = self.clock.callLater(DATA_TIMEOUT, self._close_timed_out)
+
+    def _close_timed_out(self):
+        self.closing = None
+        self.close(abort=True)
 
     def lost(self, reason):
         self.disarm()
+        if self.closing is not None and self.closing.active():
+            self.closing.cancel()
+        self.closing = None
         if self.opener is not None:
             self.opener.release()  # a finished transfer is kept for the listing; its buffers are not
         if not self.done:
@@ -512,7 +528,7 @@ class SendSession(Session):
         self.conn = conn
         self.sealer = datastream.Sealer(self.keys.to_receiver)
         self.opener = datastream.Opener(self.keys.to_sender)
-        self.out = DirectConsumer.over(conn.transport)
+        self.out = DirectConsumer.over(conn.transport, sent=self.arm)
         self.out.registerProducer(self, True)
         self.plain = bytearray(datastream.CHUNK)
         self.record = bytearray(datastream.STANDARD)
@@ -754,19 +770,21 @@ class DiskWriter:
         self.stop()
 
     def _data(self, chunk):
-        written = 0
-        view = memoryview(chunk)
-        while written < len(chunk):
-            written += os.write(self.fd, view[written:])
-        first = self.hasher.index
-        verified = None
-        for k, digest in enumerate(self.hasher.update(chunk)):
-            n = first + k
-            if digest != self.digests[n * filehash.DIGEST:(n + 1) * filehash.DIGEST]:
-                raise TransferError("hash mismatch in chunk %d: the bytes are not those of the file offered; "
-                                    "nothing was kept" % n, code="hash_mismatch")
-            verified = min((n + 1) * self.hasher.chunk, self.hasher.size)
-        self.pool.give(chunk)  # written and hashed: the buffer can take the next record
+        try:
+            written = 0
+            view = memoryview(chunk)
+            while written < len(chunk):
+                written += os.write(self.fd, view[written:])
+            first = self.hasher.index
+            verified = None
+            for k, digest in enumerate(self.hasher.update(chunk)):
+                n = first + k
+                if digest != self.digests[n * filehash.DIGEST:(n + 1) * filehash.DIGEST]:
+                    raise TransferError("hash mismatch in chunk %d: the bytes are not those of the file offered; "
+                                        "nothing was kept" % n, code="hash_mismatch")
+                verified = min((n + 1) * self.hasher.chunk, self.hasher.size)
+        finally:
+            self.pool.give(chunk)  # written and hashed (or failed): the buffer can take the next record
         if verified is not None:
             self._report("verified", self.index, verified)
 
@@ -826,6 +844,8 @@ class ReceiveSession(Session):
         try:
             for kind, obj in records:
                 if self.done:
+                    if kind == datastream.DATA:
+                        t.manager.buffers.give(obj)
                     return
                 if kind == datastream.DATA:
                     self._data(obj)
@@ -876,6 +896,7 @@ class ReceiveSession(Session):
     def _data(self, chunk):
         t = self.transfer
         if not self.open:
+            t.manager.buffers.give(chunk)
             raise TransferError("%s sent data outside a file" % t.peer, code="bad_stream")
         size = t.items[self.index]["size"]
         if self.position + len(chunk) > size:
