@@ -30,6 +30,7 @@ from OpenSSL import SSL
 
 from p2pd.core import datastream, filehash, wire
 from p2pd.peer import identity as identity_mod
+from p2pd.peer import transfers as tmod
 from tests.peer_process import ControlError, PeerProcess
 from tests.registry_process import RegistryProcess
 from tests.twistd_process import rss_kb
@@ -794,6 +795,41 @@ def test_resume_after_the_receiver_is_killed(spawn, big):
     assert result["resumed_from"] + result["sent"] == BIG, result
     assert landed(bob) == {"big.bin": big[1]}
     assert partials(bob) == []
+
+
+def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
+    """RELIABILITY row 35: the receiver is SIGKILLed at a random point of the transfer, 20 times, restarted, and
+    the same send run again. Every time: nothing under the final name before the end, the send resumes from what
+    the receiver had journaled (never more than one hash chunk, the journal interval and the writer's queue behind
+    what it had received when we looked), and the file arrives identical."""
+    import random
+
+    rng = random.Random(35)
+    window = filehash.chunk_size(BIG) + tmod.JOURNAL_EVERY + tmod.DiskWriter.HIGH
+    alice, bob = spawn("alice"), spawn("bob", ["--accept", "auto"])
+    resumed = []
+    for trial in range(20):
+        first = Background(alice.ctl, "send", to=bob.name, paths=[big[0]], timeout=120)
+        t = _running_in(bob, first, rng.uniform(0.05, 0.9), BIG)
+        os.kill(alice.pid, signal.SIGSTOP)  # hold the sender so the kill lands where we looked
+        try:
+            seen = transfer(bob, t["tid"])["done"]
+            bob.kill()
+        finally:
+            os.kill(alice.pid, signal.SIGCONT)
+        with pytest.raises(ControlError):
+            first.result(60)
+        bob.start()
+        _interrupted_state(bob, t["tid"])
+        result = alice.ctl("send", to=bob.name, paths=[big[0]], timeout=120)
+        assert result["status"] == "done", (trial, result)
+        assert result["resumed_from"] + result["sent"] == BIG, (trial, result)
+        assert result["resumed_from"] >= seen - window, (trial, seen, result)
+        assert landed(bob) == {"big.bin": big[1]}, trial
+        assert partials(bob) == [], trial
+        os.unlink(os.path.join(inbox(bob), "big.bin"))  # the next trial lands under the same name
+        resumed.append(result["resumed_from"])
+    assert sum(1 for r in resumed if r > 0) >= 10, resumed  # most kills come after the first journal entry
 
 
 # ---------------------------------------------------------------------------------------------------------------
