@@ -750,27 +750,42 @@ def _interrupted_state(receiver, tid):
     return t
 
 
+def _kill_holding(victim, held, look=None):
+    """SIGKILL *victim* while *held* is stopped, so the kill lands where the test looked whatever the speed;
+    returns what *look()*, called while *held* is stopped and before the kill, says."""
+    os.kill(held.pid, signal.SIGSTOP)
+    try:
+        seen = look() if look is not None else None
+        victim.kill()
+    finally:
+        os.kill(held.pid, signal.SIGCONT)
+    return seen
+
+
+def _send_again(alice, bob, big):
+    """The same send once more: it ends done, what it resumed from and what it sent make the whole file, the
+    file lands identical and no partial file is left. Its result."""
+    result = alice.ctl("send", to=bob.name, paths=[big[0]], timeout=120)
+    assert result["status"] == "done", result
+    assert result["resumed_from"] + result["sent"] == BIG, result
+    assert landed(bob) == {"big.bin": big[1]}
+    assert partials(bob) == []
+    return result
+
+
 def test_resume_after_the_sender_is_killed(spawn, big):
     """The sender is SIGKILLed past 20%: the receiver keeps only the .part (nothing under the final name);
     the same send after a restart resumes (resumed_from > 0, sent < total) and the file arrives identical."""
     alice, bob = spawn("alice"), spawn("bob", ["--accept", "auto"])
     first = Background(alice.ctl, "send", to=bob.name, paths=[big[0]], timeout=120)
     t = _running_in(bob, first, 0.2, BIG)
-    os.kill(bob.pid, signal.SIGSTOP)  # freeze the receiver so the kill lands mid-transfer whatever the speed
-    try:
-        alice.kill()
-    finally:
-        os.kill(bob.pid, signal.SIGCONT)
+    _kill_holding(alice, bob)
     with pytest.raises(OSError):
         first.result(30)
     _interrupted_state(bob, t["tid"])
     alice.start()
-    result = alice.ctl("send", to=bob.name, paths=[big[0]], timeout=120)
-    assert result["status"] == "done", result
+    result = _send_again(alice, bob, big)
     assert result["resumed_from"] > 0 and result["sent"] < BIG, result
-    assert result["resumed_from"] + result["sent"] == BIG, result
-    assert landed(bob) == {"big.bin": big[1]}
-    assert partials(bob) == []
 
 
 def test_resume_after_the_receiver_is_killed(spawn, big):
@@ -779,22 +794,14 @@ def test_resume_after_the_receiver_is_killed(spawn, big):
     alice, bob = spawn("alice"), spawn("bob", ["--accept", "auto"])
     first = Background(alice.ctl, "send", to=bob.name, paths=[big[0]], timeout=120)
     t = _running_in(bob, first, 0.2, BIG)
-    os.kill(alice.pid, signal.SIGSTOP)
-    try:
-        bob.kill()
-    finally:
-        os.kill(alice.pid, signal.SIGCONT)
+    _kill_holding(bob, alice)
     with pytest.raises(ControlError) as info:
         first.result(60)
     assert info.value.code == "interrupted", info.value.reply
     bob.start()
     _interrupted_state(bob, t["tid"])
-    result = alice.ctl("send", to=bob.name, paths=[big[0]], timeout=120)
-    assert result["status"] == "done", result
+    result = _send_again(alice, bob, big)
     assert result["resumed_from"] > 0 and result["sent"] < BIG, result
-    assert result["resumed_from"] + result["sent"] == BIG, result
-    assert landed(bob) == {"big.bin": big[1]}
-    assert partials(bob) == []
 
 
 def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
@@ -811,22 +818,13 @@ def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
     for trial in range(20):
         first = Background(alice.ctl, "send", to=bob.name, paths=[big[0]], timeout=120)
         t = _running_in(bob, first, rng.uniform(0.05, 0.9), BIG)
-        os.kill(alice.pid, signal.SIGSTOP)  # hold the sender so the kill lands where we looked
-        try:
-            seen = transfer(bob, t["tid"])["done"]
-            bob.kill()
-        finally:
-            os.kill(alice.pid, signal.SIGCONT)
+        seen = _kill_holding(bob, alice, look=lambda: transfer(bob, t["tid"])["done"])
         with pytest.raises(ControlError):
             first.result(60)
         bob.start()
         _interrupted_state(bob, t["tid"])
-        result = alice.ctl("send", to=bob.name, paths=[big[0]], timeout=120)
-        assert result["status"] == "done", (trial, result)
-        assert result["resumed_from"] + result["sent"] == BIG, (trial, result)
+        result = _send_again(alice, bob, big)
         assert result["resumed_from"] >= seen - window, (trial, seen, result)
-        assert landed(bob) == {"big.bin": big[1]}, trial
-        assert partials(bob) == [], trial
         os.unlink(os.path.join(inbox(bob), "big.bin"))  # the next trial lands under the same name
         resumed.append(result["resumed_from"])
     assert sum(1 for r in resumed if r > 0) >= 10, resumed  # most kills come after the first journal entry
