@@ -879,13 +879,7 @@ def table(report) -> str:
         for name in ("mailbox", "transit_relay", "send", "receive"):
             if name in w["commands"]:
                 lines.append("  %s: %s" % (name, " ".join(w["commands"][name])))
-    lines += ["", "targets (median times):"]
-    for check in report["checks"]:
-        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[check["pass"]]
-        lines.append("  %-38s %-20s %s" % (check["check"], check["value"], verdict))
-    lines.append("result: %s" % ("PASS" if report["pass"] else "FAIL"))
-    for note in report["notes"]:
-        lines.append("note: " + note)
+    lines += procs.verdict_lines(report, "targets (median times):", (38, 20))
     return "\n".join(lines)
 
 

@@ -84,6 +84,18 @@ def verdict(report, checks, notes, args, table) -> int:
     return 1 if args.strict and not report["pass"] else 0
 
 
+def verdict_lines(report, heading, widths) -> list:
+    """The table's closing lines: *heading*, one line per check (check and value padded to *widths*) with
+    PASS/FAIL/SKIP, the overall result and the notes."""
+    lines = ["", heading]
+    for check in report["checks"]:
+        mark = {True: "PASS", False: "FAIL", None: "SKIP"}[check["pass"]]
+        lines.append("  %-*s %-*s %s" % (widths[0], check["check"], widths[1], check["value"], mark))
+    lines.append("result: %s" % ("PASS" if report["pass"] else "FAIL"))
+    lines += ["note: " + note for note in report["notes"]]
+    return lines
+
+
 def start_pair(tmp, bob_args=()):
     """A registry (embedded Redis, no STUN) and two peer daemons, alice and bob (*bob_args* added to bob's
     options), all on 127.0.0.1 under the directory *tmp*: ``(registry, alice, bob)``. BenchError if they do not

@@ -586,13 +586,7 @@ def table(report) -> str:
                                             fmt(m["sender_rss_after_mb"], "%.1f"),
                                             fmt(m["members_hwm_max_mb"], "%.1f"),
                                             fmt(m["members_hwm_mean_mb"], "%.1f")))
-    lines += ["", "targets:"]
-    for check in report["checks"]:
-        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[check["pass"]]
-        lines.append("  %-50s %-36s %s" % (check["check"], check["value"], verdict))
-    lines.append("result: %s" % ("PASS" if report["pass"] else "FAIL"))
-    for note in report["notes"]:
-        lines.append("note: " + note)
+    lines += procs.verdict_lines(report, "targets:", (50, 36))
     return "\n".join(lines)
 
 
