@@ -912,6 +912,15 @@ def _accepted(link, data, name):
     return tid, accept, digests
 
 
+def _opened(link, data, name):
+    """An accepted offer of *data* under *name*, and a data session that has started its file (the chunk
+    digests sent, no bytes yet): ``(tid, session)``."""
+    tid, accept, digests = _accepted(link, data, name)
+    session = DataSession(link.port, accept)
+    session.file(0, digests)
+    return tid, session
+
+
 def test_lying_senders_never_get_a_file_landed(spawn, mallory):
     """(b) more bytes than declared: size_mismatch, nothing kept; (c) 100 KB of 1 MB then the connection
     closes: interrupted, the partial kept and the same offer resumes and completes; (d) one byte flipped:
@@ -923,9 +932,7 @@ def test_lying_senders_never_get_a_file_landed(spawn, mallory):
     try:
         # (b) size lie: 1 MB declared, 1.25 MB streamed (the last record straddles the declared end)
         data = os.urandom(MB)
-        tid, accept, digests = _accepted(link, data, "size-lie.bin")
-        session = DataSession(link.port, accept)
-        session.file(0, digests)
+        tid, session = _opened(link, data, "size-lie.bin")
         session.data(data[:512 * 1024])
         session.data(data[512 * 1024:] + os.urandom(256 * 1024), record=768 * 1024)
         session.end(0)
@@ -935,9 +942,7 @@ def test_lying_senders_never_get_a_file_landed(spawn, mallory):
 
         # (c) 100 KB of 1 MB, then the connection closes: interrupted, resumable
         data = os.urandom(MB)
-        tid, accept, digests = _accepted(link, data, "cut.bin")
-        session = DataSession(link.port, accept)
-        session.file(0, digests)
+        tid, session = _opened(link, data, "cut.bin")
         session.data(data[:100 * 1000])
         time.sleep(0.3)
         session.close()
@@ -958,11 +963,9 @@ def test_lying_senders_never_get_a_file_landed(spawn, mallory):
 
         # (d) hash lie: right size, one byte flipped in the second 4 MiB chunk
         data = os.urandom(9 * MB)
-        tid, accept, digests = _accepted(link, data, "flipped.bin")
+        tid, session = _opened(link, data, "flipped.bin")
         bad = bytearray(data)
         bad[5 * MB + 77] ^= 0x01
-        session = DataSession(link.port, accept)
-        session.file(0, digests)
         session.data(bytes(bad))
         session.end(0)
         session.finish()
@@ -1225,9 +1228,7 @@ def test_space_taken_by_a_running_transfer_is_not_counted_twice(tmpfs, tmp_path,
     link = Link(bob, ident, peer.name)
     try:
         data = os.urandom(20 * MB)
-        tid, accept, digests = _accepted(link, data, "running.bin")
-        session = DataSession(link.port, accept)
-        session.file(0, digests)
+        tid, session = _opened(link, data, "running.bin")
         session.data(data[:MB])
         wait_until(lambda: transfer(bob, tid)["status"] == "active" and _free(box) < 31 * MB, 10,
                    "the running transfer to allocate its file")
@@ -1250,15 +1251,13 @@ def test_interrupted_transfer_resumes_on_a_nearly_full_inbox(tmpfs, spawn, mallo
     link = Link(bob, ident, peer.name)
     try:
         data = os.urandom(30 * MB)
-        tid, accept, digests = _accepted(link, data, "resumable.bin")
-        session = DataSession(link.port, accept)
-        session.file(0, digests)
+        tid, session = _opened(link, data, "resumable.bin")
         session.data(data[:2 * MB])
         wait_until(lambda: _free(box) < 21 * MB, 10, "the partial file to be allocated")
         session.close()
         wait_until(lambda: transfer(bob, tid)["status"] == "interrupted", 10, "the transfer to be interrupted")
         assert len(partials(bob, box)) == 1
-        root = digests_of(data)[0]
+        root, digests = digests_of(data)
         tid2 = link.offer([{"path": "resumable.bin", "size": len(data), "hash": root}])
         answer = link.answer(tid2)
         assert answer["t"] == "accept", answer
