@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import os
-import select
 import signal
 import socket
 import stat
@@ -26,13 +25,13 @@ import threading
 import time
 
 import pytest
-from OpenSSL import SSL
 
 from p2pd.core import datastream, filehash, wire
 from p2pd.peer import identity as identity_mod
 from p2pd.peer import transfers as tmod
 from tests.peer_process import ControlError, PeerProcess
 from tests.registry_process import RegistryProcess
+from tests.tls_client import TLSClient, peer_port
 from tests.twistd_process import rss_kb
 
 pytestmark = pytest.mark.slow
@@ -267,68 +266,33 @@ class RSSSampler:
 # helpers: a hostile sender that speaks the protocol itself
 
 
-def peer_port(peer):
-    return int(peer.info["addresses"]["tcp"][0].rsplit(":", 1)[1])
-
-
-class Link:
+class Link(TLSClient):
     """A TLS link to *peer*'s port showing *ident*'s certificate, speaking the line protocol by hand."""
 
     def __init__(self, peer, ident, name, timeout=10):
         self.port = peer_port(peer)
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        self.sock.setblocking(False)
-        self.conn = SSL.Connection(identity_mod.client_tls_options(ident).getContext(), self.sock)
-        self.conn.set_connect_state()
-        self.buf = b""
+        super().__init__(self.port, ident, timeout)
         self.frames = []
-        self.closed = False
-        self._io(self.conn.do_handshake, timeout=timeout)
-        self.send(wire.hello(name, "p2pd/0.1.0"))
+        self.send_frames(wire.hello(name, "p2pd/0.1.0"))
         hello = self.wait(lambda f: f["t"] in ("hello", "error"), what="the peer's hello")
         assert hello["t"] == "hello", hello
 
-    def _io(self, call, *args, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return call(*args)
-            except SSL.WantReadError:
-                select.select([self.sock], [], [], max(0.0, min(0.1, deadline - time.monotonic())))
-            except SSL.WantWriteError:
-                select.select([], [self.sock], [], max(0.0, min(0.1, deadline - time.monotonic())))
-            if time.monotonic() > deadline:
-                raise TimeoutError("TLS I/O did not finish within %ss" % timeout)
-
-    def send(self, frame_or_frames, timeout=10):
+    def send_frames(self, frame_or_frames, timeout=10):
         """Send one frame, or several in one write (the peer then handles them in one reactor turn)."""
         frames = frame_or_frames if isinstance(frame_or_frames, list) else [frame_or_frames]
-        data = b"".join(wire.encode(f) + b"\n" for f in frames)
-        view = memoryview(data)
-        while view:
-            n = self._io(self.conn.send, view[:16384].tobytes(), timeout=timeout)
-            view = view[n:]
+        if not self.send(b"".join(wire.encode(f) + b"\n" for f in frames), timeout):
+            raise ConnectionError("the peer closed the link before the frames went out")
 
     def _pump(self, timeout):
         deadline = time.monotonic() + timeout
         while not self.closed and time.monotonic() < deadline:
-            try:
-                chunk = self.conn.recv(1 << 16)
-            except SSL.WantReadError:
-                select.select([self.sock], [], [], 0.05)
+            if not self.receive():
                 continue
-            except (SSL.ZeroReturnError, SSL.SysCallError, SSL.Error, OSError):
-                self.closed = True
-                break
-            if not chunk:
-                self.closed = True
-                break
-            self.buf += chunk
             *lines, self.buf = self.buf.split(b"\n")
             for line in lines:
                 frame = json.loads(line)
                 if frame.get("t") == "ping":
-                    self.send({"t": "pong", "n": frame["n"]})
+                    self.send_frames({"t": "pong", "n": frame["n"]})
                 self.frames.append(frame)
             return
 
@@ -350,14 +314,8 @@ class Link:
 
     def offer(self, items, tid=None):
         tid = tid or os.urandom(16).hex()
-        self.send({"t": "offer", "tid": tid, "items": items})
+        self.send_frames({"t": "offer", "tid": tid, "items": items})
         return tid
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 class DataSession:
@@ -1200,7 +1158,7 @@ def test_no_space_is_refused_before_a_byte_is_written(tmpfs, tmp_path, spawn, ma
         data = [os.urandom(30 * MB), os.urandom(30 * MB)]
         roots = [digests_of(d) for d in data]
         tids = [os.urandom(16).hex() for _ in data]
-        link.send([{"t": "offer", "tid": tid, "items": [{"path": "half-%d.bin" % i, "size": 30 * MB,
+        link.send_frames([{"t": "offer", "tid": tid, "items": [{"path": "half-%d.bin" % i, "size": 30 * MB,
                                                           "hash": roots[i][0]}]}
                    for i, tid in enumerate(tids)])
         answers = [link.answer(tid) for tid in tids]

@@ -13,7 +13,6 @@ presence across registry crashes and data loss; names owned by keys) and from ``
 
 import json
 import os
-import select
 import socket
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from OpenSSL import SSL
 from p2pd.core import signing, wire
 from p2pd.peer import identity as identity_mod
 from tests.peer_process import PeerProcess
+from tests.tls_client import TLSClient, peer_port
 from tests.redis_helper import RedisServerProcess
 from tests.registry_process import RegistryProcess
 from tests.twistd_process import TWISTD, rss_kb
@@ -142,79 +142,11 @@ def p2pctl(peer, *args, timeout=60):
 # helpers: a TLS client on a peer's port, as an attacker would write one
 
 
-class TLSClient:
-    """A blocking-with-deadlines pyOpenSSL client that shows *ident*'s certificate to a peer's TCP port."""
-
-    def __init__(self, port, ident, timeout=10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setblocking(False)
-        self.conn = SSL.Connection(identity_mod.client_tls_options(ident).getContext(), self.sock)
-        self.conn.set_connect_state()
-        self.buf = b""
-        self.closed = False
-        self._io(self.conn.do_handshake, timeout=timeout)
-
-    def _io(self, call, *args, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return call(*args)
-            except SSL.WantReadError:
-                select.select([self.sock], [], [], max(0.0, min(0.1, deadline - time.monotonic())))
-            except SSL.WantWriteError:
-                select.select([], [self.sock], [], max(0.0, min(0.1, deadline - time.monotonic())))
-            if time.monotonic() > deadline:
-                raise TimeoutError("TLS I/O did not finish within %ss" % timeout)
-
-    def send(self, data, timeout=10):
-        """Send *data*; False if the peer closed the connection before all of it went out."""
-        view = memoryview(data)
-        try:
-            while view:
-                n = self._io(self.conn.send, view[:16384].tobytes(), timeout=timeout)
-                view = view[n:]
-        except (SSL.Error, OSError):
-            self.closed = True
-            return False
-        return True
-
-    def send_frame(self, frame):
-        return self.send(wire.encode(frame) + b"\n")
-
-    def read(self, timeout=5):
-        """Read for up to *timeout* seconds or until the connection closes; the complete lines seen so far."""
-        deadline = time.monotonic() + timeout
-        while not self.closed and time.monotonic() < deadline:
-            try:
-                chunk = self.conn.recv(1 << 16)
-            except SSL.WantReadError:
-                select.select([self.sock], [], [], 0.05)
-                continue
-            except (SSL.ZeroReturnError, SSL.SysCallError, SSL.Error, OSError):
-                self.closed = True
-                break
-            if not chunk:
-                self.closed = True
-                break
-            self.buf += chunk
-        return [json.loads(line) for line in self.buf.split(b"\n")[:-1] if line.strip()]
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 def throwaway_identity(tmp_path, dirname, claimed_name):
     """A fresh key and certificate (another key than any registered peer's), in its own 0700 dir."""
     path = tmp_path / dirname
     path.mkdir(mode=0o700)
     return identity_mod.load_or_create(str(path), claimed_name)
-
-
-def peer_port(peer):
-    return int(peer.info["addresses"]["tcp"][0].rsplit(":", 1)[1])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -311,7 +311,7 @@ def test_a_non_member_cannot_post_into_a_room(trio, tmp_path):
         try:
             forged = {"t": "msg", "id": os.urandom(16).hex(), "from": "mallory", "seq": 1,
                       "ts": int(time.time() * 1000), "body": "let me in", "room": "Private1"}
-            link.send(forged)
+            link.send_frames(forged)
             link.wait(lambda f: f["t"] == "ack" and forged["id"] in wire.ack_ids(f), what="the ack")
             assert ("mallory", "let me in") not in room_history(jim, "Private1")
             michael.ctl("public", room="Private1", text="members only")
