@@ -125,18 +125,6 @@ def verify(path, expected_size, expected_hash) -> dict:
     return {"verified": ok, "verify_seconds": round(time.perf_counter() - began, 3)}
 
 
-def proc_status_kb(pid, field):
-    """A ``kB`` field (``VmRSS``, ``VmHWM``) of /proc/PID/status; None if the process is gone."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 class MemorySampler:
     """The largest ``VmRSS`` of each named pid, sampled every SAMPLE_EVERY seconds between start() and stop()."""
 
@@ -149,7 +137,7 @@ class MemorySampler:
 
     def sample(self):
         for label, pid in self.pids.items():
-            kb = proc_status_kb(pid, "VmRSS")
+            kb = procs.proc_status_kb(pid, "VmRSS")
             if kb is not None and kb > self.peak_kb[label]:
                 self.peak_kb[label] = kb
         self.samples += 1
@@ -587,7 +575,7 @@ class Daemons:
         """VmHWM of each daemon (MB): its peak resident memory since it started."""
         out = {}
         for label, pid in self.pids().items():
-            kb = proc_status_kb(pid, "VmHWM")
+            kb = procs.proc_status_kb(pid, "VmHWM")
             out[label] = None if kb is None else round(kb * 1024 / MB, 1)
         return out
 

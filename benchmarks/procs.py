@@ -84,6 +84,18 @@ def verdict(report, checks, notes, args, table) -> int:
     return 1 if args.strict and not report["pass"] else 0
 
 
+def proc_status_kb(pid, field):
+    """A ``kB`` field (``VmRSS``, ``VmHWM``) of /proc/PID/status; None if the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def verdict_lines(report, heading, widths) -> list:
     """The table's closing lines: *heading*, one line per check (check and value padded to *widths*) with
     PASS/FAIL/SKIP, the overall result and the notes."""

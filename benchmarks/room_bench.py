@@ -83,18 +83,6 @@ def latency_ms(latencies_s) -> dict:
             "mean_ms": ms(sum(ordered) / len(ordered) if ordered else None)}
 
 
-def proc_status_kb(pid, field):
-    """A ``kB`` field (``VmRSS``, ``VmHWM``) of /proc/PID/status; None if the process is gone."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def body(tag, seq, to, sent_at) -> str:
     """A unique message body of BODY_SIZE characters: ``bench TAG SEQ TO t=SEND_TIME ....``."""
     text = "bench %s %06d %s t=%.6f " % (tag, seq, to, sent_at)
@@ -475,16 +463,16 @@ class Bench:
 
     def run(self):
         startup = self.start()
-        rss_before = proc_status_kb(self.sender.pid, "VmRSS")
+        rss_before = procs.proc_status_kb(self.sender.pid, "VmRSS")
         rows, delivery = asyncio.run(self.measure())
         try:
             outbox = self.sender.ctl("status")["outbox"]
         except (ControlError, OSError) as e:
             raise BenchError("the sender did not answer status after the run: %s" % e) from None
-        hwm = {p.name: proc_status_kb(p.pid, "VmHWM") for p in self.peers}
+        hwm = {p.name: procs.proc_status_kb(p.pid, "VmHWM") for p in self.peers}
         members = [kb for name, kb in hwm.items() if name != self.sender.name and kb is not None]
         memory = {"sender_hwm_mb": mb(hwm[self.sender.name]), "sender_rss_before_mb": mb(rss_before),
-                  "sender_rss_after_mb": mb(proc_status_kb(self.sender.pid, "VmRSS")),
+                  "sender_rss_after_mb": mb(procs.proc_status_kb(self.sender.pid, "VmRSS")),
                   "members_hwm_max_mb": mb(max(members) if members else None),
                   "members_hwm_mean_mb": mb(sum(members) / len(members) if members else None)}
         return {"startup_seconds": startup, "idle_cpu_percent": self.idle_cpu, "rows": rows, "delivery": delivery,
