@@ -76,6 +76,63 @@ class TooManyRequests(P2PDError):
         self.retry_after = retry_after
 
 
+class DataDirInUse(P2PDError):
+    """Another process holds the data dir's lock (:mod:`p2pd.datadir`)."""
+
+    code = "data_dir_in_use"
+
+
+# -- names, rooms and the mailbox (the registry raises these; the peer reports them in the user's words) --------
+
+class NoSuchPeer(NotFound):
+    code = "unknown_peer"
+
+
+class NoSuchRoom(NotFound):
+    code = "unknown_room"
+
+
+class RoomExists(Conflict):
+    code = "room_exists"
+
+
+class AlreadyMember(Conflict):
+    code = "already_member"
+
+
+class NotMember(Conflict):
+    code = "not_member"
+
+
+class MailboxFull(Conflict):
+    code = "mailbox_full"
+
+
+# -- peers and links ---------------------------------------------------------------------------------------------
+
+class PeerOffline(Conflict):
+    code = "peer_offline"
+
+
+class LinkFailed(P2PDError):
+    """A link to a peer could not be set up or was refused; ``code`` is the reason the other side gave."""
+
+    code = "link_failed"
+    status = 502
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class IdentityMismatch(P2PDError):
+    """A peer's key is not the one its name is bound to (registry record, TLS certificate or our pin)."""
+
+    code = "identity_mismatch"
+    status = 403
+
+
 class StoreUnavailable(P2PDError):
     """The backing store (Redis) does not answer; callers retry later."""
 

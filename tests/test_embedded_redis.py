@@ -21,9 +21,10 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
+from p2pd.datadir import DataDirLock
+from p2pd.errors import DataDirInUse
 from p2pd.registry.embedded_redis import (
-    DataDirInUse, DataDirLock, EmbeddedRedis, RedisStartError, RedisUnavailable, RestartBackoff, find_redis_server,
-    ping, render_config,
+    EmbeddedRedis, RedisStartError, RedisUnavailable, RestartBackoff, find_redis_server, ping, render_config,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +155,7 @@ def test_stop_service_stops_redis_and_frees_the_data_dir(started):
     yield started.stopService()
     assert not alive(pid)
     assert started.pid is None
-    lock = DataDirLock(started.data_dir)
+    lock = DataDirLock(started.data_dir, "registry.lock", "registry")
     lock.acquire()
     lock.release()
 

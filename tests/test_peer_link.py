@@ -7,7 +7,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from p2pd.core import wire
-from p2pd.peer.link import DEAD_AFTER, HANDSHAKE_TIMEOUT, PING_AFTER, IdentityMismatchError, PeerLink
+from p2pd.errors import IdentityMismatch
+from p2pd.peer.link import DEAD_AFTER, HANDSHAKE_TIMEOUT, PING_AFTER, PeerLink
 
 MSG = {"t": "msg", "id": "a" * 32, "from": "bob", "seq": 1, "ts": 5, "body": "hi"}
 
@@ -99,7 +100,7 @@ def test_unknown_version_is_refused():
 
 def test_identity_mismatch_on_verification_closes_the_link():
     """If the registry's key for the claimed name differs from the TLS key, the link is refused."""
-    daemon = FakeDaemon(verify_error=IdentityMismatchError("bob presented another key"))
+    daemon = FakeDaemon(verify_error=IdentityMismatch("bob presented another key"))
     _, _, link, transport = handshake(daemon)
     assert lines(transport)[0]["code"] == "identity_mismatch"
     assert transport.disconnecting and daemon.ups == []

@@ -3,10 +3,8 @@
 import pytest
 import pytest_twisted
 
-from p2pd.errors import NameTaken
-from p2pd.registry.store import (
-    GENERAL, AlreadyMember, MailboxFull, MemoryStore, NoSuchPeer, NoSuchRoom, NotMember, RoomExists,
-)
+from p2pd.errors import AlreadyMember, MailboxFull, NameTaken, NoSuchPeer, NoSuchRoom, NotMember, RoomExists
+from p2pd.registry.store import GENERAL, MemoryStore
 
 NOW = 1_700_000_000_000
 TTL = 60

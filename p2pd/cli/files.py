@@ -11,7 +11,7 @@ import os
 
 from p2pd.cli import exits
 from p2pd.cli.command import arg, command
-from p2pd.cli.render import size as human
+from p2pd.core.sizes import human_size as human
 from p2pd.cli.sanitize import clean
 from p2pd.core.names import canonical_name
 from p2pd.errors import InvalidName

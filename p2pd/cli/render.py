@@ -4,6 +4,7 @@
 import time
 
 from p2pd.cli.sanitize import clean, table
+from p2pd.core.sizes import human_size
 
 OUT_MARKS = {"pending": " (not delivered yet)", "queued": " (queued)", "failed": " (failed)"}
 
@@ -67,14 +68,6 @@ def event_line(event, now_ms) -> str:
     return "%s %s %s" % (stamp, clean(kind), rest)
 
 
-def size(n) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
-        n /= 1024.0
-
-
 def transfer_line(event) -> str:
     """A transfer event: an offer waiting for consent, or a change of a transfer's state."""
     names = event.get("names") or []
@@ -87,7 +80,7 @@ def transfer_line(event) -> str:
         types = sorted(set(event.get("types") or []))
         kind = (", " + clean(", ".join(types[:3]))) if types else ""
         return "%s offers %s (%s%s): p2pctl accept %s, or p2pctl reject %s" % (
-            peer, what, size(event.get("bytes")), kind, tid, tid)
+            peer, what, human_size(event.get("bytes")), kind, tid, tid)
     if status == "refused":
         return "refused an offer from %s: %s" % (peer, clean((event.get("error") or {}).get("message")))
     line = "%s %s %s: %s" % (what, "from" if incoming else "to", peer, clean(status))

@@ -26,8 +26,10 @@ from twisted.python.failure import Failure
 from p2pd import __version__
 from p2pd.core import wire
 from p2pd.core.names import GENERAL, canonical_name, canonical_room, room_display
-from p2pd.errors import BadRequest, NotFound, P2PDError
-from p2pd.peer.link import IdentityMismatchError, LinkFailed, PeerLink
+from p2pd.core.clock import now_ms
+from p2pd.errors import (BadRequest, IdentityMismatch, LinkFailed, NoSuchPeer, NoSuchRoom, NotFound, NotMember,
+                         P2PDError, PeerOffline)
+from p2pd.peer.link import PeerLink
 
 log = Logger()
 
@@ -45,29 +47,7 @@ def _outcome(outcome, to):
     return outcome
 
 
-class PeerOffline(P2PDError):
-    code = "peer_offline"
-    status = 409
-
-
-class NoSuchPeer(NotFound):
-    code = "unknown_peer"
-
-
-class NoSuchRoom(NotFound):
-    code = "unknown_room"
-
-
-class NotMember(P2PDError):
-    code = "not_member"
-    status = 409
-
-
 ROOM_CACHE_TTL = 10.0  # seconds a room's member list is trusted when checking who posts in it
-
-
-def now_ms(clock) -> int:
-    return int(clock.seconds() * 1000)
 
 
 class PeerDaemon:
@@ -210,7 +190,7 @@ class PeerDaemon:
             raise NoSuchPeer("unknown peer %s: nobody registered that name" % name) from None
         pinned = self.storage.get("pin:" + name)
         if pinned is not None and pinned != record["key"]:
-            raise IdentityMismatchError(
+            raise IdentityMismatch(
                 "the registry now gives %s another key than the one we pinned at first contact; "
                 "refusing to talk to it (if %s really changed keys, remove the pin)" % (name, name))
         return record
@@ -230,7 +210,7 @@ class PeerDaemon:
         """An incoming link claims *name* and showed *key* in TLS: they must match the registry and our pin."""
         record = yield self.lookup(name)
         if record["key"] != key:
-            raise IdentityMismatchError("%s presented a key that is not the one the registry holds for it" % name)
+            raise IdentityMismatch("%s presented a key that is not the one the registry holds for it" % name)
         self.pin(name, key)
         return record
 
@@ -288,11 +268,11 @@ class PeerDaemon:
                 await link.when_ready.addTimeout(DIAL_TIMEOUT * 2, self.clock)
                 self.pin(peer, record["key"])
                 return link
-            except IdentityMismatchError:
+            except IdentityMismatch:
                 raise
             except LinkFailed as e:
                 if e.code == "identity_mismatch":
-                    raise IdentityMismatchError(e.message) from None
+                    raise IdentityMismatch(e.message) from None
                 errors.append("%s: %s" % (address, e.message))
             except Exception as e:
                 errors.append("%s: %s" % (address, getattr(e, "message", None) or e.__class__.__name__))

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from p2pd.core.sealed import box_public_text
 from p2pd.core.signing import Identity, public_key_text
-from p2pd.errors import P2PDError
+from p2pd.errors import IdentityMismatch, P2PDError
 
 log = Logger()
 
@@ -55,13 +55,6 @@ class IdentityError(P2PDError):
 
     code = "identity_error"
     status = 500
-
-
-class IdentityMismatch(P2PDError):
-    """A peer's TLS certificate does not prove the key it must have."""
-
-    code = "identity_mismatch"
-    status = 403
 
 
 class PeerIdentity:

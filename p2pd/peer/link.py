@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from p2pd import __version__
 from p2pd.core import wire
-from p2pd.errors import P2PDError
+from p2pd.errors import IdentityMismatch, LinkFailed, P2PDError
 
 log = Logger()
 
@@ -56,7 +56,7 @@ class PeerLink(LineOnlyReceiver):
         try:
             self.peer_key = self.daemon.tls_peer_key(self.transport)
             if self.expected is not None and self.peer_key != self.expected[1]:
-                raise IdentityMismatchError("%s presented a key that is not the one the registry holds for it"
+                raise IdentityMismatch("%s presented a key that is not the one the registry holds for it"
                                             % self.expected[0])
         except P2PDError as e:
             return self.fail(getattr(e, "code", "identity_mismatch"), e.message)
@@ -185,18 +185,3 @@ class PeerLink(LineOnlyReceiver):
         self._ping_n += 1
         self.send({"t": "ping", "n": self._ping_n})
         self._arm(min(PING_AFTER, DEAD_AFTER - idle))
-
-
-class LinkFailed(P2PDError):
-    code = "link_failed"
-    status = 502
-
-    def __init__(self, message, code=None):
-        super().__init__(message)
-        if code:
-            self.code = code
-
-
-class IdentityMismatchError(P2PDError):
-    code = "identity_mismatch"
-    status = 403

@@ -2,7 +2,6 @@
 services of one MultiService built from the parsed options."""
 
 import ctypes
-import fcntl
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.client import HTTPConnectionPool
 
+from p2pd.datadir import DataDirLock
 from p2pd.errors import P2PDError
 from p2pd.peer import identity as identity_mod
 from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_socket
@@ -29,25 +29,6 @@ from p2pd.registry import stun
 from p2pd.listening import ListeningService, UDPService, describe_port
 
 log = Logger()
-
-
-class DataDirInUse(P2PDError):
-    code = "data_dir_in_use"
-
-
-def lock_data_dir(data_dir):
-    """Hold an exclusive lock on the data dir for the daemon's life: a second daemon refuses to start."""
-    path = os.path.join(data_dir, "peer.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise DataDirInUse("data dir %s is in use by another p2pd daemon (pid %s)" % (data_dir, holder)) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-    return fd
 
 
 def local_address_towards(host):
@@ -113,7 +94,7 @@ class PeerService(service.MultiService):
         self.reactor = reactor
         self.name = options["name"]
         self.data_dir = options["data-dir"]
-        self.lock_fd = None
+        self.lock = DataDirLock(self.data_dir, "peer.lock", "p2pd daemon")
         self.fatal = None
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
@@ -141,7 +122,7 @@ class PeerService(service.MultiService):
 
     def startService(self):
         try:
-            self.lock_fd = lock_data_dir(self.data_dir)
+            self.lock.acquire()
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's

@@ -49,7 +49,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from p2pd.core import datastream, filenames, filehash, wire
+from p2pd.core.clock import now_ms
 from p2pd.core.names import canonical_name
+from p2pd.core.sizes import human_size as human
 from p2pd.errors import BadRequest, NotFound, P2PDError
 
 log = Logger()
@@ -92,10 +94,6 @@ def _ids():
     return os.urandom(16).hex()
 
 
-def _now_ms(clock):
-    return int(clock.seconds() * 1000)
-
-
 def fingerprint(items) -> str:
     canon = json.dumps([[i["path"], i["size"], i["hash"]] for i in items], separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
@@ -107,13 +105,6 @@ def view(record, done, rate, eta, elapsed) -> dict:
             "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
             "files": len(record["items"]), "bytes": record["total"], "done": done, "rate": rate, "eta": eta,
             "elapsed": elapsed}
-
-
-def human(n) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
-        n /= 1024.0
 
 
 # -- what a sender offers ---------------------------------------------------------------------------------------
@@ -1013,7 +1004,7 @@ class Transfer:
         return self.manager.clock
 
     def save(self):
-        self.record["updated"] = _now_ms(self.clock)
+        self.record["updated"] = now_ms(self.clock)
         self.manager.storage.put_transfer(self.record, self.record["updated"])
         self.manager.daemon.schedule_flush()
 
@@ -1025,7 +1016,7 @@ class Transfer:
 
     def started_data(self):
         self.t0 = self.clock.seconds()
-        self.set_status("active", started=_now_ms(self.clock))
+        self.set_status("active", started=now_ms(self.clock))
 
     def progress(self, n):
         self.bytes_now += n
@@ -1062,7 +1053,7 @@ class Transfer:
     def finish(self, status, error=None):
         if self.result.called:
             return
-        self.record["finished"] = _now_ms(self.clock)
+        self.record["finished"] = now_ms(self.clock)
         snapshot = self.snapshot()
         self.record.update(rate=snapshot["rate"], seconds=snapshot["elapsed"], sent=self.bytes_now)
         if error is not None:
@@ -1230,7 +1221,7 @@ class Transfers:
         for record in self.storage.transfers(limit=10 ** 6, statuses=("active", "offered", "accepted")):
             record["status"] = "interrupted"  # the daemon stopped while they ran
             record["error"] = {"code": "interrupted", "message": "the daemon stopped during the transfer"}
-            self.storage.put_transfer(record, _now_ms(self.clock))
+            self.storage.put_transfer(record, now_ms(self.clock))
 
     def stop(self):
         """The daemon is stopping: every running transfer is interrupted (and resumable)."""
@@ -1355,7 +1346,7 @@ class Transfers:
         record = {"tid": _ids(), "direction": "out", "peer": to, "status": "offered",
                   "fingerprint": fingerprint(items), "items": items, "total": sum(i["size"] for i in items),
                   "local": local, "kind": "pull" if rid else "push", "rid": rid, "saved": None, "error": None,
-                  "created": _now_ms(self.clock), "hash_seconds": hash_seconds, "skipped": skipped}
+                  "created": now_ms(self.clock), "hash_seconds": hash_seconds, "skipped": skipped}
         out = Outgoing(self, record, local, stats, digests)
         out.link = link
         if progress is not None:
@@ -1496,14 +1487,14 @@ class Transfers:
             previous = None  # still running under its own tid: this is a second, separate offer
         if previous is not None:
             record = previous
-            self.storage.put_transfer(dict(record, status="replaced"), _now_ms(self.clock))
+            self.storage.put_transfer(dict(record, status="replaced"), now_ms(self.clock))
             record.update(tid=frame["tid"], status="offered", error=None, rid=rid)
         else:
             n = len(items)
             record = {"tid": frame["tid"], "direction": "in", "peer": peer, "status": "offered", "fingerprint": fp,
                       "items": items, "total": total, "have": [0] * n, "saved": [None] * n, "key": _ids(),
                       "landing": ["/".join(parts) for parts in landing], "tops": {}, "kind": "pull" if rid else
-                      "push", "rid": rid, "created": _now_ms(self.clock), "error": None, "accepted": False}
+                      "push", "rid": rid, "created": now_ms(self.clock), "error": None, "accepted": False}
         t = Incoming(self, record)
         t.link = link
         self.live[t.tid] = t

@@ -20,11 +20,12 @@ from p2pd.core import jsonbody, signing
 from p2pd.core.names import canonical_name, canonical_room, room_display
 from p2pd.core.ratelimit import RateLimiter
 from p2pd.errors import (
-    BadRequest, InvalidName, Forbidden, NotFound, P2PDError, StoreUnavailable, TooManyRequests, Unauthorized,
-    UnsupportedMediaType,
+    BadRequest, InvalidName, Forbidden, NoSuchPeer, NoSuchRoom, NotFound, P2PDError, StoreUnavailable,
+    TooManyRequests, Unauthorized, UnsupportedMediaType,
 )
+from p2pd.core.clock import now_ms
 from p2pd.registry import schema
-from p2pd.registry.store import GENERAL, NoSuchPeer, NoSuchRoom
+from p2pd.registry.store import GENERAL
 
 log = Logger()
 
@@ -117,7 +118,7 @@ class RegistryAPI:
     # plumbing
 
     def now_ms(self) -> int:
-        return int(self.clock.seconds() * 1000)
+        return now_ms(self.clock)
 
     def reply(self, request, body, code=200):
         request.setResponseCode(code)

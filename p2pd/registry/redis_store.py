@@ -12,12 +12,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from p2pd.core import jsonbody
-from p2pd.errors import NameTaken, P2PDError, StoreUnavailable
+from p2pd.errors import (AlreadyMember, MailboxFull, NameTaken, NoSuchPeer, NotMember, P2PDError, RoomExists,
+                         StoreUnavailable)
 from p2pd.registry import schema
 from p2pd.registry.redis_client import DEFAULT_POOLSIZE, DEFAULT_TIMEOUT, RedisPool, ResponseError
 from p2pd.registry.store import (
-    GENERAL, AlreadyMember, MailboxFull, NoSuchPeer, NotMember, PeerEntry, RoomEntry, RoomExists,
-    general_record, room_not_found,
+    GENERAL, PeerEntry, RoomEntry, general_record, room_not_found,
 )
 
 log = Logger()

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import fail, succeed
 
-from p2pd.errors import Conflict, NameTaken, NotFound, P2PDError, StoreUnavailable
+from p2pd.errors import (AlreadyMember, MailboxFull, NameTaken, NoSuchPeer, NoSuchRoom, NotMember, P2PDError,
+                         RoomExists, StoreUnavailable)
 
 GENERAL = "general"  # canonical name of the room everyone is in
 GENERAL_DISPLAY = "General"
@@ -36,30 +37,6 @@ class RoomEntry:
     name: str  # canonical
     record: dict  # {"name": display, "creator": ..., "created_at": ...}
     members: list = field(default_factory=list)
-
-
-class RoomExists(Conflict):
-    code = "room_exists"
-
-
-class AlreadyMember(Conflict):
-    code = "already_member"
-
-
-class NotMember(Conflict):
-    code = "not_member"
-
-
-class MailboxFull(Conflict):
-    code = "mailbox_full"
-
-
-class NoSuchPeer(NotFound):
-    code = "unknown_peer"
-
-
-class NoSuchRoom(NotFound):
-    code = "unknown_room"
 
 
 def room_not_found(room):
