@@ -1,51 +1,63 @@
-"""Child services that listen while they run, built from endpoint strings or ports; shared by both roles."""
+"""Listening child services for both roles: Twisted's own endpoint and UDP services, plus the one thing they do
+not give, the port they are bound to (a role publishes it: ``tcp:0`` takes a free one).
 
-from twisted.application import service
-from twisted.internet import endpoints
+Both listen synchronously when started (``strports.service`` raises a busy port from ``startService``, as
+``UDPServer`` does), so :func:`start_or_exit` turns a port that cannot be had into one clear line and exit 1.
+"""
+
+from twisted.application import internet, strports
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
+from zope.interface import implementer
 
 
-def describe_port(port) -> str:
-    addr = port.getHost()
-    host = addr.host if ":" not in addr.host else "[%s]" % addr.host
-    return "%s:%d" % (host, addr.port)
+@implementer(IStreamServerEndpoint)
+class _Recorded:
+    """An endpoint that remembers the port its ``listen`` produced."""
 
-
-class ListeningService(service.Service):
-    """Listens on an endpoint description while running. Listening happens synchronously in startService
-    (TCP and UDP endpoints listen at once), so a busy port stops the process with a clear message."""
-
-    def __init__(self, reactor, description, factory):
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
         self.port = None
 
-    def startService(self):
-        outcome = []
-        endpoints.serverFromString(self.reactor, self.description).listen(self.factory).addBoth(outcome.append)
-        if not outcome or not hasattr(outcome[0], "getHost"):
-            reason = outcome[0].getErrorMessage() if outcome else "listening did not complete"
-            raise SystemExit("p2pd: cannot listen on %s: %s" % (self.description, reason))
-        self.port = outcome[0]
-        service.Service.startService(self)
+    def listen(self, factory):
+        def listening(port):
+            self.port = port
+            return port
 
-    def stopService(self):
-        service.Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
+        return self.endpoint.listen(factory).addCallback(listening)
 
 
-class UDPService(ListeningService):
-    """Listens on a UDP port while running (a busy port stops the process with a clear message)."""
+def stream_service(reactor, description, factory):
+    """A service listening on the endpoint *description* (``tcp:0:interface=127.0.0.1``, ``unix:PATH:mode=600``)
+    while it runs; :func:`bound` tells where."""
+    svc = strports.service(description, factory, reactor=reactor)
+    svc.endpoint = _Recorded(svc.endpoint)
+    return svc
 
-    def __init__(self, reactor, port, protocol, interface=""):
-        super().__init__(reactor, "udp:%d" % port, None)
-        self.portnum, self.protocol, self.interface = port, protocol, interface
 
-    def startService(self):
-        try:
-            self.port = self.reactor.listenUDP(self.portnum, self.protocol, interface=self.interface)
-        except Exception as e:
-            raise SystemExit("p2pd: cannot listen on udp port %d: %s" % (self.portnum, e))
-        service.Service.startService(self)
+def udp_service(reactor, port, protocol, interface=""):
+    """A service with *protocol* on UDP *port* (0: a free one) of *interface* while it runs."""
+    return internet.UDPServer(port, protocol, interface=interface, reactor=reactor)
+
+
+def bound(svc):
+    """The address (``getHost()``) a running :func:`stream_service` or :func:`udp_service` is bound to."""
+    if isinstance(svc, internet.UDPServer):
+        return svc.args[1].transport.getHost()
+    return svc.endpoint.port.getHost()
+
+
+def describe(address) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of an address from :func:`bound`."""
+    host = address.host if ":" not in address.host else "[%s]" % address.host
+    return "%s:%d" % (host, address.port)
+
+
+def start_or_exit(start):
+    """Call *start* (a MultiService's ``startService``); a port that cannot be had ends the process with
+    ``p2pd: cannot listen on WHERE: WHY`` and exit status 1, without a traceback."""
+    try:
+        start()
+    except CannotListenError as e:
+        where = e.port if e.interface is None else "%s:%s" % (e.interface or "*", e.port)
+        raise SystemExit("p2pd: cannot listen on %s: %s" % (where, e.socketError)) from None

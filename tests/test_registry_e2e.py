@@ -1066,13 +1066,22 @@ def test_stun_garbage_gets_no_reply_and_the_service_still_answers(registry, garb
 
 @pytest_twisted.ensureDeferred
 async def test_stun_query_client_against_the_registry(registry):
-    """The peers' client, p2pd.registry.stun.query, learns 127.0.0.1 and a real port from the registry."""
+    """The peers' client, p2pd.peer.nat.stun_client, learns 127.0.0.1 and its own UDP port from the registry."""
     from twisted.internet import reactor
 
-    from p2pd.registry.stun import query
+    from p2pd.peer.nat.stun_client import StunClient
+    from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
 
-    host, port = await query(reactor, *registry.stun, timeout=2, retries=1, interface="127.0.0.1")
-    assert host == "127.0.0.1" and 0 < port < 65536
+    udp = UDPPort()
+    ours = reactor.listenUDP(0, udp, interface="127.0.0.1")
+    our_port = ours.getHost().port
+    try:
+        client = StunClient(reactor, udp.send, udp.family)
+        udp.route(STUN_BYTES, client.datagram_received)
+        host, port = await client.query(*registry.stun, timeout=2, retries=1)
+    finally:
+        await ours.stopListening()
+    assert (host, port) == ("127.0.0.1", our_port)
 
 
 # ---------------------------------------------------------------------------------------------------------------

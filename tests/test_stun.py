@@ -1,4 +1,5 @@
-"""The STUN responder (RFC 8489 Binding): the pure codec, the UDP adapter and the peers' client."""
+"""The STUN responder (RFC 8489 Binding): the pure codec and the registry's UDP adapter (the peers' client:
+tests/test_stun_client.py)."""
 
 import ast
 import pathlib
@@ -18,7 +19,7 @@ from twisted.logger import Logger
 
 from p2pd.core import stun
 from p2pd.core.stun import StunError, answer, binding_request, binding_success, parse_binding_success, parse_message
-from p2pd.registry.stun import StunResponder, makeStunService, query
+from p2pd.registry.stun import StunResponder, makeStunService
 
 # RFC 5769 test vectors; all three share this transaction id.
 RFC5769_TXID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
@@ -437,153 +438,3 @@ def test_make_stun_service_is_a_udp_server():
     port, protocol = service.args
     assert port == 3478 and isinstance(protocol, StunResponder) and protocol.clock is clock
     assert service.kwargs == {"interface": "127.0.0.1"}
-
-
-# The client
-
-
-class FakeUDPReactor(Clock):
-    """A Clock whose listenUDP() hooks the protocol to a FakeDatagramTransport and is its port."""
-
-    def __init__(self):
-        super().__init__()
-        self.transport = FakeDatagramTransport()
-        self.protocol = None
-        self.interface = None
-        self.stopped = False
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        """Start ``protocol`` on the fake transport; this reactor doubles as the port."""
-        self.protocol, self.interface = protocol, interface
-        protocol.makeConnection(self.transport)
-        return self
-
-    def stopListening(self):
-        """Stop the protocol, as closing a real port would."""
-        self.stopped = True
-        self.protocol.doStop()
-
-    def sent(self):
-        """The transaction id of each request sent so far (all to SERVER)."""
-        assert {addr for _, addr in self.transport.written} <= {SERVER}
-        return [parse_message(data).transaction_id for data, _ in self.transport.written]
-
-
-def test_query_retransmits_on_rfc_timers_then_times_out():
-    """Sends at 0, 0.5, 1.5 and 3.5 s (RTO 0.5 s doubling), fails at 5.5 s and closes its port."""
-    reactor = FakeUDPReactor()
-    d = query(reactor, *SERVER, timeout=2.0, retries=3)
-    assert len(reactor.sent()) == 1 and reactor.interface == ""
-    for elapsed, sends in [(0.49, 1), (0.5, 2), (1.49, 2), (1.5, 3), (3.5, 4), (5.49, 4)]:
-        reactor.advance(elapsed - reactor.seconds())
-        assert len(reactor.sent()) == sends, elapsed
-    assert not d.called
-    reactor.advance(0.01)
-    fired(d).trap(TimeoutError)
-    assert reactor.stopped and reactor.getDelayedCalls() == []
-    assert len(set(reactor.sent())) == 1
-
-
-def test_query_rto_is_bounded_by_timeout():
-    """Retransmission intervals never exceed ``timeout``."""
-    reactor = FakeUDPReactor()
-    d = query(reactor, *SERVER, timeout=1.0, retries=5)
-    reactor.pump([0.5] * 11)
-    assert len(reactor.sent()) == 6  # at 0, 0.5, 1.5, 2.5, 3.5 and 4.5 s
-    fired(d).trap(TimeoutError)  # at 5.5 s
-
-
-def test_query_fires_with_the_mapped_address_and_stops():
-    """The server's answer to the retransmitted request fires the query; nothing more is sent."""
-    reactor = FakeUDPReactor()
-    d = query(reactor, *SERVER)
-    reactor.advance(0.5)
-    txid = reactor.sent()[-1]
-    reactor.protocol.datagramReceived(binding_success(txid, "203.0.113.9", 61000), SERVER)
-    assert fired(d) == ("203.0.113.9", 61000)
-    assert reactor.stopped and reactor.getDelayedCalls() == []
-    reactor.advance(10)
-    assert len(reactor.sent()) == 2
-
-
-def test_query_ignores_strangers_and_other_transactions():
-    """Datagrams from another address, for another transaction, or not STUN, do not end the query."""
-    reactor = FakeUDPReactor()
-    d = query(reactor, *SERVER)
-    txid = reactor.sent()[0]
-    reactor.protocol.datagramReceived(binding_success(txid, "6.6.6.6", 666), ("192.0.2.66", 3478))
-    reactor.protocol.datagramReceived(binding_success(bytes(12), "6.6.6.6", 666), SERVER)
-    reactor.protocol.datagramReceived(b"not stun", SERVER)
-    assert not d.called
-    reactor.protocol.datagramReceived(binding_success(txid, "203.0.113.9", 61000), SERVER)
-    assert fired(d) == ("203.0.113.9", 61000)
-
-
-def test_query_fails_on_an_error_response():
-    """An error response to our transaction fails the query with StunError."""
-    reactor = FakeUDPReactor()
-    d = query(reactor, *SERVER)
-    error = message((stun.ERROR_CODE, b"\0\0\x04\x14Unknown"), msg_type=stun.BINDING_ERROR, txid=reactor.sent()[0])
-    reactor.protocol.datagramReceived(error, SERVER)
-    failure = fired(d)
-    failure.trap(StunError)
-    assert "420 Unknown" in str(failure.value)
-    assert reactor.stopped and reactor.getDelayedCalls() == []
-
-
-def test_query_can_be_cancelled():
-    """Cancelling stops the retransmissions and closes the port."""
-    reactor = FakeUDPReactor()
-    d = query(reactor, *SERVER)
-    d.cancel()
-    fired(d).trap(CancelledError)
-    assert reactor.stopped and reactor.getDelayedCalls() == []
-
-
-def test_query_needs_an_ip_address():
-    """A host name is refused with StunError, without opening a port."""
-    reactor = FakeUDPReactor()
-    fired(query(reactor, "stun.example.com", 3478)).trap(StunError)
-    assert reactor.protocol is None
-
-
-def test_query_to_ipv6_server_listens_on_ipv6():
-    """For an IPv6 server the client socket is IPv6."""
-    reactor = FakeUDPReactor()
-    query(reactor, "2001:db8::1", 3478)
-    assert reactor.interface == "::"
-    assert reactor.transport.written[0][1] == ("2001:db8::1", 3478)
-
-
-@pytest_twisted.inlineCallbacks
-def test_query_round_trip_over_loopback():
-    """A real query against a real responder on 127.0.0.1 learns the client's own address."""
-    from twisted.internet import reactor
-
-    responder = StunResponder(reactor)
-    port = reactor.listenUDP(0, responder, interface="127.0.0.1")
-    try:
-        host, mapped_port = yield query(reactor, "127.0.0.1", port.getHost().port, interface="127.0.0.1")
-    finally:
-        yield port.stopListening()
-    assert host == "127.0.0.1" and 0 < mapped_port < 65536
-    assert (responder.answered, responder.dropped, responder.limited) == (1, 0, 0)
-
-
-@pytest_twisted.inlineCallbacks
-def test_query_round_trip_over_ipv6_loopback():
-    """The same over ::1, if this host has IPv6 loopback."""
-    from twisted.internet import reactor
-    from twisted.internet.error import CannotListenError
-
-    responder = StunResponder(reactor)
-    try:
-        port = reactor.listenUDP(0, responder, interface="::1")
-    except CannotListenError:
-        pytest.skip("no IPv6 loopback")
-    try:
-        host, _ = yield query(reactor, "::1", port.getHost().port, interface="::1")
-    finally:
-        yield port.stopListening()
-    assert host == "::1"
-    assert responder.answered == 1

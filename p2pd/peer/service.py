@@ -1,5 +1,5 @@
-"""The peer process: TLS listener for peer links, UDP port, control socket, presence and the daemon, as child
-services of one MultiService built from the parsed options."""
+"""The peer process: wiring only. Builds the parts (identity, storage, the registry client, chat, files, the
+paths that carry them, the control socket, presence), hands each the others it needs, starts and stops them."""
 
 import ctypes
 import json
@@ -17,16 +17,18 @@ from twisted.web.client import HTTPConnectionPool
 
 from p2pd.datadir import DataDirLock
 from p2pd.errors import P2PDError
+from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_service
 from p2pd.peer import identity as identity_mod
 from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_socket
 from p2pd.peer.daemon import PeerDaemon
 from p2pd.peer.link import PeerLink
+from p2pd.peer.nat.stun_client import StunClient
+from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
+from p2pd.peer.threads import ReactorThreads
 from p2pd.peer.transfers import DemuxFactory, Transfers
-from p2pd.registry import stun
-from p2pd.listening import ListeningService, UDPService, describe_port
 
 log = Logger()
 
@@ -62,16 +64,6 @@ class TLSAdapter:
         return identity_mod.peer_key(transport, self.clock.seconds())
 
 
-class UDPPort(protocol.DatagramProtocol):
-    """The peer's UDP port. It is registered now so that peers learn it; the file/image stream that will use
-    it counts and drops whatever arrives until then."""
-
-    dropped = 0
-
-    def datagramReceived(self, data, addr):
-        self.dropped += 1
-
-
 def tune_malloc():
     """Let glibc keep and reuse the 1-4 MiB buffers file transfers allocate, instead of mapping fresh pages for
     each one (above 128 KiB it uses mmap by default) and faulting them in again: on this project's 2-core VM
@@ -87,17 +79,46 @@ def tune_malloc():
 
 
 class PeerService(service.MultiService):
+    """The peer process, as a MultiService of its listeners, presence and parts.
+
+    Constructing it does nothing but remember the options: twistd may fork (without ``-n``) between building the
+    service and starting it. ``startService`` takes the data-dir lock first, then opens the identity, the
+    database and the inbox, builds the parts and wires them, and only then starts listening."""
+
     def __init__(self, options, reactor):
         super().__init__()
-        tune_malloc()
         self.options = options
         self.reactor = reactor
         self.name = options["name"]
         self.data_dir = options["data-dir"]
         self.lock = DataDirLock(self.data_dir, "peer.lock", "p2pd daemon")
+        self.threads = ReactorThreads(reactor)
         self.fatal = None
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)
+        self.storage = None
+        self.built = False  # True once startService has built every part
+
+    def startService(self):
+        tune_malloc()
+        try:
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            os.chmod(self.data_dir, 0o700)
+            self.lock.acquire()
+            release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
+            self.build()
+        except P2PDError as e:
+            raise SystemExit("p2pd: " + e.message)
+        except OSError as e:
+            raise SystemExit("p2pd: cannot use the data dir %s: %s" % (self.data_dir, e.strerror))
+        start_or_exit(super().startService)
+        self.daemon.addresses = self.addresses()
+        self.daemon.discover = lambda: defer.ensureDeferred(self.discover_public())
+        self.daemon.start()
+        self.presence.setServiceParent(self)
+        self.announce()
+
+    def build(self):
+        """Open what the daemon keeps on disk and build its parts and listeners (children of this service)."""
+        options, reactor = self.options, self.reactor
         self.identity = identity_mod.load_or_create(self.data_dir, self.name)
         self.storage = Storage(os.path.join(self.data_dir, "p2pd.sqlite3"), name=self.name)
         pool = HTTPConnectionPool(reactor)
@@ -112,75 +133,72 @@ class PeerService(service.MultiService):
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
-        self.listener = ListeningService(reactor, options["listen"], DemuxFactory(tls, self.daemon.transfers, reactor))
+        self.listener = stream_service(reactor, options["listen"], DemuxFactory(tls, self.daemon.transfers, reactor))
         self.listener.setServiceParent(self)
-        self.udp = UDPService(reactor, options["udp"], UDPPort(), options["udp-interface"])
+        self.udp_port = UDPPort()
+        self.stun = StunClient(reactor, self.udp_port.send, self.udp_port.family)
+        self.udp_port.route(STUN_BYTES, self.stun.datagram_received)
+        self.udp = udp_service(reactor, options["udp"], self.udp_port, options["udp-interface"])
         self.udp.setServiceParent(self)
-        self.control = ListeningService(reactor, control_endpoint(self.data_dir), ControlFactory(self.daemon, reactor=reactor))
+        self.control = stream_service(reactor, control_endpoint(self.data_dir),
+                                      ControlFactory(self.daemon, reactor=reactor))
         self.control.setServiceParent(self)
         self.presence = Presence(self.daemon, self.registry, reactor, self.on_fatal)
-
-    def startService(self):
-        try:
-            self.lock.acquire()
-        except P2PDError as e:
-            raise SystemExit("p2pd: " + e.message)
-        release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
-        super().startService()
-        self.daemon.addresses = self.addresses()
-        self.daemon.discover = self.discover_public
-        self.daemon.start()
-        self.presence.setServiceParent(self)
-        self.announce()
+        self.built = True
 
     @defer.inlineCallbacks
     def stopService(self):
+        if not self.built:  # it failed before it had every part (the data dir was in use, ...)
+            if self.storage is not None:
+                self.storage.close()
+            return
         if self.presence.running:
             yield self.presence.disownServiceParent()
+        self.stun.stop()
         self.daemon.stop()
         yield super().stopService()
         self.storage.commit()
         self.storage.close()
 
     def addresses(self):
-        tcp = self.listener.port.getHost()
-        udp = self.udp.port.getHost()
+        tcp = bound(self.listener)
+        udp = bound(self.udp)
         host = self.options["advertise"]
         if not host:
-            bound = tcp.host
-            if bound not in ("0.0.0.0", "::"):
-                host = bound
+            if tcp.host not in ("0.0.0.0", "::"):
+                host = tcp.host
             else:
                 host = local_address_towards(urlsplit(self.options["registry"]).hostname or "127.0.0.1") \
                     or "127.0.0.1"
         return {"tcp": [host_port(host, tcp.port)], "udp": [host_port(host, udp.port)], "public": None}
 
-    @defer.inlineCallbacks
-    def discover_public(self):
-        """Ask the registry's STUN responder how the world sees us, and publish that address too when it
-        differs from our own (a NAT in between). The mapping is learnt from a fresh UDP port, so the published
-        ports assume a port-preserving NAT; the status says which address STUN saw."""
-        health = yield self.registry.health()
+    async def discover_public(self):
+        """Ask the registry's STUN responder, from our own UDP socket, how the world sees us, and publish that
+        address too when it differs from our own (a NAT in between). The UDP candidate is the mapping of the very
+        socket others will reach; the TCP one assumes the NAT keeps the port (it cannot be learnt over UDP)."""
+        health = await self.registry.health()
         port = health.get("stun")
         host = urlsplit(self.options["registry"]).hostname
         if not port or not host:
             return
-        try:
-            ip = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]
-        except OSError:
+        family = socket.AF_INET6 if self.udp_port.family() == 6 else socket.AF_INET
+        try:  # in a thread: a name lookup must not block the reactor
+            found = await self.threads.run(socket.getaddrinfo, host, port, family, socket.SOCK_DGRAM)
+        except OSError as e:
+            log.info("STUN: cannot resolve {host}: {error}", host=host, error=e)
             return
-        seen_host, seen_port = yield stun.query(self.reactor, ip, port, timeout=1.0, retries=2)
+        seen_host, seen_port = await self.stun.query(found[0][4][0], port, timeout=1.0, retries=2)
         addresses = self.daemon.addresses
         addresses["public"] = host_port(seen_host, seen_port)
-        for kind, local in (("tcp", self.listener.port.getHost()), ("udp", self.udp.port.getHost())):
-            candidate = host_port(seen_host, local.port)
+        for kind, candidate in (("udp", host_port(seen_host, seen_port)),
+                                ("tcp", host_port(seen_host, bound(self.listener).port))):
             if candidate not in addresses[kind] and len(addresses[kind]) < 8:
                 addresses[kind].append(candidate)
         log.info("STUN: the registry sees us as {seen}", seen=addresses["public"])
 
     def announce(self):
         info = {"pid": os.getpid(), "name": self.name, "key": self.identity.public_text,
-                "tcp": describe_port(self.listener.port), "udp": describe_port(self.udp.port),
+                "tcp": describe(bound(self.listener)), "udp": describe(bound(self.udp)),
                 "control": os.path.join(self.data_dir, "control.sock"), "registry": self.options["registry"],
                 "addresses": self.daemon.addresses, "data_dir": self.data_dir}
         path = os.path.join(self.data_dir, "peer.json")

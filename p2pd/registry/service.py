@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from p2pd.errors import P2PDError, StoreUnavailable
 from p2pd.registry.api import RegistryAPI
 from p2pd.registry.http import make_site
-from p2pd.listening import ListeningService, UDPService, describe_port
+from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_service
 from p2pd.registry.redis_store import RedisStore
 
 log = Logger()
@@ -75,21 +75,21 @@ class RegistryService(service.MultiService):
         StoreService(self.store).setServiceParent(self)
         self.api = RegistryAPI(self.store, reactor, lease_ttl=options["lease-ttl"],
                                read_rate=options["read-rate"], write_rate=options["write-rate"])
-        self.http = ListeningService(reactor, options["http"], make_site(self.api.resource()))
+        self.http = stream_service(reactor, options["http"], make_site(self.api.resource()))
         self.http.setServiceParent(self)
         self.stun = None
         if options["stun-enabled"]:
             from p2pd.registry.stun import StunResponder
 
-            self.stun = UDPService(reactor, options["stun-port"], StunResponder(reactor),
-                                   options["stun-interface"])
+            self.stun = udp_service(reactor, options["stun-port"], StunResponder(reactor),
+                                    options["stun-interface"])
             self.stun.setServiceParent(self)
         Pruner(self.store, reactor).setServiceParent(self)
 
     def startService(self):
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         try:
-            super().startService()
+            start_or_exit(super().startService)
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         if self.embedded is None:
@@ -124,12 +124,12 @@ class RegistryService(service.MultiService):
         # otherwise walk ~100k long-lived objects on every full collection (tens of ms of latency each).
         gc.collect()
         gc.freeze()
-        http = describe_port(self.http.port)
+        http = describe(bound(self.http))
         info = {"pid": os.getpid(), "http": "http://%s" % http, "api": "http://%s/v1/" % http,
                 "stun": None, "redis": self.redis_url, "data_dir": self.data_dir}
         if self.stun is not None:
-            info["stun"] = describe_port(self.stun.port)
-            self.api.stun_port = self.stun.port.getHost().port
+            info["stun"] = describe(bound(self.stun))
+            self.api.stun_port = bound(self.stun).port
         path = os.path.join(self.data_dir, "registry.json")
         with open(path + ".tmp", "w") as f:
             json.dump(info, f)
