@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
-from p2pd.peer import storage
+from p2pd.peer.storage import schema
 from p2pd.peer.storage import DB_FILENAME, SCHEMA_VERSION, InvalidMessage, Storage, StorageError, db_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -548,8 +548,8 @@ def test_migration_adds_tables(path, monkeypatch):
     def to_next(db):
         db.execute("CREATE TABLE later_feature (id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
 
-    monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS + (to_next,))
-    monkeypatch.setattr(storage, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + (to_next,))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     s = Storage(path)
     assert s.get_message(kept["id"])["body"] == "old"
     s.close()
