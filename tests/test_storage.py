@@ -10,7 +10,9 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+from zope.interface.verify import verifyObject
 
+from p2pd.peer.interfaces import IChatStore, IFileStore
 from p2pd.peer.storage import InvalidMessage, Storage, db_path
 
 NOW = 1_700_000_000_000
@@ -539,3 +541,10 @@ def test_storage_path_and_name(path):
     s = Storage(path)
     assert s.name is None and s.add_outgoing("bob", "x", NOW)["sender"] is None
     s.close()
+
+
+def test_storage_provides_the_store_interfaces(store):
+    """Storage provides IChatStore and IFileStore, and between them they declare its whole public API."""
+    assert verifyObject(IChatStore, store) and verifyObject(IFileStore, store)
+    declared = set(IChatStore.names(all=True)) | set(IFileStore.names(all=True))
+    assert declared == set(API) | {"pending"}

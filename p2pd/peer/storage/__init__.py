@@ -42,6 +42,9 @@ The parts, each a subclass of :class:`~p2pd.peer.storage.db.Database` sharing it
 - :mod:`~p2pd.peer.storage.checks` and :mod:`~p2pd.peer.storage.errors`: what input is refused, and how.
 """
 
+from zope.interface import implementer
+
+from p2pd.peer.interfaces import IChatStore, IFileStore
 from p2pd.peer.storage.db import DB_FILENAME, WAL_LIMIT, Database, db_path
 from p2pd.peer.storage.errors import InvalidMessage, StorageError
 from p2pd.peer.storage.hashes import HashCache
@@ -57,8 +60,13 @@ __all__ = [
 ]
 
 
+@implementer(IChatStore, IFileStore)
 class Storage(Outbox, Settings, TransferRecords, HashCache):
-    """The daemon's store. Writes join the open transaction; :meth:`commit` makes them durable."""
+    """The daemon's store. Writes join the open transaction; :meth:`commit` makes them durable.
+
+    Chat, the outbox, pins and rooms use it as an :class:`~p2pd.peer.interfaces.IChatStore`, file transfers as
+    an :class:`~p2pd.peer.interfaces.IFileStore`.
+    """
 
     def __init__(self, path: str, name: str | None = None):
         """Open (creating with mode 0600) the database at *path* and bring its schema up to date.
