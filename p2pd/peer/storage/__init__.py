@@ -30,7 +30,9 @@ Foreign keys are off (the outbox points at history by rowid and :mod:`~p2pd.peer
 in step inside one transaction). Statements are fixed strings, so :mod:`sqlite3` prepares each once and reuses
 it from its statement cache.
 
-The parts, each a subclass of :class:`~p2pd.peer.storage.db.Database` sharing its one connection:
+The modules of the package. :class:`Storage` is the sum of the table parts (messages, outbox, settings,
+transfers, hashes); each is a subclass of :class:`~p2pd.peer.storage.db.Database` that can open the file on
+its own, and in a Storage they share one connection and one write group:
 
 - :mod:`~p2pd.peer.storage.db`: the file, its pragmas, the write group, commit, checkpoint, close;
 - :mod:`~p2pd.peer.storage.schema`: the versioned schema and its migrations;
