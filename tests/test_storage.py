@@ -1,23 +1,20 @@
-"""The peer daemon's store: history, outbox, sequence numbers, settings, durability, speed."""
+"""The peer daemon's store, its messages (p2pd.peer.storage.messages, .outbox): history, outbox, sequence numbers,
+text, speed, a model check; and the public API of the composed Storage."""
 
+import inspect
 import os
 import shutil
-import signal
-import sqlite3
-import stat
-import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+from zope.interface.verify import verifyObject
 
-from p2pd.peer import storage
-from p2pd.peer.storage import DB_FILENAME, SCHEMA_VERSION, InvalidMessage, Storage, StorageError, db_path
+from p2pd.peer.interfaces import IChatStore, IFileStore
+from p2pd.peer.storage import InvalidMessage, Storage, db_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW = 1_700_000_000_000
 
 
@@ -43,11 +40,6 @@ def incoming(n=1, sender="bob", room=None, body=None, msg_id=None, **extra):
 
 
 # --- sequence numbers -------------------------------------------------------------------------------------
-
-
-def test_db_file_name_in_data_dir(tmp_path):
-    """The store of a data dir is <data_dir>/p2pd.sqlite3."""
-    assert db_path(str(tmp_path)) == str(tmp_path / "p2pd.sqlite3") and DB_FILENAME == "p2pd.sqlite3"
 
 
 def test_seq_counts_per_recipient(store):
@@ -372,229 +364,6 @@ def test_invalid_message_is_a_bad_request():
     assert issubclass(InvalidMessage, ValueError) and issubclass(InvalidMessage, BadRequest)
 
 
-# --- settings -----------------------------------------------------------------------------------------------
-
-
-def test_settings(path):
-    """put/get keep small JSON-able values across restarts; a missing key gives the default."""
-    s = Storage(path)
-    assert s.get("missing") is None and s.get("missing", 5) == 5
-    s.put("auto_accept", {"bob": ["image/png"], "max": 10_000_000})
-    s.put("auto_accept", {"bob": ["image/png"], "max": 20_000_000})
-    s.put("none", None)
-    s.close()
-    s = Storage(path)
-    assert s.get("auto_accept") == {"bob": ["image/png"], "max": 20_000_000}
-    assert s.get("none", "default") is None
-    with pytest.raises(ValueError):
-        s.put("bad", object())
-    with pytest.raises(ValueError):
-        s.put("nan", float("nan"))
-    s.close()
-
-
-# --- transactions and durability ------------------------------------------------------------------------------
-
-
-def test_writes_visible_before_commit(store):
-    """Uncommitted writes are visible to reads at once; commit ends the pending group."""
-    msg = store.add_outgoing("bob", "a", NOW)
-    assert store.pending and store.has_message(msg["id"])
-    store.commit()
-    assert not store.pending
-    store.commit()  # nothing pending: a no-op
-
-
-def test_close_commits(path):
-    """Closing commits what is pending; closing twice is harmless."""
-    s = Storage(path)
-    s.add_outgoing("bob", "a", NOW)
-    s.close()
-    s.close()
-    s = Storage(path)
-    assert s.outbox_count() == 1
-    s.close()
-
-
-def _kill_with(path, *commands):
-    """Run a second process that applies writes to the store at *path* and dies (SIGKILL) without committing."""
-    code = "import sys; from p2pd.peer.storage import Storage; s = Storage(sys.argv[1])\n" + "\n".join(commands)
-    code += "\nimport os, signal; os.kill(os.getpid(), signal.SIGKILL)"
-    proc = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-
-
-def test_uncommitted_write_lost_on_crash(path):
-    """A write that was never committed is gone after the process dies; committed ones are kept."""
-    _kill_with(path, "s.add_outgoing('bob', 'kept', 1); s.commit()", "s.add_outgoing('bob', 'lost', 2)")
-    s = Storage(path)
-    assert [m["body"] for m in s.history()] == ["kept"]
-    assert s.add_outgoing("bob", "next", 3)["seq"] == 2
-    s.close()
-
-
-WRITER = r"""
-import os, sys
-from p2pd.peer.storage import Storage
-
-path, n = sys.argv[1], int(sys.argv[2])
-s = Storage(path, name="alice")
-for i in range(n):
-    msg = s.add_outgoing("bob", "committed %d" % i, 1000 + i)
-    s.add_incoming({"id": "%032x" % i, "sender": "carol", "seq": i + 1, "ts": i, "body": "in %d" % i}, i)
-    if i % 2 == 0:
-        s.mark_delivered(msg["id"], "direct", 2000 + i)
-    if i % 100 == 99:
-        s.commit()
-s.commit()
-print("committed", os.path.getsize(path + "-wal"), flush=True)
-i = 0
-while True:  # keep writing and never commit, until killed
-    s.add_outgoing("bob", "uncommitted %d " % i + "x" * 1000, 0)
-    s.add_incoming({"id": "%032x" % (10**9 + i), "sender": "carol", "seq": 10**6 + i, "ts": 0, "body": "y"}, 0)
-    i += 1
-    if i == 4000:  # far more than SQLite's page cache: pages of this open transaction spill into the WAL
-        print("spilled", os.path.getsize(path + "-wal"), flush=True)
-"""
-
-
-@pytest.mark.timeout(60)
-def test_sigkill_keeps_exactly_the_committed(path):
-    """A writer SIGKILLed right after committing N messages, in the middle of an uncommitted group whose pages
-    already reached the WAL file, leaves exactly the N committed messages: no uncommitted one, none half there."""
-    n = 1000
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, path, str(n)], cwd=ROOT, stdout=subprocess.PIPE)
-    try:
-        committed = proc.stdout.readline().split()
-        spilled = proc.stdout.readline().split()
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-    assert committed[:1] == [b"committed"] and spilled[:1] == [b"spilled"]
-    assert int(spilled[1]) > int(committed[1])  # uncommitted pages were on disk when it died
-
-    check = sqlite3.connect(path)
-    assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    check.close()
-    s = Storage(path)
-    out = s.history("bob", limit=10 * n)
-    assert [m["body"] for m in out] == ["committed %d" % i for i in range(n)]
-    assert [m["seq"] for m in out] == list(range(1, n + 1))
-    assert [m["status"] for m in out] == ["delivered", "pending"] * (n // 2)
-    assert [m["seq"] for m in s.outbox("bob", limit=n)] == list(range(2, n + 1, 2))
-    assert s.outbox_count() == n // 2
-    assert [m["body"] for m in s.history("carol", limit=10 * n)] == ["in %d" % i for i in range(n)]
-    assert s.last_seq("carol", "carol") == n
-    assert s.conversations() == [
-        {"conversation": "carol", "count": n, "last_ts": n - 1},
-        {"conversation": "bob", "count": n, "last_ts": 1000 + n - 1},
-    ]
-    assert s.add_outgoing("bob", "after restart", 0)["seq"] == n + 1
-    s.close()
-
-
-# --- files and schema ---------------------------------------------------------------------------------------
-
-
-def test_file_mode_0600(path):
-    """The database, its WAL and its shared-memory index are created readable by the owner only, whatever the
-    umask."""
-    old = os.umask(0)
-    try:
-        s = Storage(path)
-        s.add_outgoing("bob", "secret", NOW)
-        s.commit()
-        for name in (path, path + "-wal", path + "-shm"):
-            assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
-        s.close()
-    finally:
-        os.umask(old)
-
-
-def test_existing_file_tightened_to_0600(path):
-    """A database file found with wider permissions is made private on open."""
-    Storage(path).close()
-    os.chmod(path, 0o644)
-    Storage(path).close()
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-
-
-def test_wal_and_schema_version(store, path):
-    """The database is in WAL mode and records the schema version."""
-    check = sqlite3.connect(path)
-    assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    check.close()
-
-
-def test_newer_schema_refused(path):
-    """A database written by a newer p2pd is refused with a clear message instead of being misread."""
-    Storage(path).close()
-    check = sqlite3.connect(path)
-    check.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1))
-    check.close()
-    with pytest.raises(StorageError, match="upgrade p2pd"):
-        Storage(path)
-
-
-def test_migration_adds_tables(path, monkeypatch):
-    """A later version appends a migration; an existing database gets it on open and keeps its data."""
-    s = Storage(path)
-    kept = s.add_outgoing("bob", "old", NOW)
-    s.close()
-
-    def to_next(db):
-        db.execute("CREATE TABLE later_feature (id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
-
-    monkeypatch.setattr(storage, "MIGRATIONS", storage.MIGRATIONS + (to_next,))
-    monkeypatch.setattr(storage, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    s = Storage(path)
-    assert s.get_message(kept["id"])["body"] == "old"
-    s.close()
-    check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
-    assert check.execute("SELECT count(*) FROM later_feature").fetchone() == (0,)
-    check.close()
-
-
-def test_transfer_records_and_hash_cache(path):
-    s = Storage(path)
-    rec = {"tid": "a" * 32, "direction": "in", "peer": "bob", "status": "active", "fingerprint": "f" * 64,
-           "have": [0]}
-    s.put_transfer(rec, NOW)
-    s.put_transfer(dict(rec, tid="b" * 32, status="done"), NOW + 1)
-    s.commit()
-    assert s.get_transfer("a" * 32) == rec
-    assert [t["tid"] for t in s.transfers()] == ["b" * 32, "a" * 32]
-    assert [t["tid"] for t in s.transfers(statuses=("done",))] == ["b" * 32]
-    assert s.find_transfer("bob", "in", "f" * 64, ("active",))["tid"] == "a" * 32
-    assert s.find_transfer("bob", "out", "f" * 64, ("active",)) is None
-    st = os.stat(path)
-    s.put_hash("/x", st, "r" * 64, b"d" * 32)
-    assert s.cached_hash("/x", st) == ("r" * 64, b"d" * 32)
-    changed = os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size + 1,
-                              st.st_atime, st.st_mtime, st.st_ctime))
-    assert s.cached_hash("/x", changed) is None
-    s.close()
-
-
-def test_database_failure_rolls_back_the_group(path):
-    """If the database itself fails mid-write, the whole uncommitted group is rolled back and StorageError
-    raised: nothing half-applied can be committed later."""
-    s = Storage(path)
-    s.add_outgoing("bob", "committed", NOW)
-    s.commit()
-    s.add_outgoing("bob", "in the failing group", NOW)
-    s._db.execute("DROP TABLE outbox")  # simulate the database failing under the next write
-    with pytest.raises(StorageError, match="the message store failed"):
-        s.add_outgoing("bob", "x", NOW)
-    assert not s.pending
-    assert [m["body"] for m in s.history()] == ["committed"] and s.outbox_count() == 1
-    s.close()
-
-
 # --- speed --------------------------------------------------------------------------------------------------
 
 
@@ -717,3 +486,65 @@ class StorageMachine(RuleBasedStateMachine):
 
 TestStorageModel = StorageMachine.TestCase
 TestStorageModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
+# --- the composed store -------------------------------------------------------------------------------------
+
+API = {
+    "add_incoming": "(self, msg: dict, now_ms: int) -> bool",
+    "add_outgoing": "(self, recipient: str, body: str, now_ms: int, room: str | None = None,"
+                    " conversation: str | None = None) -> dict",
+    "add_room_post": "(self, room: str, body: str, recipients, now_ms: int) -> tuple",
+    "cached_hash": "(self, path: str, st) -> tuple | None",
+    "checkpoint": "(self)",
+    "close": "(self)",
+    "commit": "(self)",
+    "conversations": "(self) -> list[dict]",
+    "find_transfer": "(self, peer: str, direction: str, fingerprint: str, statuses) -> dict | None",
+    "get": "(self, key: str, default=None)",
+    "get_message": "(self, msg_id: str) -> dict | None",
+    "get_transfer": "(self, tid: str) -> dict | None",
+    "has_message": "(self, msg_id: str) -> bool",
+    "history": "(self, conversation: str | None = None, limit: int = 100, before_rowid: int | None = None)"
+               " -> list[dict]",
+    "last_seq": "(self, sender: str, conversation: str) -> int",
+    "mark_delivered": "(self, msg_id: str, via: str, now_ms: int) -> bool",
+    "mark_deposited": "(self, msg_id: str, mailbox_id: str, now_ms: int) -> bool",
+    "mark_failed": "(self, msg_id: str, reason: str, now_ms: int) -> bool",
+    "outbox": "(self, recipient: str | None = None, limit: int = 1000) -> list[dict]",
+    "outbox_count": "(self) -> int",
+    "outbox_recipients": "(self) -> list[str]",
+    "put": "(self, key: str, value)",
+    "put_hash": "(self, path: str, st, root: str, digests: bytes)",
+    "put_transfer": "(self, record: dict, now_ms: int)",
+    "settings_with_prefix": "(self, prefix: str) -> list",
+    "transfers": "(self, limit: int = 100, statuses=None) -> list[dict]",
+}
+
+
+def test_public_api_is_the_one_callers_use():
+    """Storage, composed of its parts, offers exactly the methods (names and signatures) it had as one class,
+    plus the ``pending`` property and the ``name`` of the sender it records."""
+    methods = {name: str(inspect.signature(getattr(Storage, name))) for name in dir(Storage)
+               if not name.startswith("_") and inspect.isfunction(getattr(Storage, name))}
+    assert methods == API
+    assert isinstance(Storage.pending, property)
+    assert str(inspect.signature(Storage)) == "(path: str, name: str | None = None)"
+
+
+def test_storage_path_and_name(path):
+    """The constructor keeps the database path and this peer's name, the sender of what it sends (None if not
+    given)."""
+    s = Storage(path, name="alice")
+    assert (s.path, s.name) == (path, "alice") and s.add_outgoing("bob", "x", NOW)["sender"] == "alice"
+    s.close()
+    s = Storage(path)
+    assert s.name is None and s.add_outgoing("bob", "x", NOW)["sender"] is None
+    s.close()
+
+
+def test_storage_provides_the_store_interfaces(store):
+    """Storage provides IChatStore and IFileStore, and between them they declare its whole public API."""
+    assert verifyObject(IChatStore, store) and verifyObject(IFileStore, store)
+    declared = set(IChatStore.names(all=True)) | set(IFileStore.names(all=True))
+    assert declared == set(API) | {"pending"}

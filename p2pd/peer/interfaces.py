@@ -146,3 +146,98 @@ class IDataPaths(Interface):
 
     def forget(session_id):
         """Stop waiting for an incoming path of *session_id* (the transfer ended first)."""
+
+
+class IStore(Interface):
+    """The peer's SQLite store (:mod:`p2pd.peer.storage`): every write joins the open group, visible to reads
+    at once, durable only after :meth:`commit` (which :class:`ICommits` runs once per reactor turn)."""
+
+    pending = Attribute("True while there are writes that commit() has not made durable")
+
+    def commit():
+        """Make every write so far durable; cheap if nothing is pending. Raises StorageError."""
+
+    def checkpoint():
+        """Copy the WAL back into the database; safe from a worker thread (IThreads.run)."""
+
+    def close():
+        """Commit, checkpoint and close; closing twice is harmless."""
+
+
+class IChatStore(IStore):
+    """What chat, the outbox, pins and rooms keep: messages (dicts of ``storage.MESSAGE_FIELDS``), the outbox,
+    sequence numbers and settings. Times are ms, passed in by the caller."""
+
+    def add_outgoing(recipient, body, now_ms, room=None, conversation=None):
+        """Store a new ``pending`` message for *recipient*, in history and the outbox, with its next seq."""
+
+    def add_room_post(room, body, recipients, now_ms):
+        """``(post, copies)``: the post shown once in the room's history, a copy per recipient in the outbox."""
+
+    def add_incoming(msg, now_ms):
+        """Store a message from a peer as ``received``; False if its id is already stored."""
+
+    def mark_delivered(msg_id, via, now_ms):
+        """Acknowledged (*via* "direct" or "mailbox"): ``delivered``; True if this changed it."""
+
+    def mark_deposited(msg_id, mailbox_id, now_ms):
+        """Taken by the registry mailbox: ``queued``; True if it was pending."""
+
+    def mark_failed(msg_id, reason, now_ms):
+        """Given up: ``failed`` with *reason*; True if it was pending or queued."""
+
+    def outbox(recipient=None, limit=1000):
+        """Undelivered outgoing messages in sending order."""
+
+    def outbox_recipients():
+        """The recipients with messages in the outbox, sorted."""
+
+    def outbox_count():
+        """How many messages wait in the outbox."""
+
+    def last_seq(sender, conversation):
+        """The highest seq received from *sender* in *conversation*, 0 if none."""
+
+    def has_message(msg_id):
+        """Whether a message with this id is stored."""
+
+    def get_message(msg_id):
+        """The stored message with this id, or None."""
+
+    def history(conversation=None, limit=100, before_rowid=None):
+        """The newest *limit* messages of *conversation* (None: of all), oldest first."""
+
+    def conversations():
+        """Every conversation with its count and latest ``ts``, most recent first."""
+
+    def get(key, default=None):
+        """The setting *key*, or *default*."""
+
+    def settings_with_prefix(prefix):
+        """``(key, value)`` of every setting whose key starts with *prefix*."""
+
+    def put(key, value):
+        """Set *key* to a JSON-able *value*."""
+
+
+class IFileStore(IStore):
+    """What file transfers keep: their records (JSON dicts with ``tid``, ``direction``, ``peer``, ``status``,
+    ``fingerprint``) and the hash cache of offered files."""
+
+    def put_transfer(record, now_ms):
+        """Insert or replace a transfer record."""
+
+    def get_transfer(tid):
+        """The record of transfer *tid*, or None."""
+
+    def transfers(limit=100, statuses=None):
+        """The most recently updated records, newest first (only those in *statuses*, if given)."""
+
+    def find_transfer(peer, direction, fingerprint, statuses):
+        """The newest record of this offer in one of *statuses*, or None."""
+
+    def cached_hash(path, st):
+        """``(root, digests)`` of *path* if it still matches the ``os.stat_result`` *st*, else None."""
+
+    def put_hash(path, st, root, digests):
+        """Remember *root* and *digests* for *path* as *st* describes it."""
