@@ -26,7 +26,7 @@ from p2pd.peer.nat.stun_client import StunClient
 from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
-from p2pd.peer.storage import Storage
+from p2pd.peer.storage import Storage, db_path
 from p2pd.peer.threads import ReactorThreads
 from p2pd.peer.transfers import DemuxFactory, Transfers
 
@@ -120,7 +120,7 @@ class PeerService(service.MultiService):
         """Open what the daemon keeps on disk and build its parts and listeners (children of this service)."""
         options, reactor = self.options, self.reactor
         self.identity = identity_mod.load_or_create(self.data_dir, self.name)
-        self.storage = Storage(os.path.join(self.data_dir, "p2pd.sqlite3"), name=self.name)
+        self.storage = Storage(db_path(self.data_dir), name=self.name)
         pool = HTTPConnectionPool(reactor)
         pool.maxPersistentPerHost = 16  # room posts each ask the registry for the member list
         self.registry = RegistryClient(options["registry"], reactor, _TreqWithPool(pool), self.identity.signing,
