@@ -34,7 +34,8 @@ log = Logger()
 
 
 def local_address_towards(host):
-    """The local IP the kernel would use to reach *host* (no packet is sent)."""
+    """The local IP the kernel would use to reach *host* (no packet is sent; a host name is looked up, so call
+    it from a thread)."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as s:
@@ -110,9 +111,18 @@ class PeerService(service.MultiService):
         except OSError as e:
             raise SystemExit("p2pd: cannot use the data dir %s: %s" % (self.data_dir, e.strerror))
         start_or_exit(super().startService)
-        self.daemon.addresses = self.addresses()
         self.daemon.discover = lambda: defer.ensureDeferred(self.discover_public())
         self.daemon.start()
+        defer.ensureDeferred(self.publish()).addErrback(
+            lambda f: self.on_fatal("could not start: %s" % f.getErrorMessage()))
+
+    async def publish(self):
+        """Work out the addresses to publish (a name lookup may be involved: in a thread), then register them
+        and keep them registered, and write ``peer.json``."""
+        addresses = await self.addresses()
+        if not self.running:
+            return
+        self.daemon.addresses = addresses
         self.presence.setServiceParent(self)
         self.announce()
 
@@ -160,7 +170,9 @@ class PeerService(service.MultiService):
         self.storage.commit()
         self.storage.close()
 
-    def addresses(self):
+    async def addresses(self):
+        """Our TCP and UDP addresses as others should dial them: ``--advertise``, else the address we are bound
+        to, else (bound to every interface) the one the kernel would use towards the registry."""
         tcp = bound(self.listener)
         udp = bound(self.udp)
         host = self.options["advertise"]
@@ -168,8 +180,8 @@ class PeerService(service.MultiService):
             if tcp.host not in ("0.0.0.0", "::"):
                 host = tcp.host
             else:
-                host = local_address_towards(urlsplit(self.options["registry"]).hostname or "127.0.0.1") \
-                    or "127.0.0.1"
+                registry_host = urlsplit(self.options["registry"]).hostname or "127.0.0.1"
+                host = await self.threads.run(local_address_towards, registry_host) or "127.0.0.1"
         return {"tcp": [host_port(host, tcp.port)], "udp": [host_port(host, udp.port)], "public": None}
 
     async def discover_public(self):
