@@ -16,10 +16,21 @@ from twisted.python.failure import Failure
 
 from p2pd.core import datastream, filehash, filenames, wire
 from p2pd.errors import BadRequest
-from p2pd.peer import transfers as tmod
+from p2pd.errors import NotFound
+from p2pd.peer.files import diskwriter as dmod
+from p2pd.peer.files.errors import FileProblem, TransferError
+from p2pd.peer.files.inbox import PARTIAL_DIR
+from p2pd.peer.files.manager import Transfers
+from p2pd.peer.files.offers import check_offer, collect, fingerprint
+from p2pd.peer.files.sessions import DATA_TIMEOUT
+from p2pd.peer.files.transfer import Incoming
+from p2pd.peer.interfaces import IByteStream, IDataPaths, IFrameHandler
+from p2pd.peer.net.demux import DemuxFactory
+from p2pd.peer.net.tcp_data import DataConnection
 from p2pd.peer.storage import Storage
-from p2pd.peer.transfers import (DATA_TIMEOUT, PARTIAL_DIR, DataConnection, DemuxFactory, FileProblem,
-                                 Incoming, TransferError, Transfers, check_offer, collect, fingerprint)
+from p2pd.peer.threads import InlineThreads, ReactorThreads
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 
 # -- fakes -------------------------------------------------------------------------------------------------------
@@ -30,7 +41,6 @@ class FakeDaemon:
     def __init__(self, tmp_path):
         self.storage = Storage(str(tmp_path / "p2pd.sqlite3"), name="alice")
         self.clock = Clock()
-        self.reactor = self.clock  # no getThreadPool: Transfers runs hashing inline
         self.events = []
         self.flushes = 0
         self.dialled = []
@@ -44,6 +54,88 @@ class FakeDaemon:
     def dial(self, peer):
         self.dialled.append(peer)
         return defer.Deferred()
+
+
+@implementer(IDataPaths)
+class FakePaths:
+    """Data paths that hold every session for the test to connect (as the listening side does)."""
+
+    def __init__(self):
+        self.waiting = {}
+
+    def open(self, link, session_id, receiver):
+        self.waiting[session_id] = receiver
+        return defer.succeed(None)
+
+    def claim(self, session_id):
+        return self.waiting.pop(session_id, None)
+
+    def forget(self, session_id):
+        self.waiting.pop(session_id, None)
+
+
+@implementer(IByteStream)
+class FakeStream:
+    """An in-memory IByteStream for one session (written bytes kept, as a StringTransport would), driven like
+    a data connection: ``dataReceived`` puts bytes into the session's opener as a path does, then
+    ``stream_arrived``; ``connectionLost`` is the path going away."""
+
+    def __init__(self, session):
+        self.session = session
+        self.transport = self  # tests read .transport.value(), .disconnecting, .aborted
+        self.written = bytearray()
+        self.closed = self.disconnecting = self.aborted = False
+        self.producer = None
+        self.receiving = True
+
+    def start(self):
+        self.session.stream_started(self)
+        return self
+
+    def value(self):
+        return bytes(self.written)
+
+    def write(self, data):
+        if not self.closed:
+            self.written += data
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def pauseReceiving(self):
+        self.receiving = False
+
+    def resumeReceiving(self):
+        self.receiving = True
+
+    def close(self, abort=False):
+        self.disconnecting = True
+        self.aborted = self.aborted or abort
+
+    def dataReceived(self, data):
+        view = memoryview(data)
+        opener = self.session.opener
+        while len(view) and not self.disconnecting:  # as a path: nothing is handed up once the stream is closing
+            room = opener.space()
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            opener.filled(n)
+            view = view[n:]
+            self.session.stream_arrived()
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self.session.stream_lost(reason)
+
+
+def make_transfers(daemon, inbox, threads=None, **options):
+    manager = Transfers(daemon.name, daemon.storage, daemon.clock, threads or InlineThreads(), daemon, daemon,
+                        daemon, FakePaths(), inbox, **options)
+    manager.start()
+    return manager
 
 
 class FakeLink:
@@ -68,7 +160,7 @@ class Transport(StringTransport):
 @pytest.fixture
 def world(tmp_path):
     daemon = FakeDaemon(tmp_path)
-    manager = Transfers(daemon, str(tmp_path / "inbox"))
+    manager = make_transfers(daemon, str(tmp_path / "inbox"))
     yield daemon, manager
     for t in list(manager.live.values()):
         t.result.addErrback(lambda f: None)
@@ -112,11 +204,10 @@ def accept(manager, t):
     answer = t.link.sent[-1]
     assert answer["t"] == "accept" and answer["tid"] == t.tid
     keys = datastream.SessionKeys(base64.urlsafe_b64decode(answer["secret"] + "="))
-    session = manager.claim(keys.sid)
-    assert session is t.session and manager.claim(keys.sid) is None
-    conn = DataConnection(session, dialer=False)
-    transport = Transport()
-    conn.makeConnection(transport)
+    session = manager.paths.claim(keys.sid)
+    assert session is t.session and manager.paths.claim(keys.sid) is None
+    conn = FakeStream(session).start()
+    transport = conn.transport
     assert transport.value() == b""  # the listening side sends no preamble
     assert t.record["status"] == "active"
     return keys, conn, transport, datastream.Sealer(keys.to_receiver), answer
@@ -149,16 +240,16 @@ def replies(keys, transport):
 def inbox_files(manager):
     """Every path under the inbox except the partial folder, inbox-relative."""
     found = []
-    for dirpath, dirnames, files in os.walk(manager.inbox):
-        if dirpath == manager.inbox and PARTIAL_DIR in dirnames:
+    for dirpath, dirnames, files in os.walk(manager.inbox.path):
+        if dirpath == manager.inbox.path and PARTIAL_DIR in dirnames:
             dirnames.remove(PARTIAL_DIR)
-        rel = os.path.relpath(dirpath, manager.inbox)
+        rel = os.path.relpath(dirpath, manager.inbox.path)
         found.extend(os.path.normpath(os.path.join(rel, f)) for f in files)
     return sorted(found)
 
 
 def partials(manager):
-    path = os.path.join(manager.inbox, PARTIAL_DIR)
+    path = os.path.join(manager.inbox.path, PARTIAL_DIR)
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
@@ -369,7 +460,7 @@ def test_a_correct_stream_lands_every_file_and_answers_complete(world):
     deliver(conn, stream)
     assert inbox_files(manager) == ["notes.txt", "pics/a.bin", "pics/empty"]
     for path, data in files:
-        with open(os.path.join(manager.inbox, path), "rb") as f:
+        with open(os.path.join(manager.inbox.path, path), "rb") as f:
             assert f.read() == data
     assert partials(manager) == []
     saved = ["pics/a.bin", "pics/empty", "notes.txt"]
@@ -378,29 +469,29 @@ def test_a_correct_stream_lands_every_file_and_answers_complete(world):
     assert len(outcome) == 1 and outcome[0]["saved"] == saved and outcome[0]["done"] == len(A) + len(B)
     assert t.record["status"] == "done" and t.have == [len(A), 0, len(B)]
     assert daemon.storage.get_transfer(t.tid)["status"] == "done"
-    assert manager.live == {} and manager.sessions == {}
+    assert manager.live == {} and manager.paths.waiting == {}
     assert_quiet(daemon.clock)
 
 
 def test_files_land_beside_existing_names_without_replacing_them(world):
     daemon, manager = world
-    os.makedirs(os.path.join(manager.inbox, "pics"))
-    with open(os.path.join(manager.inbox, "notes.txt"), "wb") as f:
+    os.makedirs(os.path.join(manager.inbox.path, "pics"))
+    with open(os.path.join(manager.inbox.path, "notes.txt"), "wb") as f:
         f.write(b"mine")
     t, outcome, _ = offer(manager, [("pics/a.bin", A), ("notes.txt", B)])
     keys, conn, transport, sealer, _ = accept(manager, t)
     assert t.record["tops"] == {"pics": "pics (1)", "notes.txt": "notes (1).txt"}
     deliver(conn, file_records(sealer, 0, A) + file_records(sealer, 1, B) + sealer.finish())
     assert replies(keys, transport) == [{"t": "complete", "saved": ["pics (1)/a.bin", "notes (1).txt"]}]
-    with open(os.path.join(manager.inbox, "notes.txt"), "rb") as f:
+    with open(os.path.join(manager.inbox.path, "notes.txt"), "rb") as f:
         assert f.read() == b"mine"
-    assert os.listdir(os.path.join(manager.inbox, "pics")) == []
+    assert os.listdir(os.path.join(manager.inbox.path, "pics")) == []
 
 
 def assert_quiet(clock):
     """Nothing is left scheduled but the limit on a graceful close of the data connection (cancelled when the
     connection is gone; these tests' transport never says it is)."""
-    assert [call.func.__name__ for call in clock.getDelayedCalls()] in ([], ["_close_timed_out"])
+    assert [call.func.__self__.action.__name__ for call in clock.getDelayedCalls()] in ([], ["_close_timed_out"])
 
 
 def test_a_graceful_close_that_never_completes_is_aborted(world):
@@ -602,10 +693,10 @@ def test_no_data_connection_in_time_interrupts(world):
     daemon, manager = world
     t, outcome, _ = offer(manager, [("a.bin", A)])
     manager.accept(t.tid)
-    assert len(manager.sessions) == 1
+    assert len(manager.paths.waiting) == 1
     daemon.clock.advance(DATA_TIMEOUT)
     failed_with(outcome, "interrupted")
-    assert manager.sessions == {} and manager.live == {}
+    assert manager.paths.waiting == {} and manager.live == {}
 
 
 def test_an_interrupted_transfer_resumes_from_the_verified_length(world, small_chunks):
@@ -624,7 +715,7 @@ def test_an_interrupted_transfer_resumes_from_the_verified_length(world, small_c
     conn.dataReceived(b"".join(records))
     assert replies(keys, transport) == [{"t": "complete", "saved": ["dir/f.bin"]}]
     assert outcome[0]["resumed_from"] == 256
-    with open(os.path.join(manager.inbox, "dir", "f.bin"), "rb") as f:
+    with open(os.path.join(manager.inbox.path, "dir", "f.bin"), "rb") as f:
         assert f.read() == A
     assert partials(manager) == []
     assert daemon.storage.get_transfer(t.tid)["status"] == "replaced"
@@ -650,9 +741,8 @@ def offer_again(manager, data, tid):
     outcome = []  # after accept, which swallows failures of offers nobody waits on: a failure shows as None
     t.result.addCallback(outcome.append)
     keys = datastream.SessionKeys(base64.urlsafe_b64decode(answer["secret"] + "="))
-    conn = DataConnection(manager.claim(keys.sid), dialer=False)
-    transport = Transport()
-    conn.makeConnection(transport)
+    conn = FakeStream(manager.paths.claim(keys.sid)).start()
+    transport = conn.transport
     return t, outcome, keys, conn, transport, datastream.Sealer(keys.to_receiver), answer
 
 
@@ -682,13 +772,13 @@ def test_open_part_creates_a_private_preallocated_file(world):
         assert st.st_size == len(A) and stat.S_IMODE(st.st_mode) == 0o600
     finally:
         os.close(fd)
-    part_dir = os.path.join(manager.inbox, PARTIAL_DIR)
+    part_dir = os.path.join(manager.inbox.path, PARTIAL_DIR)
     assert stat.S_IMODE(os.stat(part_dir).st_mode) == 0o700
     assert os.listdir(part_dir) == [t.part_name(0)] and t.part_name(0).endswith(".0.part")
 
 
 def write_part(manager, t, data, index=0):
-    part_dir = os.path.join(manager.inbox, PARTIAL_DIR)
+    part_dir = os.path.join(manager.inbox.path, PARTIAL_DIR)
     os.makedirs(part_dir, exist_ok=True)
     with open(os.path.join(part_dir, t.part_name(index)), "wb") as f:
         f.write(data)
@@ -746,7 +836,7 @@ def test_a_symlinked_partial_folder_is_refused(world, tmp_path):
     daemon, manager = world
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, os.path.join(manager.inbox, PARTIAL_DIR))
+    os.symlink(elsewhere, os.path.join(manager.inbox.path, PARTIAL_DIR))
     t, _, _ = offer(manager, [("a.bin", A)])
     with pytest.raises(TransferError) as info:
         t.open_part(0)
@@ -758,14 +848,14 @@ def test_a_stream_into_a_symlinked_partial_folder_writes_nothing_through_it(worl
     daemon, manager = world
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, os.path.join(manager.inbox, PARTIAL_DIR))
+    os.symlink(elsewhere, os.path.join(manager.inbox.path, PARTIAL_DIR))
     t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
     try:
         deliver(conn, file_records(sealer, 0, A) + sealer.finish())
     except TransferError:
         pass  # see the next test
     assert os.listdir(elsewhere) == [] and inbox_files(manager) == []
-    assert os.path.islink(os.path.join(manager.inbox, PARTIAL_DIR))
+    assert os.path.islink(os.path.join(manager.inbox.path, PARTIAL_DIR))
 
 
 def test_a_stream_into_a_symlinked_partial_folder_fails_the_transfer(world, tmp_path):
@@ -774,7 +864,7 @@ def test_a_stream_into_a_symlinked_partial_folder_fails_the_transfer(world, tmp_
     daemon, manager = world
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, os.path.join(manager.inbox, PARTIAL_DIR))
+    os.symlink(elsewhere, os.path.join(manager.inbox.path, PARTIAL_DIR))
     t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
     conn.dataReceived(file_records(sealer, 0, A) + sealer.finish())
     failed_with(outcome, "write_failed")
@@ -789,7 +879,7 @@ def test_a_symlink_at_the_part_name_is_not_followed(world, tmp_path, target):
     outside = tmp_path / "outside"
     if target == "file":
         outside.write_bytes(b"precious")
-    part_dir = os.path.join(manager.inbox, PARTIAL_DIR)
+    part_dir = os.path.join(manager.inbox.path, PARTIAL_DIR)
     os.makedirs(part_dir)
     os.symlink(outside, os.path.join(part_dir, t.part_name(0)))
     with pytest.raises(OSError):
@@ -805,7 +895,7 @@ def test_a_symlink_at_the_part_name_fails_the_transfer_cleanly(world, tmp_path):
     write_failed and tells the sender; it does not raise out of dataReceived, and nothing is written outside."""
     daemon, manager = world
     t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
-    part_dir = os.path.join(manager.inbox, PARTIAL_DIR)
+    part_dir = os.path.join(manager.inbox.path, PARTIAL_DIR)
     os.makedirs(part_dir)
     os.symlink(tmp_path / "outside", os.path.join(part_dir, t.part_name(0)))
     try:
@@ -830,7 +920,7 @@ def test_discard_part_removes_the_part_and_forgets_the_length(world):
 # -- landing ----------------------------------------------------------------------------------------------------
 
 def make_part(manager, data=b"new", name="k.0.part"):
-    part_dir = os.path.join(manager.inbox, PARTIAL_DIR)
+    part_dir = os.path.join(manager.inbox.path, PARTIAL_DIR)
     os.makedirs(part_dir, exist_ok=True)
     with open(os.path.join(part_dir, name), "wb") as f:
         f.write(data)
@@ -845,19 +935,19 @@ def read(path):
 def test_land_never_replaces_an_existing_file(world):
     daemon, manager = world
     for name in ("x.txt", "x (1).txt"):
-        with open(os.path.join(manager.inbox, name), "wb") as f:
+        with open(os.path.join(manager.inbox.path, name), "wb") as f:
             f.write(name.encode())
-    assert manager.land(make_part(manager), "x.txt", {}) == "x (2).txt"
-    assert read(os.path.join(manager.inbox, "x (2).txt")) == b"new"
-    assert read(os.path.join(manager.inbox, "x.txt")) == b"x.txt"
-    assert read(os.path.join(manager.inbox, "x (1).txt")) == b"x (1).txt"
+    assert manager.inbox.land(make_part(manager), "x.txt", {}) == "x (2).txt"
+    assert read(os.path.join(manager.inbox.path, "x (2).txt")) == b"new"
+    assert read(os.path.join(manager.inbox.path, "x.txt")) == b"x.txt"
+    assert read(os.path.join(manager.inbox.path, "x (1).txt")) == b"x (1).txt"
     assert partials(manager) == []
 
 
 def test_land_uses_the_chosen_top_and_creates_folders(world):
     daemon, manager = world
-    assert manager.land(make_part(manager), "pics/2024/a.jpg", {"pics": "pics (3)"}) == "pics (3)/2024/a.jpg"
-    assert read(os.path.join(manager.inbox, "pics (3)", "2024", "a.jpg")) == b"new"
+    assert manager.inbox.land(make_part(manager), "pics/2024/a.jpg", {"pics": "pics (3)"}) == "pics (3)/2024/a.jpg"
+    assert read(os.path.join(manager.inbox.path, "pics (3)", "2024", "a.jpg")) == b"new"
 
 
 @pytest.mark.parametrize("dangling", [False, True])
@@ -866,10 +956,10 @@ def test_land_does_not_follow_a_symlink_at_the_target_name(world, tmp_path, dang
     outside = tmp_path / "outside.txt"
     if not dangling:
         outside.write_bytes(b"precious")
-    os.symlink(outside, os.path.join(manager.inbox, "x.txt"))
-    assert manager.land(make_part(manager), "x.txt", {}) == "x (1).txt"
-    assert read(os.path.join(manager.inbox, "x (1).txt")) == b"new"
-    assert os.path.islink(os.path.join(manager.inbox, "x.txt"))
+    os.symlink(outside, os.path.join(manager.inbox.path, "x.txt"))
+    assert manager.inbox.land(make_part(manager), "x.txt", {}) == "x (1).txt"
+    assert read(os.path.join(manager.inbox.path, "x (1).txt")) == b"new"
+    assert os.path.islink(os.path.join(manager.inbox.path, "x.txt"))
     if dangling:
         assert not outside.exists()
     else:
@@ -881,11 +971,11 @@ def test_land_does_not_write_through_a_symlinked_folder(world, tmp_path, landing
     daemon, manager = world
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.makedirs(os.path.join(manager.inbox, os.path.dirname(link_at)), exist_ok=True)
-    os.symlink(elsewhere, os.path.join(manager.inbox, link_at))
+    os.makedirs(os.path.join(manager.inbox.path, os.path.dirname(link_at)), exist_ok=True)
+    os.symlink(elsewhere, os.path.join(manager.inbox.path, link_at))
     part = make_part(manager)
     with pytest.raises(TransferError) as info:
-        manager.land(part, landing, {"top": "top"})
+        manager.inbox.land(part, landing, {"top": "top"})
     assert info.value.code == "write_failed"
     assert os.listdir(elsewhere) == []
     assert partials(manager) == [part]  # kept: nothing was lost
@@ -895,9 +985,9 @@ def test_choose_tops_avoids_a_symlinked_folder_in_the_inbox(world, tmp_path):
     daemon, manager = world
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, os.path.join(manager.inbox, "top"))
+    os.symlink(elsewhere, os.path.join(manager.inbox.path, "top"))
     t, _, _ = offer(manager, [("top/a.txt", b"abc")])
-    assert manager.choose_tops(t) == {"top": "top (1)"}
+    assert manager.intake.choose_tops(t) == {"top": "top (1)"}
     keys, conn, transport, sealer, _ = accept(manager, t)
     deliver(conn, file_records(sealer, 0, b"abc") + sealer.finish())
     assert replies(keys, transport) == [{"t": "complete", "saved": ["top (1)/a.txt"]}]
@@ -906,15 +996,15 @@ def test_choose_tops_avoids_a_symlinked_folder_in_the_inbox(world, tmp_path):
 
 def test_choose_tops_avoids_inbox_names_and_other_live_transfers(world):
     daemon, manager = world
-    os.mkdir(os.path.join(manager.inbox, "d"))
-    os.symlink("nowhere", os.path.join(manager.inbox, "d (1)"))
+    os.mkdir(os.path.join(manager.inbox.path, "d"))
+    os.symlink("nowhere", os.path.join(manager.inbox.path, "d (1)"))
     first, _, _ = offer(manager, [("e.txt", b"1"), ("f", b"2")])
     first.record["tops"] = {"e.txt": "e.txt", "f": "D (2)"}
     gone, _, _ = offer(manager, [("g", b"3")])
     gone.record["tops"] = {"g": "g"}
     manager.live.pop(gone.tid)  # finished: its names are free again (nothing landed)
     t, _, _ = offer(manager, [("d/a", b"a"), ("d/b", b"b"), ("e.txt", b"e"), ("g", b"g"), ("h", b"h")])
-    assert manager.choose_tops(t) == {"d": "d (3)", "e.txt": "e (1).txt", "g": "g", "h": "h"}
+    assert manager.intake.choose_tops(t) == {"d": "d (3)", "e.txt": "e (1).txt", "g": "g", "h": "h"}
 
 
 def test_two_live_offers_with_the_same_top_land_apart(world):
@@ -926,8 +1016,8 @@ def test_two_live_offers_with_the_same_top_land_apart(world):
     assert one.record["tops"] == {"pics": "pics"} and two.record["tops"] == {"pics": "pics (1)"}
     deliver(conn2, file_records(sealer2, 0, b"2") + sealer2.finish())
     deliver(conn1, file_records(sealer1, 0, b"1") + sealer1.finish())
-    assert read(os.path.join(manager.inbox, "pics", "a.jpg")) == b"1"
-    assert read(os.path.join(manager.inbox, "pics (1)", "a.jpg")) == b"2"
+    assert read(os.path.join(manager.inbox.path, "pics", "a.jpg")) == b"1"
+    assert read(os.path.join(manager.inbox.path, "pics (1)", "a.jpg")) == b"2"
 
 
 # -- share paths -------------------------------------------------------------------------------------------------
@@ -940,179 +1030,28 @@ def test_share_path_stays_inside_the_share_and_follows_no_link(world, tmp_path):
     (tmp_path / "secret.txt").write_bytes(b"s")
     os.symlink(tmp_path / "secret.txt", share / "link.txt")
     os.symlink(tmp_path, share / "up")
-    manager.share = str(share)
+    manager.share.path = str(share)
     for path in ("", "docs", "docs/a.txt"):
-        os.close(manager._share_path(path))
+        os.close(manager.share.open(path))
     for path in ("link.txt", "up/secret.txt", "up", "../secret.txt", "/etc/passwd", "docs/../../secret.txt",
                  "missing", ".hidden"):
-        with pytest.raises(tmod.NotFound):
-            manager._share_path(path)
-    manager.share = None
+        with pytest.raises(NotFound):
+            manager.share.open(path)
+    manager.share.path = None
     with pytest.raises(TransferError) as info:
-        manager._share_path("docs")
+        manager.share.open("docs")
     assert info.value.code == "no_share"
 
 
-# -- Demux ---------------------------------------------------------------------------------------------------------
-
-class Recorder(protocol.Protocol):
-    def __init__(self):
-        self.data = []
-        self.lost = []
-
-    def dataReceived(self, data):
-        self.data.append(data)
-
-    def connectionLost(self, reason=None):
-        self.lost.append(reason)
-
-
-class FakeTLSFactory:
-    def __init__(self):
-        self.built = []
-
-    def buildProtocol(self, addr):
-        p = Recorder()
-        self.built.append((addr, p))
-        return p
-
-
-class FakeSession:
-    def __init__(self, sid):
-        self.keys = datastream.SessionKeys(b"\x05" * 32)
-        self.sid = sid
-        self.conns, self.data, self.lost_reasons = [], [], []
-
-    def attach(self, conn):
-        self.conns.append(conn)
-
-    def write(self, data):
-        self.conns[-1].transport.write(data)
-
-    def received(self, data):
-        self.data.append(data)
-
-    def lost(self, reason):
-        self.lost_reasons.append(reason)
-
-
-class FakeTransfers:
-    def __init__(self, sessions):
-        self.sessions = dict(sessions)
-        self.claimed = []
-
-    def claim(self, sid):
-        self.claimed.append(sid)
-        return self.sessions.pop(sid, None)
-
-
-SID = b"S" * 16
-
-
-def demux(sessions=()):
-    clock = Clock()
-    tls = FakeTLSFactory()
-    known = {sid: FakeSession(sid) for sid in sessions}
-    factory = DemuxFactory(tls, FakeTransfers(known), clock)
-    proto = factory.buildProtocol("addr")
-    transport = Transport()
-    proto.makeConnection(transport)
-    return proto, transport, clock, tls, factory.transfers, known
-
-
-def test_demux_hands_tls_to_the_tls_factory():
-    proto, transport, clock, tls, transfers, _ = demux()
-    proto.dataReceived(b"\x16\x03\x01rest of a client hello")
-    assert len(tls.built) == 1 and tls.built[0][0] == "addr"
-    inner = tls.built[0][1]
-    assert inner.transport is transport and inner.data == [b"\x16\x03\x01rest of a client hello"]
-    proto.dataReceived(b"more")
-    assert inner.data[-1] == b"more"
-    assert clock.getDelayedCalls() == [] and not transport.aborted and transfers.claimed == []
-    proto.connectionLost(Failure(Exception("bye")))
-    assert len(inner.lost) == 1
-
-
-@pytest.mark.parametrize("cuts", [[], [1], [8], [23], [24], [3, 10, 24, 25]])
-def test_demux_hands_a_known_session_its_data_connection(cuts):
-    proto, transport, clock, tls, transfers, known = demux([SID])
-    session = known[SID]
-    stream = datastream.MAGIC + SID + b"first records"
-    bounds = [0] + cuts + [len(stream)]
-    for a, b in zip(bounds, bounds[1:]):
-        proto.dataReceived(stream[a:b])
-    assert transfers.claimed == [SID] and tls.built == []
-    assert len(session.conns) == 1
-    conn = session.conns[0]
-    assert isinstance(conn, DataConnection) and conn.transport is transport and not conn.dialer
-    assert b"".join(session.data) == b"first records"
-    assert transport.value() == b""  # the listening side writes no preamble
-    assert not transport.aborted and clock.getDelayedCalls() == []
-    proto.dataReceived(b"later")
-    assert session.data[-1] == b"later"
-    proto.connectionLost(Failure(Exception("bye")))
-    assert conn.closed and len(session.lost_reasons) == 1
-
-
-@pytest.mark.parametrize("data", [
-    datastream.MAGIC + b"U" * 16,  # unknown session
-    datastream.MAGIC + b"U" * 16 + b"records",
-    b"GET / HTTP/1.1\r\n\r\n",
-    b"P2PDDAT2" + SID,  # another version
-    b"P2PX",  # a prefix of MAGIC gone wrong
-    b"\x00",
-    b"\x17\x03\x03",
-])
-def test_demux_aborts_anything_else(data):
-    proto, transport, clock, tls, transfers, known = demux([SID])
-    proto.dataReceived(data)
-    assert transport.aborted
-    assert tls.built == [] and known[SID].conns == []
-    assert clock.getDelayedCalls() == []
-
-
-def test_demux_waits_for_a_whole_preamble():
-    proto, transport, clock, tls, transfers, known = demux([SID])
-    proto.dataReceived(datastream.MAGIC[:5])
-    proto.dataReceived(datastream.MAGIC[5:] + SID[:15])
-    assert not transport.aborted and transfers.claimed == [] and known[SID].conns == []
-
-
-@pytest.mark.parametrize("sent", [b"", datastream.MAGIC[:4], datastream.MAGIC + SID[:15]])
-def test_demux_drops_a_silent_connection(sent):
-    proto, transport, clock, tls, transfers, known = demux([SID])
-    if sent:
-        proto.dataReceived(sent)
-    clock.advance(DATA_TIMEOUT - 0.1)
-    assert not transport.aborted
-    clock.advance(0.1)
-    assert transport.aborted and tls.built == [] and known[SID].conns == []
-
-
-def test_demux_cancels_its_timer_when_the_connection_closes_early():
-    proto, transport, clock, tls, transfers, known = demux()
-    proto.connectionLost(Failure(Exception("gone")))
-    assert clock.getDelayedCalls() == []
-
-
-def test_a_dialling_data_connection_writes_the_preamble_first():
-    session = FakeSession(SID)
-    conn = DataConnection(session, dialer=True)
-    transport = Transport()
-    conn.makeConnection(transport)
-    assert transport.value() == session.keys.preamble and session.conns == [conn]
-
-
-def test_claim_hands_out_a_waiting_session_once(world):
+def test_an_accepted_session_waits_on_the_data_paths_once(world):
     daemon, manager = world
     t, outcome, _ = offer(manager, [("a.bin", A)])
     manager.accept(t.tid)
-    (sid, session), = manager.sessions.items()
-    assert manager.claim(b"x" * 16) is None
-    assert manager.claim(sid) is session and manager.claim(sid) is None
-    assert session.timer is None  # the claim disarms the wait for the connection
+    (sid, session), = manager.paths.waiting.items()
+    assert manager.paths.claim(b"x" * 16) is None
+    assert manager.paths.claim(sid) is session and manager.paths.claim(sid) is None
+    assert session.timer.active  # the session's own timer bounds the wait (and starts again with the stream)
     assert isinstance(t, Incoming)
-
 
 
 # -- stopping a receive session --------------------------------------------------------------------------------------
@@ -1132,7 +1071,7 @@ def fds_open_to(path):
 def half_received(manager):
     t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
     conn.dataReceived(file_records(sealer, 0, A[:300], digests=digests_of(A), end=False))
-    part = os.path.join(manager.inbox, PARTIAL_DIR, t.part_name(0))
+    part = os.path.join(manager.inbox.path, PARTIAL_DIR, t.part_name(0))
     assert len(fds_open_to(part)) == 1
     return t, outcome, conn, part
 
@@ -1213,8 +1152,8 @@ class ThreadedClock(Clock):
 @pytest.fixture
 def threaded(tmp_path):
     daemon = FakeDaemon(tmp_path)
-    daemon.clock = daemon.reactor = ThreadedClock()
-    manager = Transfers(daemon, str(tmp_path / "inbox"))
+    daemon.clock = ThreadedClock()
+    manager = make_transfers(daemon, str(tmp_path / "inbox"), threads=ReactorThreads(daemon.clock))
     yield daemon, manager
     daemon.storage.close()
 
@@ -1223,18 +1162,18 @@ def test_the_threaded_writer_lands_files_and_applies_back_pressure(threaded, sma
     """With a reactor that has threads, the writer thread writes and verifies; past HIGH queued bytes the
     transport is paused, and resumed once the writer is below LOW. The files land as with the inline writer."""
     daemon, manager = threaded
-    monkeypatch.setattr(tmod.DiskWriter, "HIGH", 200)
-    monkeypatch.setattr(tmod.DiskWriter, "LOW", 100)
+    monkeypatch.setattr(dmod.DiskWriter, "HIGH", 200)
+    monkeypatch.setattr(dmod.DiskWriter, "LOW", 100)
     data = os.urandom(5000)
     t, outcome, _ = offer(manager, [("big.bin", data), ("b.bin", B)])
     keys, conn, transport, sealer, _ = accept(manager, t)
     states = []
-    real_pause, real_resume = transport.pauseProducing, transport.resumeProducing
-    monkeypatch.setattr(transport, "pauseProducing", lambda: (states.append("pause"), real_pause()))
-    monkeypatch.setattr(transport, "resumeProducing", lambda: (states.append("resume"), real_resume()))
+    real_pause, real_resume = transport.pauseReceiving, transport.resumeReceiving
+    monkeypatch.setattr(transport, "pauseReceiving", lambda: (states.append("pause"), real_pause()))
+    monkeypatch.setattr(transport, "resumeReceiving", lambda: (states.append("resume"), real_resume()))
     gate = threading.Event()  # holds the writer until everything is queued: the pause is then certain
-    real_data = tmod.DiskWriter._data
-    monkeypatch.setattr(tmod.DiskWriter, "_data", lambda self, chunk: (gate.wait(10), real_data(self, chunk)))
+    real_data = dmod.DiskWriter._data
+    monkeypatch.setattr(dmod.DiskWriter, "_data", lambda self, chunk: (gate.wait(10), real_data(self, chunk)))
     conn.dataReceived(file_records(sealer, 0, data, pieces=list(range(100, 5000, 100)))
                       + file_records(sealer, 1, B) + sealer.finish())
     assert states == ["pause"] and outcome == []
@@ -1242,8 +1181,8 @@ def test_the_threaded_writer_lands_files_and_applies_back_pressure(threaded, sma
     daemon.clock.pump(lambda: outcome)
     assert not isinstance(outcome[0], Failure), outcome[0]
     assert outcome[0]["saved"] == ["big.bin", "b.bin"]
-    assert read(os.path.join(manager.inbox, "big.bin")) == data
-    assert read(os.path.join(manager.inbox, "b.bin")) == B
+    assert read(os.path.join(manager.inbox.path, "big.bin")) == data
+    assert read(os.path.join(manager.inbox.path, "b.bin")) == B
     assert replies(keys, transport) == [{"t": "complete", "saved": ["big.bin", "b.bin"]}]
     assert states == ["pause", "resume"]
     session = t.session
@@ -1264,124 +1203,3 @@ def test_the_threaded_writer_reports_a_bad_chunk(threaded, small_chunks):
     assert partials(manager) == [] and inbox_files(manager) == []
     t.session.writer.thread.join(5)
     assert not t.session.writer.thread.is_alive()
-
-
-# -- the sender's consumer ------------------------------------------------------------------------------------------
-
-class SocketTransport:
-    """What a DirectConsumer uses of Twisted's TCP transport, over a real (non-blocking) socket."""
-
-    def __init__(self, sock):
-        self.socket = sock
-        self.disconnected = self.disconnecting = False
-        self.writing = False
-        self.own_writes = 0
-
-    def startWriting(self):
-        self.writing = True
-
-    def stopWriting(self):
-        self.writing = False
-
-    def doWrite(self):  # Twisted's own, whose buffer is empty: it stops writing
-        self.own_writes += 1
-        self.stopWriting()
-
-
-class Producer:
-    def __init__(self):
-        self.calls = []
-
-    def pauseProducing(self):
-        self.calls.append("pause")
-
-    def resumeProducing(self):
-        self.calls.append("resume")
-
-
-@pytest.fixture
-def direct():
-    """A DirectConsumer on one end of a socket pair with a small send buffer; yields ``(consumer, transport,
-    producer, peer)``."""
-    import socket
-
-    ours, peer = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    ours.setblocking(False)
-    transport = SocketTransport(ours)
-    consumer = tmod.DirectConsumer.over(transport)
-    producer = Producer()
-    consumer.registerProducer(producer, True)
-    yield consumer, transport, producer, peer
-    ours.close()
-    peer.close()
-
-
-def drain(consumer, transport, peer):
-    """Reads from *peer* and calls the transport's doWrite (as the reactor would) until nothing waits."""
-    got = bytearray()
-    peer.settimeout(5)
-    while consumer.unsent:
-        got += peer.recv(1 << 20)
-        assert transport.doWrite() is None
-    peer.setblocking(False)
-    try:
-        while True:
-            chunk = peer.recv(1 << 20)
-            if not chunk:
-                break
-            got += chunk
-    except BlockingIOError:
-        pass
-    return bytes(got)
-
-
-def test_a_write_the_socket_takes_goes_out_at_once(direct):
-    consumer, transport, producer, peer = direct
-    consumer.write(memoryview(bytearray(b"record")))
-    assert peer.recv(100) == b"record"
-    assert producer.calls == [] and not consumer.unsent and not transport.writing
-
-
-def test_what_the_socket_does_not_take_waits_with_the_producer_paused(direct):
-    """A record bigger than the socket buffer: the producer is paused while part of it waits (as a view of its
-    buffer), and resumed once doWrite has sent the rest; the bytes arrive whole and in order, and Twisted's own
-    doWrite runs at the end (it stops writing)."""
-    consumer, transport, producer, peer = direct
-    record = bytearray(os.urandom(1 << 20))
-    consumer.write(memoryview(record))
-    assert producer.calls == ["pause"] and consumer.unsent and transport.writing
-    consumer.write(b"next")  # queued behind, never sent ahead of the record
-    assert drain(consumer, transport, peer) == bytes(record) + b"next"
-    assert producer.calls == ["pause", "resume"]
-    assert transport.own_writes == 1 and not transport.writing
-
-
-def test_a_broken_connection_is_reported_by_dowrite(direct):
-    consumer, transport, producer, peer = direct
-    consumer.write(memoryview(bytearray(1 << 20)))
-    peer.close()
-    assert transport.doWrite() is tmod.main.CONNECTION_LOST
-
-
-def test_writes_after_the_connection_is_closing_are_dropped_and_discard_forgets(direct):
-    consumer, transport, producer, peer = direct
-    consumer.write(memoryview(bytearray(1 << 20)))
-    consumer.discard()
-    assert not consumer.unsent
-    transport.disconnecting = True
-    consumer.write(b"late")
-    assert not consumer.unsent
-    assert transport.doWrite() is None and producer.calls == ["pause"]  # not resumed while closing
-
-
-def test_a_transport_without_a_socket_gets_copies_and_pauses_the_producer_itself():
-    transport = StringTransport()
-    consumer = tmod.DirectConsumer.over(transport)
-    producer = Producer()
-    consumer.registerProducer(producer, True)
-    assert transport.producer is producer
-    buf = bytearray(b"abc")
-    consumer.write(memoryview(buf))
-    buf[:] = b"xyz"  # the buffer is the producer's again at once
-    assert transport.value() == b"abc"

@@ -24,7 +24,10 @@ from p2pd.peer.link import PeerLink
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
-from p2pd.peer.transfers import DemuxFactory, Transfers
+from p2pd.peer.files.manager import Transfers
+from p2pd.peer.net.demux import DemuxFactory
+from p2pd.peer.net.tcp_paths import TCPDataPaths
+from p2pd.peer.threads import ReactorThreads
 from p2pd.registry import stun
 from p2pd.listening import ListeningService, UDPService, describe_port
 
@@ -106,13 +109,15 @@ class PeerService(service.MultiService):
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
                                  TLSAdapter(self.identity, reactor), self.data_dir)
-        self.daemon.transfers = Transfers(self.daemon, options["inbox"], share=options["share"],
-                                          policy=options["accept"], accept_from=options["accept-from"],
-                                          accept_max=options["accept-max"])
+        self.data_paths = TCPDataPaths(reactor)
+        self.daemon.transfers = Transfers(self.name, self.storage, reactor, ReactorThreads(reactor), self.daemon,
+                                          self.daemon, self.daemon, self.data_paths, options["inbox"],
+                                          share=options["share"], policy=options["accept"],
+                                          accept_from=options["accept-from"], accept_max=options["accept-max"])
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
-        self.listener = ListeningService(reactor, options["listen"], DemuxFactory(tls, self.daemon.transfers, reactor))
+        self.listener = ListeningService(reactor, options["listen"], DemuxFactory(tls, self.data_paths, reactor))
         self.listener.setServiceParent(self)
         self.udp = UDPService(reactor, options["udp"], UDPPort(), options["udp-interface"])
         self.udp.setServiceParent(self)
@@ -126,6 +131,7 @@ class PeerService(service.MultiService):
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
+        self.daemon.transfers.start()
         super().startService()
         self.daemon.addresses = self.addresses()
         self.daemon.discover = self.discover_public
