@@ -24,7 +24,8 @@ from p2pd.peer.files.manager import Transfers
 from p2pd.peer.files.offers import check_offer, collect, fingerprint
 from p2pd.peer.files.sessions import DATA_TIMEOUT
 from p2pd.peer.files.transfer import Incoming
-from p2pd.peer.interfaces import IByteStream, IDataPaths, IFrameHandler
+from p2pd.peer.files.states import BadTransition
+from p2pd.peer.interfaces import IByteStream, IDataPaths, IFrameHandler, IStreamReceiver
 from p2pd.peer.net.demux import DemuxFactory
 from p2pd.peer.net.tcp_data import DataConnection
 from p2pd.peer.storage import Storage
@@ -1203,3 +1204,71 @@ def test_the_threaded_writer_reports_a_bad_chunk(threaded, small_chunks):
     assert partials(manager) == [] and inbox_files(manager) == []
     t.session.writer.thread.join(5)
     assert not t.session.writer.thread.is_alive()
+
+
+# -- the seams -----------------------------------------------------------------------------------------------------
+
+def test_transfers_is_a_frame_handler_and_its_sessions_are_stream_receivers(world):
+    daemon, manager = world
+    assert verifyObject(IFrameHandler, manager)
+    assert manager.kinds == {"offer", "accept", "reject", "cancel", "ls", "listing", "get"}
+    t, outcome, _ = offer(manager, [("a.bin", A)])
+    keys, conn, transport, sealer, _ = accept(manager, t)
+    assert verifyObject(IStreamReceiver, t.session) and verifyObject(IByteStream, conn)
+
+
+def test_building_transfers_touches_no_file_and_start_makes_the_inbox(tmp_path):
+    daemon = FakeDaemon(tmp_path)
+    daemon.storage.put_transfer({"tid": "t1", "direction": "in", "peer": "bob", "status": "active",
+                                 "fingerprint": "f", "items": [], "total": 0, "created": 1}, 1)
+    manager = Transfers(daemon.name, daemon.storage, daemon.clock, InlineThreads(), daemon, daemon, daemon,
+                        FakePaths(), str(tmp_path / "inbox"))
+    assert not os.path.exists(tmp_path / "inbox")
+    assert daemon.storage.get_transfer("t1")["status"] == "active"
+    manager.start()
+    assert os.path.isdir(tmp_path / "inbox")
+    assert daemon.storage.get_transfer("t1")["status"] == "interrupted"
+    daemon.storage.close()
+
+
+def test_an_impossible_status_change_raises(world):
+    """Every status change goes through the transfer's state machine: completing an offer nobody accepted
+    is a BadTransition a test can see, and the status stays what it was."""
+    daemon, manager = world
+    t, outcome, _ = offer(manager, [("a.bin", A)])
+    with pytest.raises(BadTransition):
+        t.move("complete")
+    assert t.record["status"] == "offered"
+
+
+def test_cancelling_the_deferred_of_a_send_cancels_the_transfer(world, tmp_path):
+    """What the control socket does when its client goes away: the Deferred of ``send`` cancels the transfer
+    (the peer is told, the outcome is 'cancelled')."""
+    daemon, manager = world
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"hello")
+    link = FakeLink(outgoing=True)
+    d = manager.send("bob", [str(path)], link=link)
+    (t,) = manager.live.values()
+    failures = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert len(failures) == 1 and failures[0].value.code == "cancelled"  # the transfer's own outcome
+    assert link.sent[-1]["t"] == "cancel" and link.sent[-1]["tid"] == t.tid
+    assert t.record["status"] == "cancelled" and manager.live == {}
+
+
+def test_cancelling_the_deferred_of_a_get_cancels_the_offered_transfer(world):
+    daemon, manager = world
+    link = FakeLink()
+    daemon.dial = lambda peer: defer.succeed(link)
+    d = manager.get("bob", "a.bin")
+    ask = link.sent[-1]
+    assert ask["t"] == "get"
+    frame = {"t": "offer", "tid": tid_of(5), "rid": ask["rid"], "items": [item("a.bin", A)]}
+    manager.frame(link, wire.decode(wire.encode(frame)))
+    t = manager.live[tid_of(5)]
+    d.addErrback(lambda f: None)
+    d.cancel()
+    assert t.record["status"] == "interrupted" and t.record["error"]["code"] == "cancelled"
+    assert link.sent[-1]["t"] == "cancel"
