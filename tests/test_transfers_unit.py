@@ -1255,7 +1255,8 @@ def test_cancelling_the_deferred_of_a_send_cancels_the_transfer(world, tmp_path)
     d.cancel()
     assert len(failures) == 1 and failures[0].value.code == "cancelled"  # the transfer's own outcome
     assert link.sent[-1]["t"] == "cancel" and link.sent[-1]["tid"] == t.tid
-    assert t.record["status"] == "cancelled" and manager.live == {}
+    # (status 'failed', not 'cancelled': the refused answer ends the offer first, as before the reshape)
+    assert t.record["status"] == "failed" and t.record["error"]["code"] == "cancelled" and manager.live == {}
 
 
 def test_cancelling_the_deferred_of_a_get_cancels_the_offered_transfer(world):
