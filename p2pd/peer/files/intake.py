@@ -101,11 +101,12 @@ class Intake:
                                 code="bad_state")
         need = t.unallocated()
         free = self.m.inbox.free_space()
-        reserved = sum(o.unallocated() for o in self.m.live.values()
-                       if isinstance(o, Incoming) and o is not t and o.record["status"] in (states.ACCEPTED, states.ACTIVE))
+        reserved = sum(o.unallocated() for o in self.m.live.values() if isinstance(o, Incoming) and o is not t
+                       and o.record["status"] in (states.ACCEPTED, states.ACTIVE))
         if need + reserved + SPACE_MARGIN > free:
             message = ("not enough free space in the inbox: the files need %s, %s is free (%s of it promised to "
-                       "other transfers)" % (human_size(need), human_size(max(0, free - SPACE_MARGIN)), human_size(reserved)))
+                       "other transfers)" % (human_size(need), human_size(max(0, free - SPACE_MARGIN)),
+                                             human_size(reserved)))
             self._refuse(t, "no_space", message)
             return {"tid": tid, "status": "rejected", "error": message}
         if not t.record.get("accepted"):

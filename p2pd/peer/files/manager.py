@@ -1,38 +1,33 @@
 """All transfers of one daemon, :class:`Transfers`: the bookkeeping of what runs, and the facade the daemon (link
 frames, as an :class:`~p2pd.peer.interfaces.IFrameHandler`) and the control socket (commands) use.
 
-Incoming offers are handled by :class:`.intake.Intake`, ``ls``/``get`` by :class:`.pull.Pulls`; the bytes go
+Our offers are made by :class:`.push.Push`, incoming ones handled by :class:`.intake.Intake`, ``ls``/``get``
+by :class:`.pull.Pulls`; the bytes go
 through the injected :class:`~p2pd.peer.interfaces.IDataPaths`, whatever path that is."""
 
-import base64
 import mimetypes
-import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from p2pd.core import datastream, filehash, wire
+from p2pd.core import datastream, wire
 from p2pd.core.clock import now_ms
-from p2pd.core.names import canonical_name
-from p2pd.errors import BadRequest, NotFound, P2PDError
+from p2pd.errors import NotFound, P2PDError
 from p2pd.peer.files import states
-from p2pd.peer.files.engine import check_have
-from p2pd.peer.files.errors import FileProblem, TransferError, peer_code, peer_text
+from p2pd.peer.files.errors import TransferError, peer_code, peer_text
 from p2pd.peer.files.inbox import Inbox
 from p2pd.peer.files.intake import Intake
-from p2pd.peer.files.offers import collect, fingerprint, new_id, view
+from p2pd.peer.files.offers import view
 from p2pd.peer.files.pull import Pulls
-from p2pd.peer.files.sessions import SendSession
+from p2pd.peer.files.push import REFUSALS, Push
 from p2pd.peer.files.share import Share
-from p2pd.peer.files.transfer import Incoming, Outgoing
+from p2pd.peer.files.transfer import Incoming, Outgoing, cancellable
 from p2pd.peer.interfaces import IFrameHandler
 
 log = Logger()
 
 RECENT = 200  # finished transfers kept in memory for ``transfers``
-REFUSALS = ("denied", "no_space", "offer_too_large", "bad_name")
 
 
 @implementer(IFrameHandler)
@@ -62,6 +57,7 @@ class Transfers:
         self.recent = []
         self.intake = Intake(self)
         self.pulls = Pulls(self)
+        self.push = Push(self)
 
     def start(self):
         """Make the inbox, and mark the transfers that ran when the daemon last stopped as interrupted."""
@@ -135,10 +131,8 @@ class Transfers:
         """Deferred[outcome]: offer *paths* to *to* and send them once accepted. Cancelling the Deferred
         cancels the transfer (the receiver keeps what it verified)."""
         handle = {"tid": None}
-        d = defer.Deferred(lambda _: self._cancel_quietly(handle["tid"]))
-        inner = defer.ensureDeferred(self._send(to, paths, progress, rid, link, handle))
-        inner.addBoth(_relay, d)
-        return d
+        inner = defer.ensureDeferred(self.push.send(to, paths, progress, rid, link, handle))
+        return cancellable(inner, lambda: self.cancel_quietly(handle["tid"]))
 
     def get(self, peer, path, progress=None):
         """Deferred[outcome] of pulling *path* from *peer*'s share; cancelling it cancels the transfer."""
@@ -167,74 +161,13 @@ class Transfers:
             t.fail(TransferError("cancelled", code="cancelled"), resumable=True)
         return {"tid": tid, "status": "cancelled"}
 
-    def _cancel_quietly(self, tid):
+    def cancel_quietly(self, tid):
+        """Cancel *tid* if it still runs (a client that asked for it went away)."""
         if tid is not None and tid in self.live:
             try:
                 self.cancel(tid)
             except P2PDError:
                 pass
-
-    async def _send(self, to, paths, progress, rid, link, handle):
-        to = canonical_name(to)
-        if to == self.name:
-            raise BadRequest("you cannot send files to yourself")
-        entries, skipped = collect(paths)
-        t0 = self.clock.seconds()
-        items, local, stats, digests = [], [], [], []
-        for offer_path, path in entries:
-            st = os.stat(path)
-            cached = self.storage.cached_hash(path, st)
-            if cached is None:
-                try:
-                    root, digest_list, _ = await self.threads.run(filehash.hash_file, path, st.st_size)
-                except OSError as e:
-                    raise FileProblem("cannot read %s: %s" % (path, e.strerror or e), code="file_unreadable") \
-                        from None
-                self.storage.put_hash(path, st, root, digest_list)
-                self.commits.schedule_flush()
-            else:
-                root, digest_list = cached
-            items.append({"path": offer_path, "size": st.st_size, "hash": root})
-            local.append(path)
-            stats.append((st.st_size, st.st_mtime_ns))
-            digests.append(digest_list)
-        hash_seconds = round(self.clock.seconds() - t0, 3)
-        if link is None:
-            link = await self.dialer.dial(to)
-        record = {"tid": new_id(), "direction": "out", "peer": to, "status": states.OFFERED,
-                  "fingerprint": fingerprint(items), "items": items, "total": sum(i["size"] for i in items),
-                  "local": local, "kind": "pull" if rid else "push", "rid": rid, "saved": None, "error": None,
-                  "created": now_ms(self.clock), "hash_seconds": hash_seconds, "skipped": skipped}
-        out = Outgoing(self, record, local, stats, digests)
-        handle["tid"] = out.tid
-        out.link = link
-        if progress is not None:
-            out.watchers.append(progress)
-        self.live[out.tid] = out
-        out.save()
-        self.event(out)
-        frame = {"t": "offer", "tid": out.tid, "items": items}
-        if rid:
-            frame["rid"] = rid
-        if len(wire.encode(frame)) >= wire.MAX_LINE:
-            out.fail(FileProblem("the list of files is too long for one offer; send fewer files at once",
-                                 code="too_many_files"))
-            return await out.result
-        link.send(frame)
-        out.tell(out.snapshot())
-        try:
-            accepted = await out.answer
-        except P2PDError as e:
-            out.finish(states.REJECTED if e.code in ("rejected",) + REFUSALS else states.FAILED, e)
-            return await out.result
-        have = accepted["have"]
-        if not check_have(have, items):
-            out.fail(TransferError("%s answered the offer with bad offsets" % to, code="bad_frame"))
-            return await out.result
-        out.record["resumed_from"] = sum(have)
-        session = SendSession(out, base64.urlsafe_b64decode(accepted["secret"] + "="), have, self.clock)
-        self.start_session(out, session, link)
-        return await out.result
 
     # -- link frames (IFrameHandler) -----------------------------------------------------------------------------
 
@@ -298,11 +231,3 @@ class Transfers:
                                                "again" % link.peer, code="interrupted"))
         self.pulls.link_down(link)
 
-
-def _relay(result, d):
-    """Hand *result* on to *d*, unless *d* was cancelled (then nobody waits for it)."""
-    if not d.called:
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.callback(result)

@@ -2,13 +2,13 @@
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from p2pd.core import wire
 from p2pd.core.names import canonical_name
 from p2pd.errors import BadRequest, P2PDError
 from p2pd.peer.files.errors import TransferError
 from p2pd.peer.files.offers import new_id
+from p2pd.peer.files.transfer import cancellable
 
 log = Logger()
 
@@ -44,7 +44,6 @@ class Pulls:
             raise BadRequest("'name' must be a file or folder name in the peer's share")
         frame = {"t": "get", "rid": new_id(), "path": path}
         handle = {"tid": None}
-        d = defer.Deferred(lambda _: self.manager._cancel_quietly(handle["tid"]))
 
         def offered(t):
             handle["tid"] = t.tid
@@ -52,12 +51,8 @@ class Pulls:
                 t.watchers.append(progress)
             return t.result
 
-        def relay(result):
-            if not d.called:
-                d.errback(result) if isinstance(result, Failure) else d.callback(result)
-
-        self._request(peer, frame, "get").addCallback(offered).addBoth(relay)
-        return d
+        inner = self._request(peer, frame, "get").addCallback(offered)
+        return cancellable(inner, lambda: self.manager.cancel_quietly(handle["tid"]))
 
     def answered_get(self, rid, peer):
         """The Deferred of our ``get`` *rid* to *peer*, taken (None if the offer answers nothing of ours)."""

@@ -197,3 +197,19 @@ class Incoming(Transfer):
         self.save()
         log.info("received {path} from {peer} ({size} bytes, verified)", path=saved, peer=self.peer,
                  size=self.items[index]["size"])
+
+
+def cancellable(inner, cancel):
+    """A Deferred with *inner*'s result whose ``cancel()`` calls ``cancel()`` (which ends the transfer); once
+    it is cancelled, *inner*'s result is dropped (nobody waits for it)."""
+    d = defer.Deferred(lambda _: cancel())
+
+    def relay(result):
+        if not d.called:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    inner.addBoth(relay)
+    return d
