@@ -181,7 +181,11 @@ class DataConnection(protocol.Protocol):
             self.reactor.addReader(self.io)
 
     def close(self, abort=False):
-        if self.closed or self.handed_back:
+        if self.closed:
+            return
+        if self.handed_back:
+            if abort:
+                self.transport.abortConnection()  # a close that was handed back, cut short
             return
         self.closing = True
         self.producer = None
