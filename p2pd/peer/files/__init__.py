@@ -10,11 +10,12 @@ Push (``p2pctl send bob FILE``):
    ``auto`` accepts (optionally only from some peers and up to a size), ``deny`` refuses. Before it accepts it
    reserves the disk space the offer needs (free space minus what other running transfers will still write).
    ``accept`` carries a fresh secret and, per file, how many bytes the receiver has already verified.
-3. The side that dialled the link dials the data connection (it knows that direction works through any NAT);
-   it is the same TCP port as the link, told apart by its first bytes (:mod:`p2pd.peer.net.demux`). The sender streams
+3. The data path comes from an injected ``IDataPaths``. Over TCP (:mod:`p2pd.peer.net.tcp_paths`) the side
+   that dialled the link dials the data connection (it knows that direction works through any NAT); it is the
+   same TCP port as the link, told apart by its first bytes (:mod:`p2pd.peer.net.demux`). The sender streams
    each file from the verified offset as AES-GCM records (:mod:`p2pd.core.datastream`), driven by a push
-   producer, so memory stays flat whatever the size: a chunk is read only when the socket has taken the
-   last one.
+   producer, so memory stays flat whatever the size: a chunk is read only when the path has taken the last
+   one.
 4. The receiver writes into ``INBOX/.p2pd-partial/KEY.N.part`` (opened relative to a directory descriptor,
    ``O_NOFOLLOW``, created ``O_EXCL``), verifies each 4 MiB chunk as it completes, journals the verified
    length, and when a file is whole and verified links it into the inbox under a name that exists nowhere
