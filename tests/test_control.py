@@ -719,3 +719,51 @@ def test_p2pctl_talks_to_the_real_control_socket(tmp_path):
         assert PERSIAN in out and "\x1b" not in out and "\u202e" not in out and out.count("\n") == 1
     finally:
         yield port.stopListening()
+
+
+class FakeTransfers:
+    """The transfer commands' side of the facade: send/get return Deferreds whose cancel() cancels the
+    transfer (what Transfers does)."""
+
+    def __init__(self):
+        self.started, self.cancelled = [], []
+
+    def _start(self, kind, progress):
+        d = defer.Deferred(lambda d: self.cancelled.append(kind))
+        self.started.append((kind, progress, d))
+        return d
+
+    def send(self, to, paths, progress=None):
+        return self._start("send", progress)
+
+    def get(self, peer, name, progress=None):
+        return self._start("get", progress)
+
+
+@pytest.mark.parametrize("request_", [{"id": 1, "cmd": "send", "to": "bob", "paths": ["/tmp/x"]},
+                                      {"id": 1, "cmd": "get", "peer": "bob", "name": "x"}])
+def test_a_send_or_get_relays_progress_and_is_cancelled_when_the_client_leaves(request_):
+    """send/get write progress lines for their request while they run; closing the connection cancels the
+    transfer through its Deferred, and nothing more is written."""
+    facade = FakeFacade()
+    facade.transfers = FakeTransfers()
+    _, proto, transport = connect(facade)
+    send(proto, request_)
+    ((kind, progress, d),) = facade.transfers.started
+    progress({"done": 5})
+    assert lines(transport) == [{"id": 1, "progress": {"done": 5}}]
+    proto.connectionLost(None)
+    assert facade.transfers.cancelled == [kind] and proto.running == {}
+    assert transport.value() == b""
+
+
+def test_a_finished_send_replies_and_is_forgotten():
+    facade = FakeFacade()
+    facade.transfers = FakeTransfers()
+    _, proto, transport = connect(facade)
+    send(proto, {"id": 2, "cmd": "send", "to": "bob", "paths": ["/tmp/x"]})
+    facade.transfers.started[0][2].callback({"tid": "t", "status": "done"})
+    assert lines(transport) == [{"id": 2, "ok": True, "result": {"tid": "t", "status": "done"}}]
+    assert proto.running == {}
+    proto.connectionLost(None)
+    assert facade.transfers.cancelled == []

@@ -28,7 +28,8 @@ import pytest
 
 from p2pd.core import datastream, filehash, wire
 from p2pd.peer import identity as identity_mod
-from p2pd.peer import transfers as tmod
+from p2pd.peer.files import sessions as tmod
+from p2pd.peer.files.diskwriter import DiskWriter
 from tests.peer_process import ControlError, PeerProcess
 from tests.registry_process import RegistryProcess
 from tests.tls_client import TLSClient, peer_port
@@ -770,7 +771,7 @@ def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
     import random
 
     rng = random.Random(35)
-    window = filehash.chunk_size(BIG) + tmod.JOURNAL_EVERY + tmod.DiskWriter.HIGH
+    window = filehash.chunk_size(BIG) + tmod.JOURNAL_EVERY + DiskWriter.HIGH
     alice, bob = spawn("alice"), spawn("bob", ["--accept", "auto"])
     resumed = []
     for trial in range(20):

@@ -1,4 +1,4 @@
-"""The sender's data path (SendSession over a DirectConsumer) on real sockets, against a receiver that stops
+"""The sender's data path (SendSession over the TCP DataConnection) on real sockets, against a receiver that stops
 reading or reads slowly. A private epoll reactor (never installed, never run: the test iterates it) drives a real
 SendSession behind a real TCP listener on 127.0.0.1; the "receiver" is a plain socket the test controls."""
 
@@ -11,16 +11,10 @@ from twisted.internet import protocol
 from twisted.internet.epollreactor import EPollReactor
 
 from p2pd.core import datastream
-from p2pd.peer import transfers as tmod
+from p2pd.peer.files import sessions as tmod
+from p2pd.peer.net.tcp_data import DataConnection
 
 MB = 1 << 20
-
-
-class Manager:
-    def __init__(self, reactor):
-        self.clock = self.reactor = reactor
-        self.sessions = {}
-        self.buffers = datastream.BufferPool()
 
 
 class Outgoing:
@@ -28,9 +22,8 @@ class Outgoing:
 
     peer = "bob"
 
-    def __init__(self, manager, path):
+    def __init__(self, path):
         st = os.stat(path)
-        self.manager = manager
         self.items = [{"path": "f", "size": st.st_size}]
         self.local = [path]
         self.stats = [(st.st_size, st.st_mtime_ns)]
@@ -71,14 +64,15 @@ class Net:
         path = str(self.tmp_path / "f")
         with open(path, "wb") as f:
             f.write(os.urandom(size))
-        out = Outgoing(Manager(self.reactor), path)
+        out = Outgoing(path)
         secret = datastream.new_secret()
-        session = tmod.SendSession(out, secret, [0])
+        session = tmod.SendSession(out, secret, [0], self.reactor)
+        reactor = self.reactor
         conns = self.conns
 
         class Factory(protocol.Factory):
             def buildProtocol(self, addr):
-                conn = tmod.DataConnection(session, dialer=False)
+                conn = DataConnection(session, reactor, dialer=False)
                 conns.append(conn)
                 return conn
 
@@ -95,7 +89,7 @@ class Net:
         client.setblocking(False)
         assert self.spin(lambda: self.conns, 5)
         conn = self.conns[-1]
-        conn.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
+        conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
         return client, conn
 
     def close(self):
@@ -128,7 +122,7 @@ def test_a_receiver_that_fails_the_transfer_and_stops_reading_does_not_pin_the_c
     monkeypatch.setattr(tmod, "DATA_TIMEOUT", 0.3)
     session, out, keys, port = net.sender(8 * MB)
     client, conn = net.dial(port)
-    assert net.spin(lambda: session.out.unsent, 5)  # the socket is full: part of a record waits
+    assert net.spin(lambda: conn.unsent, 5)  # the socket is full: part of a record waits
     client.sendall(datastream.Sealer(keys.to_sender).json({"t": "fail", "code": "no", "message": "stop"}))
     assert net.spin(lambda: out.outcome is not None, 5) and out.outcome[0] == "failed"
     # ten times the silence timeout later, the connection should be gone (aborted if it cannot be closed cleanly)

@@ -12,7 +12,7 @@ Both sides open with ``hello``; everything else waits for it. Frames (``t`` is t
     {"t": "bye"}
     {"t": "room", "room": "G1", "from": "alice", "change": "joined"|"left"}   announced to the room's members
 
-File transfers (:mod:`p2pd.peer.transfers`; the bytes go on a data connection, :mod:`p2pd.core.datastream`)::
+File transfers (:mod:`p2pd.peer.files`; the bytes go on a data connection, :mod:`p2pd.core.datastream`)::
 
     {"t": "offer", "tid": ID, "items": [{"path": "a/b.txt", "size": 12, "hash": HEX64}, ...], "rid": ID?}
     {"t": "accept", "tid": ID, "secret": B64, "have": [bytes already verified, one per item]}

@@ -64,13 +64,12 @@ from twisted.protocols.basic import LineReceiver
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from p2pd.errors import BadRequest, P2PDError
+from p2pd.peer.control_commands import Commands, UnknownCommand, encode
 
 log = Logger()
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 1 << 20
-MAX_WAIT = 300.0
-MAX_HISTORY = 10000
 MAX_PENDING_EVENTS = 10000  # events held for a watcher that does not read; beyond this it is disconnected
 CLOSE_GRACE = 5.0  # seconds a refused client has to read its error line before it is cut off
 
@@ -113,10 +112,6 @@ def release_stale_socket(data_dir: str) -> bool:
     return found
 
 
-class UnknownCommand(BadRequest):
-    code = "unknown_command"
-
-
 class Unavailable(P2PDError):
     code = "unavailable"
     status = 503
@@ -133,29 +128,7 @@ def peer_uid(transport):
     return uid
 
 
-def _arg(request, key, kind, required=True, default=None):
-    value = request.get(key, default)
-    if value is None:
-        if required:
-            raise BadRequest("%r needs the argument %r" % (request["cmd"], key))
-        return default
-    if kind is str:
-        ok = isinstance(value, str)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:  # a number
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise BadRequest("argument %r of %r must be %s" % (key, request["cmd"],
-                                                           {str: "a string", int: "an integer"}.get(kind, "a number")))
-    return value
-
-
-def encode(obj) -> bytes:
-    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
-
-
-class ControlProtocol(LineReceiver):
+class ControlProtocol(Commands, LineReceiver):
     """One control connection: decode a request line, call the facade, write the reply; relay events after
     ``watch``. Backpressure: the protocol is the transport's producer, so when a client stops reading we stop
     reading its requests and hold its events (up to :data:`MAX_PENDING_EVENTS`)."""
@@ -283,138 +256,6 @@ class ControlProtocol(LineReceiver):
     @classmethod
     def commands(cls):
         return sorted(name[3:] for name in dir(cls) if name.startswith("do_"))
-
-    # commands
-
-    def do_ping(self, request):
-        return {"pong": True, "name": getattr(self.facade, "name", None)}
-
-    def do_status(self, request):
-        return self.facade.status()
-
-    def do_peers(self, request):
-        return self.facade.peers()
-
-    def do_whois(self, request):
-        return self.facade.whois(_arg(request, "name", str))
-
-    def do_msg(self, request):
-        to = _arg(request, "to", str)
-        text = _arg(request, "text", str)
-        wait = _arg(request, "wait", float, required=False)
-        if wait is None:
-            return self.facade.send_message(to, text)
-        if not 0 <= wait <= MAX_WAIT:
-            raise BadRequest("wait must be between 0 and %d seconds" % MAX_WAIT)
-        return self.facade.send_message(to, text, wait=wait)
-
-    def do_history(self, request):
-        conversation = _arg(request, "conversation", str, required=False)
-        limit = _arg(request, "limit", int, required=False, default=100)
-        if not 1 <= limit <= MAX_HISTORY:
-            raise BadRequest("limit must be between 1 and %d" % MAX_HISTORY)
-        return self.facade.history(conversation, limit=limit)
-
-    def do_watch(self, request):
-        if not self.watching:
-            self.watching = True
-            self.facade.subscribe(self.event)
-        return {"watching": True}
-
-    def do_unwatch(self, request):
-        self.stop_watching()
-        return {"watching": False}
-
-    def do_create(self, request):
-        return self.facade.create_room(_arg(request, "room", str))
-
-    def do_join(self, request):
-        return self.facade.join_room(_arg(request, "room", str))
-
-    def do_leave(self, request):
-        return self.facade.leave_room(_arg(request, "room", str))
-
-    def do_public(self, request):
-        return self.facade.post_room(_arg(request, "room", str), _arg(request, "text", str))
-
-    def do_private(self, request):
-        return self.facade.send_message(_arg(request, "to", str), _arg(request, "text", str))
-
-    def do_groups(self, request):
-        return self.facade.rooms()
-
-    def do_users(self, request):
-        return self.facade.peers()
-
-    def _transfers(self):
-        transfers = getattr(self.facade, "transfers", None)
-        if transfers is None:
-            raise UnknownCommand("this daemon does not transfer files")
-        return transfers
-
-    def _follow(self, request, start):
-        """Run a send/get: relay its progress as lines on this connection; cancel it if the client leaves."""
-        request_id = request.get("id")
-
-        def progress(snapshot):
-            self.write(encode({"id": request_id, "progress": snapshot}))
-
-        d = start(progress)
-
-        def cancel(_):
-            for t in list(self._transfers().live.values()):
-                if progress in t.watchers:
-                    try:
-                        self._transfers().cancel(t.tid)
-                    except P2PDError:
-                        pass
-
-        transfer_d = defer.Deferred(cancel)
-
-        def done(result):
-            self.running.pop(request_id, None)
-            if transfer_d.called:  # cancelled: the client is gone, nobody reads the outcome
-                return None
-            if isinstance(result, Failure):
-                transfer_d.errback(result)
-            else:
-                transfer_d.callback(result)
-
-        d.addBoth(done)
-        self.running[request_id] = transfer_d
-        return transfer_d
-
-    def do_send(self, request):
-        to = _arg(request, "to", str)
-        paths = request.get("paths")
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and os.path.isabs(p)
-                                                               for p in paths):
-            raise BadRequest("'paths' must be a non-empty list of absolute file names")
-        return self._follow(request, lambda progress: self._transfers().send(to, paths, progress))
-
-    def do_get(self, request):
-        peer = _arg(request, "peer", str)
-        name = _arg(request, "name", str)
-        return self._follow(request, lambda progress: self._transfers().get(peer, name, progress))
-
-    def do_ls(self, request):
-        return self._transfers().ls(_arg(request, "peer", str), _arg(request, "path", str, required=False,
-                                                                       default=""))
-
-    def do_accept(self, request):
-        return self._transfers().accept(_arg(request, "tid", str))
-
-    def do_reject(self, request):
-        return self._transfers().reject(_arg(request, "tid", str))
-
-    def do_cancel(self, request):
-        return self._transfers().cancel(_arg(request, "tid", str))
-
-    def do_transfers(self, request):
-        limit = _arg(request, "limit", int, required=False, default=50)
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit must be between 1 and 1000")
-        return self._transfers().list(limit)
 
     # writing
 

@@ -118,7 +118,9 @@ class IByteStream(Interface):
         """Hand received bytes up again."""
 
     def close(abort=False):
-        """End the stream: after what is queued is sent (bounded in time), or at once with *abort*."""
+        """End the stream: after what is queued is sent, or at once with *abort* (what is queued is dropped).
+        Nothing written after close is sent. A graceful close waits for the peer to take the bytes: the caller
+        bounds it in time (and aborts)."""
 
 
 class IStreamReceiver(Interface):
@@ -132,6 +134,9 @@ class IStreamReceiver(Interface):
 
     def stream_arrived():
         """Bytes were put into ``opener`` (its filled() was called): take the records they completed."""
+
+    def stream_moving():
+        """Bytes that had waited were sent: a slow path is still moving (a silence timer starts again)."""
 
     def stream_lost(reason):
         """The path is gone (*reason* a Failure)."""

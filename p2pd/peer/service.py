@@ -27,8 +27,10 @@ from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage, db_path
+from p2pd.peer.files.manager import Transfers
+from p2pd.peer.net.demux import DemuxFactory
+from p2pd.peer.net.tcp_paths import TCPDataPaths
 from p2pd.peer.threads import ReactorThreads
-from p2pd.peer.transfers import DemuxFactory, Transfers
 
 log = Logger()
 
@@ -106,6 +108,7 @@ class PeerService(service.MultiService):
             self.lock.acquire()
             release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
             self.build()
+            self.daemon.transfers.start()  # the inbox, and transfers the last run left running marked interrupted
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         except OSError as e:
@@ -137,13 +140,15 @@ class PeerService(service.MultiService):
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
                                  TLSAdapter(self.identity, reactor), self.data_dir)
-        self.daemon.transfers = Transfers(self.daemon, options["inbox"], share=options["share"],
-                                          policy=options["accept"], accept_from=options["accept-from"],
-                                          accept_max=options["accept-max"])
+        self.data_paths = TCPDataPaths(reactor)
+        self.daemon.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon,
+                                          self.daemon, self.daemon, self.data_paths, options["inbox"],
+                                          share=options["share"], policy=options["accept"],
+                                          accept_from=options["accept-from"], accept_max=options["accept-max"])
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
-        self.listener = stream_service(reactor, options["listen"], DemuxFactory(tls, self.daemon.transfers, reactor))
+        self.listener = stream_service(reactor, options["listen"], DemuxFactory(tls, self.data_paths, reactor))
         self.listener.setServiceParent(self)
         self.udp_port = UDPPort()
         self.stun = StunClient(reactor, self.udp_port.send, self.udp_port.family)

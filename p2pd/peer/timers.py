@@ -1,0 +1,32 @@
+"""One idle timer, for the adapters that drop a peer or a connection after a silence: :class:`Timer` replaces the
+hand-written ``callLater``/``reset``/``cancel`` pairs (used by the file sessions and the port's demux)."""
+
+
+class Timer:
+    """``action()`` once *seconds* pass without :meth:`arm` being called again; :meth:`cancel` stops it."""
+
+    def __init__(self, clock, seconds, action):
+        self.clock = clock
+        self.seconds = seconds
+        self.action = action
+        self.call = None
+
+    @property
+    def active(self):
+        return self.call is not None and self.call.active()
+
+    def arm(self):
+        """Start the timer, or start it again from now."""
+        if self.active:
+            self.call.reset(self.seconds)
+        else:
+            self.call = self.clock.callLater(self.seconds, self._fire)
+
+    def cancel(self):
+        if self.active:
+            self.call.cancel()
+        self.call = None
+
+    def _fire(self):
+        self.call = None
+        self.action()

@@ -1,0 +1,191 @@
+"""What a sender offers and what a receiver checks (p2pd.peer.files.offers): names, the sender's walk,
+the fingerprint; and an offer's first answers on the link."""
+
+import os
+
+import pytest
+
+from tests.files_world import *  # noqa: F401,F403 (the fakes, helpers and fixtures of these tests)
+
+
+# -- check_offer -------------------------------------------------------------------------------------------------
+
+def items_of(*paths):
+    return [{"path": p, "size": 1, "hash": "0" * 64} for p in paths]
+
+
+@pytest.mark.parametrize("path", [
+    "../x", "/etc/x", "a/../../x", "C:\\x", "C:x", "x\x00y", "x\\x00y", ".", "..", "", "a/", "/", "a//b",
+    "x" * 300, "a/" + "y" * 256, ".ssh/authorized_keys", ".SSH/x", "a/.git/config", "a\u2215b", "a\uff0fb",
+    "\u2024\u2024/x", "x\u202etxt.exe", "name.", "name ", "   ", "a\nb", "\ud800",
+])
+def test_check_offer_refuses_hostile_names(path):
+    with pytest.raises(filenames.BadFileName) as info:
+        check_offer(items_of("fine.txt", path))
+    assert info.value.code == "bad_name"
+
+
+@pytest.mark.parametrize("paths", [
+    ("a.txt", "a.txt"),
+    ("A.txt", "a.txt"),
+    ("dir/Report.PDF", "DIR/report.pdf"),
+    ("a", "a/b"),
+    ("a/b", "a"),
+    ("A/b", "a"),
+    ("x/a", "x/a/b/c"),
+    ("con", "_con"),  # both land as "_con"
+])
+def test_check_offer_refuses_colliding_names(paths):
+    """Two items that would land on one path (ignoring case), or a file that is also a folder, are refused."""
+    with pytest.raises(filenames.BadFileName):
+        check_offer(items_of(*paths))
+
+
+def test_check_offer_accepts_ordinary_names_and_prefixes_windows_devices():
+    landing = check_offer(items_of("doc..pdf", "dir/a.txt", "dir/b.txt", "dir/sub/c", "résumé.pdf",
+                                   "con.txt", "a/NUL/b", "COM1", "lpt9.tar.gz", "console", "ab/cd"))
+    assert landing == [("doc..pdf",), ("dir", "a.txt"), ("dir", "b.txt"), ("dir", "sub", "c"), ("résumé.pdf",),
+                       ("_con.txt",), ("a", "_NUL", "b"), ("_COM1",), ("_lpt9.tar.gz",), ("console",),
+                       ("ab", "cd")]
+
+
+# -- collect ----------------------------------------------------------------------------------------------------
+
+def test_collect_a_regular_file(tmp_path):
+    path = tmp_path / "report.pdf"
+    path.write_bytes(b"%PDF")
+    assert collect([str(path)]) == ([("report.pdf", str(path))], 0)
+
+
+def test_collect_walks_a_tree_and_skips_hidden_links_and_specials(tmp_path):
+    root = tmp_path / "photos"
+    (root / "2024" / "may").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(b"a")
+    (root / "2024" / "b.jpg").write_bytes(b"b")
+    (root / "2024" / "may" / "c.jpg").write_bytes(b"c")
+    (root / "empty").mkdir()
+    skipped = {
+        ".hidden": lambda p: p.write_bytes(b"h"),  # hidden file
+        ".git": lambda p: (p.mkdir(), (p / "config").write_bytes(b"x")),  # hidden folder (not walked)
+        "link.jpg": lambda p: p.symlink_to(root / "a.jpg"),  # link to a file
+        "dangling": lambda p: p.symlink_to(tmp_path / "nowhere"),  # dangling link
+        "linkdir": lambda p: p.symlink_to(tmp_path),  # link to a folder (not walked)
+        "fifo": lambda p: os.mkfifo(p),  # special file
+        "trailing.": lambda p: p.write_bytes(b"t"),  # a name the receiver would refuse
+    }
+    for name, make in skipped.items():
+        make(root / "2024" / name)
+    entries, count = collect([str(root)])
+    assert entries == [("photos/a.jpg", str(root / "a.jpg")),
+                       ("photos/2024/b.jpg", str(root / "2024" / "b.jpg")),
+                       ("photos/2024/may/c.jpg", str(root / "2024" / "may" / "c.jpg"))]
+    assert count == len(skipped)
+    check_offer(items_of(*(e[0] for e in entries)))
+
+
+def test_collect_numbers_arguments_with_the_same_base_name(tmp_path):
+    for d in ("one", "two", "three"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "one" / "x.txt").write_bytes(b"1")
+    (tmp_path / "two" / "X.txt").write_bytes(b"2")
+    (tmp_path / "three" / "x.txt").mkdir()
+    (tmp_path / "three" / "x.txt" / "in").write_bytes(b"3")
+    entries, _ = collect([str(tmp_path / "one" / "x.txt"), str(tmp_path / "two" / "X.txt"),
+                          str(tmp_path / "three" / "x.txt")])
+    assert [e[0] for e in entries] == ["x.txt", "X (1).txt", "x (2).txt/in"]
+    check_offer(items_of(*(e[0] for e in entries)))
+
+
+def test_collect_renames_a_hidden_argument(tmp_path):
+    (tmp_path / ".env").write_bytes(b"x")
+    assert collect([str(tmp_path / ".env")]) == ([("env", str(tmp_path / ".env"))], 0)
+
+
+def test_collect_missing_file(tmp_path):
+    with pytest.raises(FileProblem) as info:
+        collect([str(tmp_path / "nope")])
+    assert info.value.code == "file_missing"
+
+
+@pytest.mark.parametrize("contents", [[], [".hidden"], ["link"]])
+def test_collect_nothing_to_send(tmp_path, contents):
+    root = tmp_path / "dir"
+    root.mkdir()
+    for name in contents:
+        if name == "link":
+            (root / name).symlink_to(tmp_path)
+        else:
+            (root / name).write_bytes(b"x")
+    with pytest.raises(FileProblem) as info:
+        collect([str(root)])
+    assert info.value.code == "file_missing"
+    assert "%d hidden or unsupported" % len(contents) in info.value.message
+
+
+def test_collect_refuses_a_special_file_argument(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(FileProblem) as info:
+        collect([str(tmp_path / "fifo")])
+    assert info.value.code == "file_unreadable"
+
+
+@pytest.mark.parametrize("paths", [[], "file", [""], [5], None])
+def test_collect_refuses_bad_arguments(paths):
+    with pytest.raises(BadRequest):
+        collect(paths)
+
+
+def test_collect_too_many_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(wire, "MAX_ITEMS", 3)
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(3):
+        (root / ("f%d" % i)).write_bytes(b"x")
+    assert len(collect([str(root)])[0]) == 3
+    (root / "f3").write_bytes(b"x")
+    with pytest.raises(FileProblem) as info:
+        collect([str(root)])
+    assert info.value.code == "too_many_files"
+    with pytest.raises(FileProblem) as info:
+        collect([str(root / ("f%d" % i)) for i in range(4)])
+    assert info.value.code == "too_many_files"
+
+
+# -- fingerprint -------------------------------------------------------------------------------------------------
+
+def test_fingerprint_is_stable_and_order_sensitive():
+    a = {"path": "a.txt", "size": 1, "hash": "1" * 64}
+    b = {"path": "b.txt", "size": 2, "hash": "2" * 64}
+    fp = fingerprint([a, b])
+    assert len(fp) == 64 and int(fp, 16) >= 0
+    assert fingerprint([dict(b), dict(a)]) != fp
+    assert fingerprint([{"hash": a["hash"], "size": 1, "path": "a.txt", "extra": 1}, b]) == fp  # key order, extras
+    assert fingerprint([dict(a, size=2), b]) != fp
+    assert fingerprint([dict(a, hash="3" * 64), b]) != fp
+    assert fingerprint([dict(a, path="A.txt"), b]) != fp
+    assert fingerprint([a]) != fp
+    assert fp == hashlib.sha256(b'[["a.txt",1,"' + b"1" * 64 + b'"],["b.txt",2,"' + b"2" * 64 + b'"]]').hexdigest()
+
+
+# -- offers on the link --------------------------------------------------------------------------------------------
+
+def test_an_offer_with_a_bad_name_is_refused_with_the_tid(world):
+    daemon, manager = world
+    link = FakeLink()
+    tid = tid_of(9)
+    frame = {"t": "offer", "tid": tid, "items": [item("ok.txt", b"x"), item("../../.bashrc", b"y")]}
+    manager.frame(link, wire.decode(wire.encode(frame)))
+    assert manager.live == {}
+    assert len(link.sent) == 1
+    assert (link.sent[0]["t"], link.sent[0]["code"], link.sent[0]["ref"]) == ("error", "bad_name", tid)
+    assert daemon.events[-1]["status"] == "refused" and daemon.events[-1]["tid"] == tid
+
+
+def test_an_offer_waits_for_consent_and_reject_answers_it(world):
+    daemon, manager = world
+    t, outcome, link = offer(manager, [("a.txt", b"abc")])
+    assert t.record["status"] == "offered" and link.sent == [] and outcome == []
+    assert manager.reject(t.tid) == {"tid": t.tid, "status": "rejected"}
+    assert link.sent[-1]["t"] == "reject" and link.sent[-1]["tid"] == t.tid
+    failed_with(outcome, "rejected")
+    assert manager.live == {} and inbox_files(manager) == []
