@@ -517,8 +517,24 @@ def test_cancelling_the_deferred_of_a_send_cancels_the_transfer(world, tmp_path)
     d.cancel()
     assert len(failures) == 1 and failures[0].value.code == "cancelled"  # the transfer's own outcome
     assert link.sent[-1]["t"] == "cancel" and link.sent[-1]["tid"] == t.tid
-    # (status 'failed', not 'cancelled': the refused answer ends the offer first, as before the reshape)
-    assert t.record["status"] == "failed" and t.record["error"]["code"] == "cancelled" and manager.live == {}
+    assert t.record["status"] == "cancelled" and t.record["error"]["code"] == "cancelled" and manager.live == {}
+
+
+def test_an_offer_the_receiver_cancels_before_answering_ends_cancelled(world, tmp_path):
+    """The receiver's ``cancel`` of an offer it has not answered ends the sender's transfer as cancelled (it was
+    recorded as failed), with the receiver's words."""
+    daemon, manager = world
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"hello")
+    link = FakeLink(outgoing=True)
+    d = manager.send("bob", [str(path)], link=link)
+    (t,) = manager.live.values()
+    failures = []
+    d.addErrback(failures.append)
+    manager.frame(link, {"t": "cancel", "tid": t.tid, "code": "cancelled", "message": "receiver cancelled"})
+    assert len(failures) == 1 and failures[0].value.code == "cancelled"
+    assert "bob cancelled the transfer: receiver cancelled" in failures[0].value.message
+    assert t.record["status"] == "cancelled" and manager.live == {}
 
 
 def test_cancelling_the_deferred_of_a_get_cancels_the_offered_transfer(world):

@@ -77,7 +77,8 @@ class Push:
         try:
             accepted = await out.answer
         except P2PDError as e:
-            out.finish(states.REJECTED if e.code in ("rejected",) + REFUSALS else states.FAILED, e)
+            out.finish(states.REJECTED if e.code in ("rejected",) + REFUSALS else
+                       states.CANCELLED if e.code == "cancelled" else states.FAILED, e)
             return await out.result
         have = accepted["have"]
         if not check_have(have, items):
