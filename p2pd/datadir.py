@@ -1,8 +1,9 @@
-"""The data-dir lock both roles take first: an exclusive, non-blocking ``flock`` on a file in the data dir that
+"""What both roles do in their data dirs. The lock they take first: an exclusive, non-blocking ``flock`` on a file in the data dir that
 holds the owner's pid, kept for the process's life, so a second process on the same data dir refuses to start.
 The fd is close-on-exec (children such as redis-server never inherit it); closing it drops the lock."""
 
 import fcntl
+import json
 import os
 
 from p2pd.errors import DataDirInUse
@@ -35,3 +36,11 @@ class DataDirLock:
         if self.fd is not None:
             os.close(self.fd)  # the file stays, harmlessly
             self.fd = None
+
+
+def write_info(path: str, info: dict) -> None:
+    """Write *info* as JSON to *path* atomically (a reader sees the old file or the new one, never half of one):
+    the ``peer.json`` / ``registry.json`` that say where a running daemon listens."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(path + ".tmp", path)

@@ -2,7 +2,6 @@
 paths that carry them, the control socket, presence), hands each the others it needs, starts and stops them."""
 
 import ctypes
-import json
 import os
 import socket
 import sys
@@ -15,7 +14,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.client import HTTPConnectionPool
 
-from p2pd.datadir import DataDirLock
+from p2pd.datadir import DataDirLock, write_info
 from p2pd.errors import P2PDError
 from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_service
 from p2pd.peer import identity as identity_mod
@@ -218,10 +217,7 @@ class PeerService(service.MultiService):
                 "tcp": describe(bound(self.listener)), "udp": describe(bound(self.udp)),
                 "control": os.path.join(self.data_dir, "control.sock"), "registry": self.options["registry"],
                 "addresses": self.daemon.addresses, "data_dir": self.data_dir}
-        path = os.path.join(self.data_dir, "peer.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(info, f)
-        os.replace(path + ".tmp", path)
+        write_info(os.path.join(self.data_dir, "peer.json"), info)
         log.info("p2pd peer {name} listening: peers tcp {tcp} (TLS), udp {udp}; control socket {control}; "
                  "registry {registry}", **info)
 

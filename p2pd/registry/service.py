@@ -2,7 +2,6 @@
 child services of one MultiService built from the parsed options."""
 
 import gc
-import json
 import os
 
 from twisted.application import service
@@ -10,6 +9,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from p2pd.datadir import write_info
 from p2pd.errors import P2PDError, StoreUnavailable
 from p2pd.registry.api import RegistryAPI
 from p2pd.registry.http import make_site
@@ -130,9 +130,6 @@ class RegistryService(service.MultiService):
         if self.stun is not None:
             info["stun"] = describe(bound(self.stun))
             self.api.stun_port = bound(self.stun).port
-        path = os.path.join(self.data_dir, "registry.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(info, f)
-        os.replace(path + ".tmp", path)
+        write_info(os.path.join(self.data_dir, "registry.json"), info)
         log.info("p2pd registry listening: HTTP API {api} (OpenAPI: {api}openapi.json), STUN udp {stun}, "
                  "Redis {redis}, data dir {data_dir}", **info)
