@@ -13,7 +13,7 @@ from twisted.test import iosim
 
 from p2pd.peer.daemon import PeerDaemon
 from p2pd.peer.identity import load_or_create
-from p2pd.peer.link import PeerLink
+from p2pd.peer.links.link import PeerLink
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
 from p2pd.registry.api import RegistryAPI
@@ -264,3 +264,17 @@ def test_invalid_messages_are_refused(net):
         alice.send_message(to, text).addErrback(failures.append)
         net.run()
         assert failures and failures[0].value.code in ("bad_request", "invalid_name")
+
+
+def test_the_daemon_provides_the_interfaces_its_links_and_presence_use(net):
+    from zope.interface.verify import verifyObject
+
+    from p2pd.peer.interfaces import ILinkHost, IPresenceHost
+    alice = net.daemon("alice", 1)
+    assert verifyObject(ILinkHost, alice) and verifyObject(IPresenceHost, alice)
+
+
+def test_the_daemon_offers_everything_the_control_socket_calls(net):
+    from p2pd.peer.facade import DaemonFacade
+    alice = net.daemon("alice", 1)
+    assert isinstance(alice, DaemonFacade)

@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 
 from p2pd.core import wire
 from p2pd.errors import IdentityMismatch
-from p2pd.peer.link import DEAD_AFTER, HANDSHAKE_TIMEOUT, PING_AFTER, PeerLink
+from p2pd.peer.links.link import DEAD_AFTER, HANDSHAKE_TIMEOUT, PING_AFTER, PeerLink
 
 MSG = {"t": "msg", "id": "a" * 32, "from": "bob", "seq": 1, "ts": 5, "body": "hi"}
 
@@ -210,3 +210,12 @@ def test_a_link_that_failed_during_verification_stays_failed():
     link.when_ready.addErrback(lambda f: None)
     pending.callback({"key": "KEY-B"})  # no AlreadyCalledError, and the link does not come up
     assert not link.ready and daemon.ups == []
+
+
+def test_the_link_provides_its_interface_and_tells_where_the_peer_is():
+    from zope.interface.verify import verifyObject
+
+    from p2pd.peer.interfaces import ILink
+    _, _, link, transport = connect()
+    assert verifyObject(ILink, link)
+    assert link.peer_address() == transport.getPeer()

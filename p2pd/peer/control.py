@@ -65,6 +65,7 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from p2pd.errors import BadRequest, P2PDError
 from p2pd.peer.control_commands import Commands, UnknownCommand, encode
+from p2pd.peer.facade import DaemonFacade
 
 log = Logger()
 
@@ -136,7 +137,7 @@ class ControlProtocol(Commands, LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
 
-    def __init__(self, facade, uid=None, clock=None):
+    def __init__(self, facade: DaemonFacade, uid=None, clock=None):
         self.facade = facade
         self.uid = uid
         self.clock = clock
@@ -327,7 +328,7 @@ class ControlFactory(protocol.Factory):
 
     protocol = ControlProtocol
 
-    def __init__(self, facade, uid=None, reactor=None):
+    def __init__(self, facade: DaemonFacade, uid=None, reactor=None):
         self.facade = facade
         self.uid = os.getuid() if uid is None else uid
         self.reactor = reactor

@@ -12,11 +12,33 @@ Events are dicts ``{"event": "<kind>", ...}`` pushed to every subscriber:
     {"event": "registry", "state": "online"|"unreachable", "message": "..."}
 """
 
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
+class FilesFacade(Protocol):
+    """The file commands (:class:`p2pd.peer.files.manager.Transfers`); each returns a JSON-able value or a
+    Deferred of one. ``send`` and ``get`` call *progress* with snapshots, and cancel their transfer when their
+    Deferred is cancelled."""
+
+    def send(self, to: str, paths: list, progress=None): ...
+
+    def get(self, peer: str, path: str, progress=None): ...
+
+    def ls(self, peer: str, path: str = ""): ...
+
+    def accept(self, tid: str): ...
+
+    def reject(self, tid: str): ...
+
+    def cancel(self, tid: str): ...
+
+    def list(self, limit: int = 100) -> list: ...
+
+
+@runtime_checkable
 class DaemonFacade(Protocol):
     name: str
+    transfers: Any  # a FilesFacade, or None when the daemon takes no files
 
     def status(self) -> dict:
         """{"name", "key", "fingerprint", "data_dir", "addresses": {"tcp": [...], "udp": [...], "public": ...},
@@ -43,3 +65,19 @@ class DaemonFacade(Protocol):
 
     def unsubscribe(self, callback) -> None:
         ...
+
+    def rooms(self):
+        """Deferred[every room: {"id", "name", "creator", "created_at", "member_count"}]."""
+
+    def create_room(self, room: str):
+        """Deferred[the room's view: the fields of ``rooms`` plus "members"]; RoomExists if a room of that name (ignoring case) exists. Does not join."""
+
+    def join_room(self, room: str):
+        """Deferred[the room's view with us in it]; NoSuchRoom, AlreadyMember."""
+
+    def leave_room(self, room: str):
+        """Deferred[the room's view without us]; NoSuchRoom, NotMember."""
+
+    def post_room(self, room: str, text: str):
+        """Deferred[{"id", "room", "recipients", "status": "sent"}] once stored and queued for every member;
+        NoSuchRoom, NotMember, BadRequest."""

@@ -62,9 +62,51 @@ class ILink(Interface):
     closed = Attribute("True once the link is gone")
     since = Attribute("when it came up (clock seconds)")
     inflight = Attribute("set of message ids sent on it and not acknowledged yet")
+    backlog = Attribute("None, or the list of received frames held while an earlier one waits (per-sender order)")
 
     def send(frame):
         """Send one frame (a dict of :mod:`p2pd.core.wire`); dropped if the link is closed."""
+
+    def peer_address():
+        """Where the peer is connected from (an IAddress with ``host`` and ``port``): where a data path to it
+        may be dialled."""
+
+
+class ILinkHost(Interface):
+    """What a link (:class:`p2pd.peer.links.link.PeerLink`) reports to: the daemon that owns it."""
+
+    name = Attribute("our own peer name, sent in hello")
+
+    def tls_peer_key(transport):
+        """The key the peer proved in *transport*'s TLS handshake (raises IdentityMismatch if none)."""
+
+    def verify_peer(name, key):
+        """Deferred that fails unless *key* is the key the registry (and our pin) holds for *name*."""
+
+    def link_up(link):
+        """*link* is authenticated and ready."""
+
+    def link_down(link):
+        """*link*, once ready, closed."""
+
+    def link_frame(link, frame):
+        """A decoded frame (not hello, ping, pong or bye) from an authenticated *link*."""
+
+
+class IPresenceHost(Interface):
+    """What :class:`p2pd.peer.presence.Presence` keeps registered."""
+
+    name = Attribute("our peer name")
+    addresses = Attribute('{"tcp": [...], "udp": [...], "public": ...}: what register() publishes')
+
+    def register():
+        """Deferred[the registry's record of us]: register our name, keys and addresses."""
+
+    def heartbeat_interval(record):
+        """Seconds until the next heartbeat, given the record the registry returned."""
+
+    def registry_changed(state, message):
+        """The registry became *state* ("online", "unreachable") for the reason *message*."""
 
 
 class IDialer(Interface):

@@ -20,7 +20,7 @@ from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_s
 from p2pd.peer import identity as identity_mod
 from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_socket
 from p2pd.peer.daemon import PeerDaemon
-from p2pd.peer.link import PeerLink
+from p2pd.peer.links.link import PeerLink
 from p2pd.peer.nat.stun_client import StunClient
 from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
 from p2pd.peer.presence import Presence
@@ -107,13 +107,12 @@ class PeerService(service.MultiService):
             self.lock.acquire()
             release_stale_socket(self.data_dir)  # we hold peer.lock: a socket left here is a dead daemon's
             self.build()
-            self.daemon.transfers.start()  # the inbox, and transfers the last run left running marked interrupted
+            self.transfers.start()  # the inbox, and transfers the last run left running marked interrupted
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         except OSError as e:
             raise SystemExit("p2pd: cannot use the data dir %s: %s" % (self.data_dir, e.strerror))
         start_or_exit(super().startService)
-        self.daemon.discover = lambda: defer.ensureDeferred(self.discover_public())
         self.daemon.start()
         defer.ensureDeferred(self.publish()).addErrback(
             lambda f: self.on_fatal("could not start: %s" % f.getErrorMessage()))
@@ -138,12 +137,14 @@ class PeerService(service.MultiService):
         self.registry = RegistryClient(options["registry"], reactor, _TreqWithPool(pool), self.identity.signing,
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
-                                 TLSAdapter(self.identity, reactor), self.data_dir)
+                                 TLSAdapter(self.identity, reactor), self.data_dir, self.threads,
+                                 discover=lambda: defer.ensureDeferred(self.discover_public()))
         self.data_paths = TCPDataPaths(reactor)
-        self.daemon.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon,
-                                          self.daemon, self.daemon, self.data_paths, options["inbox"],
-                                          share=options["share"], policy=options["accept"],
-                                          accept_from=options["accept-from"], accept_max=options["accept-max"])
+        self.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon.events,
+                                   self.daemon.commits, self.daemon.dialer, self.data_paths, options["inbox"],
+                                   share=options["share"], policy=options["accept"],
+                                   accept_from=options["accept-from"], accept_max=options["accept-max"])
+        self.daemon.attach(self.transfers)
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
@@ -169,6 +170,7 @@ class PeerService(service.MultiService):
         if self.presence.running:
             yield self.presence.disownServiceParent()
         self.stun.stop()
+        self.transfers.stop()
         self.daemon.stop()
         yield super().stopService()
         self.storage.commit()

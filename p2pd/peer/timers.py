@@ -1,5 +1,6 @@
 """One idle timer, for the adapters that drop a peer or a connection after a silence: :class:`Timer` replaces the
-hand-written ``callLater``/``reset``/``cancel`` pairs (used by the file sessions and the port's demux)."""
+hand-written ``callLater``/``reset``/``cancel`` pairs (used by the file sessions, the port's demux and the peer
+links' keepalive)."""
 
 
 class Timer:
@@ -15,12 +16,13 @@ class Timer:
     def active(self):
         return self.call is not None and self.call.active()
 
-    def arm(self):
-        """Start the timer, or start it again from now."""
+    def arm(self, seconds=None):
+        """Start the timer, or start it again from now (to fire after *seconds*, this once, if given)."""
+        delay = self.seconds if seconds is None else seconds
         if self.active:
-            self.call.reset(self.seconds)
+            self.call.reset(delay)
         else:
-            self.call = self.clock.callLater(self.seconds, self._fire)
+            self.call = self.clock.callLater(delay, self._fire)
 
     def cancel(self):
         if self.active:

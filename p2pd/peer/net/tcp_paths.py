@@ -21,7 +21,7 @@ class TCPDataPaths:
         if not link.outgoing:
             self.waiting[session_id] = receiver
             return defer.succeed(None)
-        peer = link.transport.getPeer()
+        peer = link.peer_address()
         kind = endpoints.TCP6ClientEndpoint if ":" in peer.host else endpoints.TCP4ClientEndpoint
         endpoint = kind(self.reactor, peer.host, peer.port, timeout=CONNECT_TIMEOUT)
         d = endpoints.connectProtocol(endpoint, DataConnection(receiver, self.reactor, dialer=True))

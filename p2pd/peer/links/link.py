@@ -1,7 +1,8 @@
 """A link to another peer: TLS (both keys pinned), then the v1 line protocol of :mod:`p2pd.core.wire`.
 
 The protocol is a thin adapter: it decodes lines, checks the handshake, keeps the link alive, and hands
-authenticated frames to the daemon (``daemon.link_up``, ``link_frame``, ``link_down``). Identity is checked
+authenticated frames to its host, an :class:`~p2pd.peer.interfaces.ILinkHost` (``link_up``, ``link_frame``,
+``link_down``). Identity is checked
 twice: the TLS certificate's key must be the key the registry (and our pin) holds for the name the peer claims,
 and nothing but ``hello`` is accepted before that check passes.
 """
@@ -15,6 +16,8 @@ from zope.interface import implementer
 from p2pd import __version__
 from p2pd.core import wire
 from p2pd.errors import IdentityMismatch, LinkFailed, P2PDError
+from p2pd.peer.interfaces import ILink
+from p2pd.peer.timers import Timer
 
 log = Logger()
 
@@ -24,13 +27,13 @@ HANDSHAKE_TIMEOUT = 15
 MAX_EARLY = 1000  # frames held while the peer's identity is being verified
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, ILink)
 class PeerLink(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = wire.MAX_LINE
 
-    def __init__(self, daemon, clock, expected=None):
-        self.daemon = daemon
+    def __init__(self, host, clock, expected=None):
+        self.host = host  # an ILinkHost
         self.clock = clock
         self.expected = expected  # (name, key) when we dialled; None for an incoming link
         self.peer = None  # the authenticated peer name
@@ -42,7 +45,7 @@ class PeerLink(LineOnlyReceiver):
         self.backlog = None  # frames held while an earlier one waits (e.g. for a mailbox fetch)
         self.last_rx = clock.seconds()
         self.since = clock.seconds()
-        self._timer = None
+        self._timer = Timer(clock, PING_AFTER, self._tick)
         self._ping_n = 0
         self.when_ready = defer.Deferred()
         self.early = []  # frames that came after the peer's hello while we were still verifying it
@@ -50,25 +53,25 @@ class PeerLink(LineOnlyReceiver):
     # connection
 
     def connectionMade(self):
-        self._arm(HANDSHAKE_TIMEOUT)
+        self._timer.arm(HANDSHAKE_TIMEOUT)
 
     def handshakeCompleted(self):
         try:
-            self.peer_key = self.daemon.tls_peer_key(self.transport)
+            self.peer_key = self.host.tls_peer_key(self.transport)
             if self.expected is not None and self.peer_key != self.expected[1]:
                 raise IdentityMismatch("%s presented a key that is not the one the registry holds for it"
                                             % self.expected[0])
         except P2PDError as e:
             return self.fail(getattr(e, "code", "identity_mismatch"), e.message)
-        self.send(wire.hello(self.daemon.name, "p2pd/" + __version__))
+        self.send(wire.hello(self.host.name, "p2pd/" + __version__))
 
     def connectionLost(self, reason):
         self.closed = True
-        self._disarm()
+        self._timer.cancel()
         if not self.when_ready.called:
             self.when_ready.errback(LinkFailed("connection closed before the handshake completed"))
         if self.ready:
-            self.daemon.link_down(self)
+            self.host.link_down(self)
 
     # lines
 
@@ -100,7 +103,7 @@ class PeerLink(LineOnlyReceiver):
         elif kind == "hello":
             self.send(wire.error("bad_frame", "hello was already exchanged"))
         else:
-            self.daemon.link_frame(self, frame)
+            self.host.link_frame(self, frame)
 
     def lineLengthExceeded(self, line):
         self.fail("line_too_long", "line longer than %d bytes" % self.MAX_LENGTH)
@@ -119,15 +122,15 @@ class PeerLink(LineOnlyReceiver):
         if self.peer is not None:
             return
         self.peer = frame["name"]
-        d = self.daemon.verify_peer(frame["name"], self.peer_key)
+        d = self.host.verify_peer(frame["name"], self.peer_key)
         d.addCallbacks(self._verified, self._refused)
 
     def _verified(self, _):
         if self.closed or self.when_ready.called:  # failed (and closing) while the lookup ran
             return
         self.ready = True
-        self._arm(PING_AFTER)
-        self.daemon.link_up(self)
+        self._timer.arm(PING_AFTER)
+        self.host.link_up(self)
         self.when_ready.callback(self)
         early, self.early = self.early, []
         for frame in early:
@@ -149,6 +152,9 @@ class PeerLink(LineOnlyReceiver):
         if not self.closed:
             self.transport.write(wire.encode(frame) + b"\n")
 
+    def peer_address(self):
+        return self.transport.getPeer()
+
     def fail(self, code, message, reply=True):
         log.info("link {direction} {peer}: {code}: {message}", direction="to" if self.outgoing else "from",
                  peer=self.peer or (self.expected or ("?",))[0], code=code, message=message)
@@ -160,17 +166,7 @@ class PeerLink(LineOnlyReceiver):
 
     # keepalive: one timer, re-armed from the time of the last traffic
 
-    def _arm(self, delay):
-        self._disarm()
-        self._timer = self.clock.callLater(delay, self._tick)
-
-    def _disarm(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
     def _tick(self):
-        self._timer = None
         if self.closed:
             return
         if not self.ready:
@@ -181,7 +177,7 @@ class PeerLink(LineOnlyReceiver):
             self.transport.abortConnection()
             return
         if idle < PING_AFTER:
-            return self._arm(PING_AFTER - idle)
+            return self._timer.arm(PING_AFTER - idle)
         self._ping_n += 1
         self.send({"t": "ping", "n": self._ping_n})
-        self._arm(min(PING_AFTER, DEAD_AFTER - idle))
+        self._timer.arm(min(PING_AFTER, DEAD_AFTER - idle))

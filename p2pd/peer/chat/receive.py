@@ -1,0 +1,79 @@
+"""What we get: messages from peers, stored once (duplicates are dropped by id) and acknowledged only after the
+commit that made them durable.
+
+Per-sender order holds: a message whose ``seq`` skips ahead (the missing ones may sit in our mailbox) waits, with
+everything behind it on its link, until the mailbox has been fetched. A room message is stored only if its
+sender is a member of the room (:meth:`.rooms.Rooms.sender_ok`)."""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from p2pd.core import wire
+from p2pd.core.clock import now_ms
+from p2pd.core.names import canonical_room
+from p2pd.peer.chat.mailbox import MailboxFetcher
+
+log = Logger()
+
+
+class Receiver:
+    def __init__(self, name, identity, storage, registry, clock, commits, events, pins, rooms):
+        self.name = name
+        self.storage = storage
+        self.clock = clock
+        self.commits = commits
+        self.events = events
+        self.rooms = rooms
+        self.mailbox = MailboxFetcher(name, identity, registry, pins, self.accept, rooms.sender_ok)
+
+    def receive(self, link, frame):
+        """A ``msg`` frame from an authenticated *link*."""
+        if frame["from"] != link.peer:
+            link.send(wire.error("bad_frame", "messages on this link must come from %s" % link.peer, frame["id"]))
+            return
+        room = frame.get("room")
+        if room and not self.rooms.in_room(room):
+            # We left the room (or never were in it): take the message off the sender's outbox, keep nothing.
+            link.send({"t": "ack", "id": frame["id"]})
+            return
+        if room and not self.rooms.known_member(room, frame["from"]) and link.backlog is None:
+            # Check with the registry that the sender is in the room before anything of it is stored; frames
+            # that come meanwhile wait behind this one, in order.
+            link.backlog = [frame]
+            defer.ensureDeferred(self.rooms.sender_ok(frame)).addBoth(lambda _: self._drain(link))
+            return
+        if link.backlog is not None:
+            link.backlog.append(frame)
+            return
+        last = self.storage.last_seq(frame["from"], frame["from"])
+        if frame["seq"] > last + 1 and not self.storage.has_message(frame["id"]):
+            # earlier messages may be waiting in our mailbox: fetch it first, then go on in order
+            link.backlog = [frame]
+            self.mailbox.fetch().addBoth(lambda _: self._drain(link))
+            return
+        self.accept(frame, via="direct", link=link)
+
+    def _drain(self, link):
+        frames, link.backlog = link.backlog or [], None
+        for frame in frames:
+            if frame.get("room") and self.rooms.known_member(frame["room"], frame["from"]) is False:
+                log.warn("dropped a message to room {room} from {sender}, who is not a member",
+                         room=frame["room"], sender=frame["from"])
+                link.send({"t": "ack", "id": frame["id"]})
+                continue
+            self.accept(frame, via="direct", link=link)
+
+    def accept(self, frame, via, link=None, after_commit=None):
+        """Store *frame* (unless its id is stored already); after the commit, announce it, acknowledge it on
+        *link* and call *after_commit*."""
+        msg = {"id": frame["id"], "sender": frame["from"], "recipient": self.name, "seq": frame["seq"],
+               "ts": frame["ts"], "body": frame["body"], "room": frame.get("room"), "via": via}
+        if self.storage.add_incoming(msg, now_ms(self.clock)):
+            conversation = frame["from"] if not frame.get("room") else "#" + canonical_room(frame["room"])
+            stored = dict(msg, conversation=conversation, direction="in", via=via)
+            self.commits.after_commit(lambda: self.events.emit({"event": "message", "message": stored}))
+        if link is not None:
+            self.commits.acknowledge(link, frame["id"])
+        if after_commit is not None:
+            self.commits.after_commit(after_commit)
+        self.commits.schedule_flush()

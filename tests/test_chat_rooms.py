@@ -1,0 +1,124 @@
+"""Rooms (p2pd.peer.chat.rooms) over fakes: membership kept and announced, posts stored once and copied to every
+member's outbox in request order, the member cache that decides who may post."""
+
+import pytest
+
+from p2pd.errors import BadRequest, NoSuchRoom, NotMember
+from p2pd.peer.chat.rooms import ROOM_CACHE_TTL
+from tests.chat_fakes import ChatWorld, FakeLink, failure, result
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = ChatWorld(tmp_path)
+    w.peer("bob", 2)
+    w.peer("carol", 3)
+    w.registry.room_views["G1"] = {"name": "G1", "members": ["alice", "bob", "carol"]}
+    return w
+
+
+def room_frames(world):
+    return [(link.peer, f["change"]) for link in world.tls.connected for f in link.sent if f["t"] == "room"]
+
+
+def test_creating_a_room_does_not_join_it(world):
+    view = result(world.rooms.create_room("Hikers"))
+    assert view["members"] == [] and world.registry.room_views["Hikers"]["members"] == []
+
+
+def test_joining_and_leaving_are_kept_and_announced_to_the_members(world, tmp_path):
+    world.registry.room_views["G2"] = {"name": "G2", "members": ["bob"]}
+    result(world.rooms.join_room("g2"))
+    assert world.rooms.in_room("G2") is True
+    assert room_frames(world) == [("bob", "joined")]
+    result(world.rooms.leave_room("G2"))
+    assert world.rooms.in_room("g2") is False
+    assert room_frames(world) == [("bob", "joined"), ("bob", "left")]
+    world.run()
+    again = ChatWorld(tmp_path, "alice")
+    assert again.rooms.in_room("G2") is False  # membership survives a restart
+    assert again.rooms.in_room("never-heard-of") is True  # unknown rooms count as joined
+
+
+def test_the_registry_words_become_the_users(world):
+    from p2pd.errors import AlreadyMember
+    world.registry.fail_with["join"] = AlreadyMember("already_member")
+    assert failure(world.rooms.join_room("g1")).message == "you are already a member of g1"
+
+
+def test_a_post_is_stored_once_and_queued_once_per_other_member(world):
+    d = world.rooms.post_room("G1", "hello room")
+    assert not d.called
+    world.run()
+    answer = result(d)
+    assert answer["status"] == "sent" and sorted(answer["recipients"]) == ["bob", "carol"]
+    assert [m["body"] for m in world.storage.history("#g1")] == ["hello room"]
+    bodies = {link.peer: [f["body"] for f in link.sent if f["t"] == "msg"] for link in world.tls.connected}
+    assert bodies == {"bob": ["hello room"], "carol": ["hello room"]}
+    assert all(f.get("room") == "G1" for link in world.tls.connected for f in link.sent if f["t"] == "msg")
+
+
+def test_posts_are_stored_in_request_order_whatever_order_the_registry_answers_in(world):
+    world.registry.hold = True
+    ds = [world.rooms.post_room("G1", text) for text in ("first", "second", "third")]
+    world.registry.release(2)
+    world.registry.release(1)
+    world.run()
+    assert world.storage.history("#g1") == [] and not any(d.called for d in ds)
+    world.registry.release(0)
+    world.registry.hold = False
+    world.run()
+    assert [m["body"] for m in world.storage.history("#g1")] == ["first", "second", "third"]
+    assert all(result(d)["status"] == "sent" for d in ds)
+
+
+def test_posting_where_we_are_not_a_member_or_to_no_room_or_nothing(world):
+    world.registry.room_views["G2"] = {"name": "G2", "members": ["bob"]}
+    assert isinstance(failure(world.rooms.post_room("G2", "hi")), NotMember)
+    error = failure(world.rooms.post_room("G9", "hi"))
+    assert isinstance(error, NoSuchRoom) and "G9" in error.message
+    assert isinstance(failure(world.rooms.post_room("G1", "")), BadRequest)
+    world.run()
+    assert world.storage.outbox() == []
+
+
+def test_the_member_cache_asks_the_registry_once_per_period(world):
+    frame = {"room": "G1", "from": "bob"}
+    members = world.rooms.members
+    assert members.known_member("G1", "bob") is None
+    assert result(_coroutine(members.sender_ok(frame))) is True
+    lookups = len(world.registry.calls)
+    assert members.known_member("g1", "bob") is True and members.known_member("G1", "mallory") is False
+    assert result(_coroutine(members.sender_ok(frame))) is True and len(world.registry.calls) == lookups
+    world.clock.advance(ROOM_CACHE_TTL + 1)
+    world.registry.room_views["G1"]["members"] = ["alice", "carol"]
+    assert members.known_member("G1", "bob") is True  # stale but has bob: yes, and refreshed in the background
+    assert len(world.registry.calls) == lookups + 1
+    assert members.known_member("G1", "bob") is False  # the refreshed list
+
+
+def test_who_may_post_when_the_registry_cannot_say(world):
+    members = world.rooms.members
+    assert result(_coroutine(members.sender_ok({"room": "G9", "from": "bob"}))) is False  # no such room
+    world.registry.fail_with["room"] = OSError("registry down")
+    assert result(_coroutine(members.sender_ok({"room": "G1", "from": "bob"}))) is True  # keep it
+
+
+def test_room_events_must_come_from_the_links_peer(world):
+    link = FakeLink("bob")
+    world.rooms.room_event(link, {"t": "room", "room": "G1", "from": "carol", "change": "joined"})
+    assert link.sent[0]["code"] == "bad_frame" and world.kinds("room") == []
+    world.rooms.room_event(link, {"t": "room", "room": "G1", "from": "bob", "change": "left"})
+    assert world.kinds("room") == [{"event": "room", "room": "G1", "name": "bob", "change": "left"}]
+
+
+def test_joining_general_is_announced_to_the_peers_online(world):
+    world.peer("dave", 4, online=False)
+    result(world.rooms.announce_general())
+    assert sorted(room_frames(world)) == [("bob", "joined"), ("carol", "joined")]
+    assert world.storage.get("announced:general") is True
+
+
+def _coroutine(coro):
+    from twisted.internet import defer
+    return defer.ensureDeferred(coro)
