@@ -164,3 +164,11 @@ def test_an_outbox_left_by_the_last_run_is_loaded_and_sent(world, tmp_path):
     again.outbox.pump_all()
     again.run()
     assert sent_bodies(again.tls.connected[0]) == ["kept"]
+
+
+def test_the_outbox_and_its_neighbours_provide_their_interfaces(world):
+    from zope.interface.verify import verifyObject
+
+    from p2pd.peer.interfaces import ICommits, IEvents, IOutbox
+    assert verifyObject(IOutbox, world.outbox)
+    assert verifyObject(IEvents, world.events) and verifyObject(ICommits, world.commits)

@@ -120,6 +120,35 @@ class IDialer(Interface):
         """The ILink to *peer* that is up, or None."""
 
 
+class IOutbox(Interface):
+    """What we send (:class:`p2pd.peer.chat.outbox.Outbox`): stored and committed first, then queued per
+    recipient in ``seq`` order until acknowledged or taken by the registry mailbox."""
+
+    def send_message(to, text, wait):
+        """Deferred of the outcome: delivered, or queued (see :class:`p2pd.peer.facade.DaemonFacade`)."""
+
+    def dispatch(msg, wait, announce=True):
+        """A stored and committed message (rooms store their copies themselves): queue it and get it moving."""
+
+    def acked(link, msg_id):
+        """*link*'s peer acknowledged *msg_id*."""
+
+    def refused(link, msg_id, reason):
+        """*link*'s peer answered *msg_id* with an error: True if it was ours in flight (it failed)."""
+
+    def send_queued(link):
+        """Send on *link* what waits for its peer and is not in flight on it yet."""
+
+    def link_down(link):
+        """*link*, the current one to its peer, dropped: what was in flight on it goes again."""
+
+    def count(peer=None):
+        """How many messages wait (for *peer*, or for anybody)."""
+
+    def pump_all():
+        """Get every recipient's queue moving (links, else the mailbox, else later)."""
+
+
 class IFrameHandler(Interface):
     """A part that takes some kinds of link frames (files: offers and answers; rooms: room events)."""
 

@@ -13,12 +13,14 @@ from collections import OrderedDict, deque
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.names import canonical_name
 from p2pd.errors import BadRequest, LinkFailed, NoSuchPeer, P2PDError, PeerOffline
 from p2pd.peer.chat.mailbox import Depositor
+from p2pd.peer.interfaces import IOutbox
 
 log = Logger()
 
@@ -135,6 +137,7 @@ class SendFifo:
         self._drain(to)
 
 
+@implementer(IOutbox)
 class Outbox:
     """The queue of undelivered messages per recipient, and the callers waiting for their outcome."""
 
