@@ -219,3 +219,28 @@ def test_the_link_provides_its_interface_and_tells_where_the_peer_is():
     _, _, link, transport = connect()
     assert verifyObject(ILink, link)
     assert link.peer_address() == transport.getPeer()
+
+
+def test_a_refused_incoming_link_leaves_no_unhandled_error_behind():
+    """Nobody waits for an incoming link to be ready: when it is refused its failure is not left to be logged as
+    an "Unhandled error in Deferred" (every impostor that knocked would add one to the daemon's log)."""
+    import gc
+
+    from twisted.logger import globalLogPublisher
+
+    seen = []
+    observer = seen.append
+
+    def refuse():
+        daemon = FakeDaemon(verify_error=IdentityMismatch("bob presented another key"))
+        _, clock, link, transport = handshake(daemon)
+        assert link.when_ready.called and transport.disconnecting
+        link.connectionLost(None)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        refuse()
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert [e for e in seen if e.get("isError")] == []

@@ -48,6 +48,8 @@ class PeerLink(LineOnlyReceiver):
         self._timer = Timer(clock, PING_AFTER, self._tick)
         self._ping_n = 0
         self.when_ready = defer.Deferred()
+        if not self.outgoing:  # nobody waits for an incoming link: its refusal is logged by fail(), not left over
+            self.when_ready.addErrback(lambda failure: None)
         self.early = []  # frames that came after the peer's hello while we were still verifying it
 
     # connection
