@@ -171,8 +171,11 @@ def test_lost_receipts_never_duplicate(net):
     rng = random.Random(7)
     real_send = PeerLink.send
 
+    dropped = []
+
     def lossy_send(link, frame):
-        if link.daemon is bob and frame["t"] == "ack" and rng.random() < 0.5:
+        if link.host is bob and frame["t"] == "ack" and rng.random() < 0.5:
+            dropped.append(frame)
             return
         real_send(link, frame)
 
@@ -182,6 +185,7 @@ def test_lost_receipts_never_duplicate(net):
         net.run(2)
     finally:
         PeerLink.send = real_send
+    assert dropped, "the test lost no receipt"
     for pump in net.pumps:  # the link dies; alice's unacknowledged messages go out again on a new one
         pump.clientIO.loseConnection()
     net.run(5)
