@@ -79,10 +79,14 @@ class FakeRegistry:
         self.hold = False
         self.held = []
         self.fail_with = {}  # method -> exception to fail with
+        self.lookup_fails = {}  # name -> exception its lookup fails with
+        self.fail_once = {}  # method -> [exceptions to fail with, one per call, before it answers again]
         self._ids = itertools.count(1)
 
     def _answer(self, method, args, compute):
         self.calls.append((method,) + args)
+        if self.fail_once.get(method):
+            return defer.fail(self.fail_once[method].pop(0))
         if method in self.fail_with:
             return defer.fail(self.fail_with[method])
         if self.hold:
@@ -104,6 +108,8 @@ class FakeRegistry:
 
     def lookup(self, name):
         def compute():
+            if name in self.lookup_fails:
+                raise self.lookup_fails[name]
             if name not in self.records:
                 raise NotFound("no peer %s" % name)
             return dict(self.records[name])
@@ -157,7 +163,7 @@ class FakeRegistry:
     def ack(self, msg_id):
         def compute():
             self.acked.append(msg_id)
-            self.mailbox = [m for m in self.mailbox if m["id"] != msg_id]
+            self.mailbox = [m for m in self.mailbox if not (isinstance(m, dict) and m.get("id") == msg_id)]
             return {}
         return self._answer("ack", (msg_id,), compute)
 

@@ -69,14 +69,86 @@ def test_a_gap_in_seq_waits_for_the_mailbox_and_order_is_kept(world):
     assert [m["via"] for m in world.storage.history("bob")] == ["mailbox", "direct", "direct"]
 
 
-def test_a_forged_mailbox_message_is_dropped_and_acknowledged(world):
-    mallory = world.keys("mallory")
-    payload = json.dumps(msg(1), separators=(",", ":")).encode()
-    token = seal(mallory.signing, "bob", "alice", world.identity.box_public_text, payload)  # not bob's key
-    world.registry.mailbox = [{"id": "mb1", "from": "bob", "payload": token}]
+def deposit(world, sender_keys, frame, item_id, sender=None):
+    """Put *frame*, sealed by *sender_keys* as *sender* (the frame's sender by default), in alice's mailbox."""
+    sender = sender or frame["from"]
+    payload = json.dumps(frame, separators=(",", ":")).encode()
+    token = seal(sender_keys.signing, sender, "alice", world.identity.box_public_text, payload)
+    world.registry.mailbox.append({"id": item_id, "from": sender, "payload": token})
+
+
+def test_a_forged_mailbox_message_is_quarantined_and_acknowledged(world):
+    deposit(world, world.keys("mallory"), msg(1), "mb1")  # claims to be bob, signed by another key
     world.receiver.mailbox.fetch()
     world.run()
     assert world.storage.history() == [] and world.registry.acked == ["mb1"]
+    (kept,) = world.storage.quarantined()
+    assert kept["id"] == "mb1" and kept["from"] == "bob" and "not signed by" in kept["reason"]
+    assert world.kinds("quarantined") == [{"event": "quarantined", "id": "mb1", "from": "bob",
+                                           "reason": kept["reason"]}]
+
+
+def test_an_item_signed_by_a_key_other_than_the_pin_does_not_hold_up_the_rest(world):
+    """Issue 12, finding 1: bob reinstalled (new key) and deposited; the registry has his new key, alice's pin the
+    old one. His item is quarantined and acknowledged; the 20 messages carol deposited after it are delivered in
+    the same fetch."""
+    world.pins.pin("bob", world.bob.public_text)
+    new_bob = world.keys("bob-reinstalled")
+    world.registry.records["bob"]["key"] = new_bob.public_text
+    carol = world.peer("carol", 3)
+    deposit(world, new_bob, msg(1), "mb00", sender="bob")
+    for i in range(1, 21):
+        deposit(world, carol, msg(i, sender="carol"), "mb%02d" % i)
+    world.receiver.mailbox.page = 8  # several pages
+    world.receiver.mailbox.fetch()
+    world.run()
+    assert bodies(world, "carol") == ["m%d" % i for i in range(1, 21)]
+    assert world.registry.mailbox == [] and sorted(world.registry.acked)[0] == "mb00"
+    (kept,) = world.storage.quarantined()
+    assert kept["from"] == "bob" and "pinned" in kept["reason"]
+
+
+def test_an_item_whose_sender_cannot_be_looked_up_now_is_left_and_the_fetch_goes_on(world):
+    dave = world.peer("dave", 4)
+    carol = world.peer("carol", 3)
+    deposit(world, dave, msg(1, sender="dave"), "mb1")
+    deposit(world, carol, msg(1, sender="carol"), "mb2")
+    world.registry.lookup_fails["dave"] = OSError("registry overloaded")
+    world.receiver.mailbox.fetch()
+    world.run()
+    assert bodies(world, "carol") == ["m1"] and bodies(world, "dave") == []
+    assert [m["id"] for m in world.registry.mailbox] == ["mb1"] and world.storage.quarantined() == []
+    del world.registry.lookup_fails["dave"]
+    world.receiver.mailbox.fetch()
+    world.run()
+    assert bodies(world, "dave") == ["m1"] and world.registry.mailbox == []
+
+
+def test_a_rate_limited_fetch_waits_as_long_as_retry_after_says_and_goes_on(world):
+    from p2pd.errors import TooManyRequests
+    carol = world.peer("carol", 3)
+    for i in range(1, 4):
+        deposit(world, carol, msg(i, sender="carol"), "mb%d" % i)
+    world.registry.fail_once["fetch"] = [TooManyRequests("slow down", retry_after=5)]
+    world.registry.fail_once["ack"] = [TooManyRequests("slow down", retry_after=2)]
+    d = world.receiver.mailbox.fetch()
+    world.run(4.9)
+    assert bodies(world, "carol") == [] and not d.called
+    world.run(0.2)
+    world.run(2.1)
+    assert bodies(world, "carol") == ["m1", "m2", "m3"] and world.registry.mailbox == [] and d.called
+
+
+def test_malformed_mailbox_items_are_quarantined_or_skipped_without_stopping_the_fetch(world):
+    carol = world.peer("carol", 3)
+    world.registry.mailbox = [{"id": "mb1", "from": "bob", "payload": 7}, {"id": "mb2", "payload": "not sealed"},
+                              {"from": "bob", "payload": "no id"}, "not even a dict"]
+    deposit(world, carol, msg(1, sender="carol"), "mb3")
+    world.receiver.mailbox.fetch()
+    world.run()
+    assert bodies(world, "carol") == ["m1"]
+    assert sorted(q["id"] for q in world.storage.quarantined()) == ["mb1", "mb2"]
+    assert sorted(world.registry.acked) == ["mb1", "mb2", "mb3"]
 
 
 def test_room_messages_from_members_only_and_none_for_rooms_we_left(world):

@@ -397,6 +397,12 @@ def test_status_and_whois_for_people(run, daemon):
     assert run("whois", "nobody")[0] == 4
 
 
+def test_status_says_when_mailbox_messages_were_set_aside(run, daemon):
+    assert "quarantined" not in run("status")[1]
+    daemon.handlers["status"] = lambda r: ok(dict(STATUS, quarantined=2))
+    assert "quarantined: 2 mailbox message(s) set aside: p2pctl quarantine" in run("status")[1]
+
+
 def test_history_shows_time_sender_text_and_keeps_unicode(run, daemon):
     """history PEER prints "[time] sender: text"; Persian and emoji come out byte for byte."""
     ts = 1700000000000
@@ -407,6 +413,19 @@ def test_history_shows_time_sender_text_and_keeps_unicode(run, daemon):
     assert daemon.requests[-1] == {"id": 1, "cmd": "history", "conversation": "bob", "limit": 5}
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1000))
     assert out.encode("utf-8") == ("[%s] bob: %s\n[%s] alice: ok (queued)\n" % (stamp, PERSIAN, stamp)).encode()
+
+
+def test_quarantine_lists_what_was_set_aside_and_why(run, daemon):
+    ts = 1700000000000
+    daemon.handlers["quarantine"] = lambda r: ok([{"id": "0123456789abcdef", "from": "bob", "reason": "bob's key "
+                                                   "changed", "received_at": ts}])
+    code, out, _ = run("quarantine", "--limit", "5")
+    assert code == 0 and daemon.requests[-1] == {"id": 1, "cmd": "quarantine", "limit": 5}
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1000))
+    assert out.startswith("[%s] from bob: bob's key changed (mailbox item " % stamp)
+    daemon.handlers["quarantine"] = lambda r: ok([])
+    assert run("quarantine")[1] == "nothing quarantined\n"
+    assert run("quarantine", "--limit", "0")[0] == 2
 
 
 def test_history_of_everything_names_the_recipient(run, daemon):

@@ -65,6 +65,9 @@ class FakeFacade:
         return [{"id": "m1", "conversation": conversation or "bob", "sender": "bob", "body": PERSIAN,
                  "limit": limit}]
 
+    def quarantined(self, limit=100):
+        return [{"id": "q1", "from": "bob", "reason": "forged", "received_at": 5, "limit": limit}]
+
     def subscribe(self, callback):
         self.subscribers.append(callback)
 
@@ -118,6 +121,8 @@ COMMANDS = [
      [{"id": "m1", "conversation": "carol", "sender": "bob", "body": PERSIAN, "limit": 5}]),
     ({"id": 7, "cmd": "watch"}, {"watching": True}),
     ({"id": 8, "cmd": "unwatch"}, {"watching": False}),
+    ({"id": 9, "cmd": "quarantine", "limit": 3}, [{"id": "q1", "from": "bob", "reason": "forged", "received_at": 5,
+                                                   "limit": 3}]),
 ]
 
 
@@ -197,6 +202,7 @@ BAD_REQUESTS = [
     (b'{"id": 1, "cmd": "history", "limit": 0}', 1, "bad_request", "limit"),
     (b'{"id": 1, "cmd": "history", "limit": "5"}', 1, "bad_request", "integer"),
     (b'{"id": 1, "cmd": "history", "conversation": ["x"]}', 1, "bad_request", "string"),
+    (b'{"id": 1, "cmd": "quarantine", "limit": 5000}', 1, "bad_request", "limit"),
 ]
 
 

@@ -515,6 +515,9 @@ API = {
     "outbox_count": "(self) -> int",
     "outbox_recipients": "(self) -> list[str]",
     "put": "(self, key: str, value)",
+    "add_quarantined": "(self, item_id: str, sender, reason: str, payload, now_ms: int, keep: int = 1000) -> bool",
+    "quarantine_count": "(self) -> int",
+    "quarantined": "(self, limit: int = 100) -> list",
     "put_hash": "(self, path: str, st, root: str, digests: bytes)",
     "put_transfer": "(self, record: dict, now_ms: int)",
     "settings_with_prefix": "(self, prefix: str) -> list",
@@ -524,7 +527,8 @@ API = {
 
 def test_public_api_is_the_one_callers_use():
     """Storage, composed of its parts, offers exactly the methods (names and signatures) it had as one class,
-    plus the ``pending`` property and the ``name`` of the sender it records."""
+    plus the ``pending`` property and the ``name`` of the sender it records (and, since issue 12, the quarantine
+    of undeliverable mailbox items)."""
     methods = {name: str(inspect.signature(getattr(Storage, name))) for name in dir(Storage)
                if not name.startswith("_") and inspect.isfunction(getattr(Storage, name))}
     assert methods == API

@@ -88,3 +88,15 @@ def test_each_part_opens_the_same_file_alone(path):
     s = Storage(path)
     assert s.settings_with_prefix("pin:") == [("pin:bob", "key"), ("pin:carol", "other")]
     s.close()
+
+
+def test_quarantine_keeps_the_newest_items_once_each(tmp_path):
+    s = Storage(str(tmp_path / "q.sqlite3"))
+    assert s.add_quarantined("a", "bob", "forged", "PAYLOAD", 1) is True
+    assert s.add_quarantined("a", "bob", "forged", "PAYLOAD", 2) is False
+    for i in range(5):
+        s.add_quarantined("b%d" % i, None, "unreadable", None, 10 + i, keep=3)
+    s.commit()
+    assert [q["id"] for q in s.quarantined()] == ["b4", "b3", "b2"]
+    assert s.quarantined(limit=1) == [{"id": "b4", "from": None, "reason": "unreadable", "received_at": 14}]
+    assert s.quarantine_count() == 3

@@ -10,7 +10,8 @@ from p2pd.cli.command import COMMANDS, Context
 from p2pd.cli.sanitize import clean
 
 # modules whose @command registrations make up p2pctl; later features append theirs
-COMMAND_MODULES = ["p2pd.cli.basic", "p2pd.cli.chat", "p2pd.cli.files", "p2pd.cli.rooms", "p2pd.cli.shell"]
+COMMAND_MODULES = ["p2pd.cli.basic", "p2pd.cli.chat", "p2pd.cli.files", "p2pd.cli.rooms", "p2pd.cli.safety",
+                   "p2pd.cli.shell"]
 
 DEFAULT_TIMEOUT = 30.0
 

@@ -59,6 +59,9 @@ def event_line(event, now_ms) -> str:
                                                                clean(event.get("reason")), short_id(event.get("id")))
     if kind == "peer":
         return "%s %s is %s" % (stamp, clean(event.get("name")), clean(event.get("state")))
+    if kind == "quarantined":
+        return "%s a mailbox message from %s could not be delivered and was set aside: %s (p2pctl quarantine)" % (
+            stamp, clean(event.get("from") or "?"), clean(event.get("reason")))
     if kind == "registry":
         line = "%s registry %s" % (stamp, clean(event.get("state")))
         return line + (": " + clean(event["message"]) if event.get("message") else "")
@@ -129,6 +132,9 @@ def status_lines(status) -> list:
                             for l in links if isinstance(l, dict)) or "none"),
         ("version", clean(status.get("version"))),
     ]
+    if status.get("quarantined"):
+        rows.insert(8, ("quarantined", "%s mailbox message(s) set aside: p2pctl quarantine" %
+                        clean(status["quarantined"])))
     return ["%-12s %s" % (key + ":", value) for key, value in rows]
 
 

@@ -31,6 +31,7 @@ groups     -                                   every room: ``name``, ``member_co
 public     ``room``, ``text``                  ``{"id", "room", "recipients", "status": "sent"}`` once stored
 private    ``to``, ``text``                    as ``msg``
 users      -                                   the online peers (as ``peers``)
+quarantine ``limit`` (opt)                     mailbox items set aside: ``[{"id", "from", "reason", "received_at"}]``
 =========  ==================================  ==========================================================
 
 ``send`` and ``get`` write ``{"id": ID, "progress": {...}}`` lines (bytes, done, rate, eta) while they run,

@@ -70,6 +70,12 @@ class Commands:
             raise BadRequest("limit must be between 1 and %d" % MAX_HISTORY)
         return self.facade.history(conversation, limit=limit)
 
+    def do_quarantine(self, request):
+        limit = _arg(request, "limit", int, required=False, default=100)
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000")
+        return self.facade.quarantined(limit)
+
     def do_watch(self, request):
         if not self.watching:
             self.watching = True

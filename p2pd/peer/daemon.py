@@ -191,6 +191,7 @@ class PeerDaemon:
             "data_dir": self.data_dir, "addresses": self.addresses, "version": __version__,
             "registry": dict(self.registry_state, url=self.registry.base),
             "outbox": self.outbox.count(),
+            "quarantined": self.storage.quarantine_count(),
             "links": [{"peer": p, "direction": "out" if l.outgoing else "in", "since": int(l.since * 1000)}
                       for p, l in sorted(self.dialer.links.items())],
         }
@@ -218,6 +219,9 @@ class PeerDaemon:
 
     def post_room(self, room, text):
         return self.rooms_part.post_room(room, text)
+
+    def quarantined(self, limit=100):
+        return self.storage.quarantined(limit)
 
     def history(self, conversation=None, limit=100):
         """The conversation with a peer, or with a room (``#G1``, or ``G1`` when no peer chat of that name

@@ -10,6 +10,7 @@ Events are dicts ``{"event": "<kind>", ...}`` pushed to every subscriber:
     {"event": "failed", "id": ID, "to": NAME, "reason": "..."}
     {"event": "peer", "name": NAME, "state": "online"|"offline"|"connected"|"disconnected"}
     {"event": "registry", "state": "online"|"unreachable", "message": "..."}
+    {"event": "quarantined", "id": MAILBOX_ID, "from": NAME, "reason": "..."}  (a mailbox item set aside)
 """
 
 from typing import Any, Protocol, runtime_checkable
@@ -43,7 +44,7 @@ class DaemonFacade(Protocol):
     def status(self) -> dict:
         """{"name", "key", "fingerprint", "data_dir", "addresses": {"tcp": [...], "udp": [...], "public": ...},
         "registry": {"url", "state": "online"|"unreachable"|"starting", "message"}, "outbox": int,
-        "links": [{"peer", "direction", "since"}], "version"}"""
+        "quarantined": int, "links": [{"peer", "direction", "since"}], "version"}"""
 
     def peers(self):
         """Deferred[list of online peer records from the registry, without ourselves]."""
@@ -59,6 +60,9 @@ class DaemonFacade(Protocol):
 
     def history(self, conversation: str | None = None, limit: int = 100) -> list:
         """Stored messages, oldest first (the newest *limit*)."""
+
+    def quarantined(self, limit: int = 100) -> list:
+        """Mailbox items that could not be delivered, newest first: [{"id", "from", "reason", "received_at"}]."""
 
     def subscribe(self, callback) -> None:
         """Call callback(event_dict) for every event until unsubscribe(callback)."""

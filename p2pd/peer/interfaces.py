@@ -295,6 +295,15 @@ class IChatStore(IStore):
     def put(key, value):
         """Set *key* to a JSON-able *value*."""
 
+    def add_quarantined(item_id, sender, reason, payload, now_ms):
+        """Keep a mailbox item that cannot be delivered (the newest 1,000 are kept); False if kept already."""
+
+    def quarantined(limit=100):
+        """The newest quarantined items, newest first: ``{"id", "from", "reason", "received_at"}``."""
+
+    def quarantine_count():
+        """How many quarantined items are kept."""
+
 
 class IFileStore(IStore):
     """What file transfers keep: their records (JSON dicts with ``tid``, ``direction``, ``peer``, ``status``,

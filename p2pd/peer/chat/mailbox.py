@@ -4,18 +4,22 @@ acknowledges what waits in ours."""
 
 import json
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.sealed import SealedError, open_sealed, seal
-from p2pd.errors import NoSuchPeer
+from p2pd.errors import IdentityMismatch, NoSuchPeer, NotFound, P2PDError, TooManyRequests
 
 log = Logger()
 
 MAILBOX_PAGE = 50
+MAX_PAGE = 200  # the registry's largest page
+MAX_SKIPPED = 150  # items left for later after which a fetch stops paging past them
+RATE_LIMIT_RETRIES = 4
+MAX_RETRY_AFTER = 60.0
 
 
 class Depositor:
@@ -81,13 +85,23 @@ class Depositor:
 
 
 class MailboxFetcher:
-    """Fetches our mailbox page by page. ``accept(frame, via, after_commit)`` stores one message;
-    ``sender_ok(frame)`` (a coroutine) says whether a room message's sender is in the room."""
+    """Fetches our mailbox page by page, each item on its own. ``accept(frame, via, after_commit)`` stores one
+    message; ``sender_ok(frame)`` (a coroutine) says whether a room message's sender is in the room.
 
-    def __init__(self, name, identity, registry, pins, accept, sender_ok, page=MAILBOX_PAGE):
+    An item that can never be delivered (unreadable, forged, from a name nobody holds, or signed by a key other
+    than the one pinned for its sender) is quarantined: kept in the store for the user to see, announced, and
+    acknowledged, so it never holds up the items behind it. An item whose sender the registry cannot look up just
+    now is left for a later fetch, and the fetch goes on past it. A registry that answers 429 is waited for as
+    long as its ``Retry-After`` says (up to a minute), then asked again."""
+
+    def __init__(self, name, identity, storage, registry, clock, events, pins, accept, sender_ok,
+                 page=MAILBOX_PAGE):
         self.name = name
         self.identity = identity
+        self.storage = storage
         self.registry = registry
+        self.clock = clock
+        self.events = events
         self.pins = pins
         self.accept = accept
         self.sender_ok = sender_ok
@@ -113,28 +127,71 @@ class MailboxFetcher:
             w.callback(None)
 
     async def _fetch(self):
+        skipped = set()  # ids of items left for a later fetch
         while True:
-            reply = await self.registry.fetch(limit=self.page)
-            messages = reply.get("messages", [])
-            for item in messages:
-                try:
-                    sealed = open_sealed(item["payload"], self.identity.box_private, self.name)
-                    record = await self.pins.lookup(sealed.sender_name)
-                    sealed.verify(record["key"])
-                    frame = wire.decode(sealed.payload)
-                    if frame["t"] != "msg" or frame["from"] != sealed.sender_name:
-                        raise SealedError("sealed content is not a message from its sender")
-                except (SealedError, wire.FrameError, NoSuchPeer) as e:
-                    log.warn("dropping an unreadable mailbox message {id} from {sender}: {error}",
-                             id=item.get("id"), sender=item.get("from"), error=e)
-                    await self.registry.ack(item["id"])
-                    continue
-                if frame.get("room") and not await self.sender_ok(frame):
-                    await self.registry.ack(item["id"])
-                    continue
-                done = defer.Deferred()
-                self.accept(frame, via="mailbox", after_commit=lambda d=done: d.callback(None))
-                await done  # committed: now the registry may forget it
-                await self.registry.ack(item["id"])
-            if len(messages) < self.page:
+            limit = min(MAX_PAGE, self.page + len(skipped))
+            reply = await self._patiently(self.registry.fetch, limit=limit)
+            items = reply.get("messages") if isinstance(reply, dict) else None
+            if not isinstance(items, list):
+                raise P2PDError("the registry's mailbox answer has no message list")
+            fresh = [item for item in items if isinstance(item, dict) and item.get("id") not in skipped]
+            for item in fresh:
+                if not await self._take(item):
+                    skipped.add(item.get("id"))
+            if len(items) < limit or not fresh or len(skipped) >= MAX_SKIPPED:
                 return
+
+    async def _patiently(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)``, asked again after the wait a 429 asks for (a few times at most)."""
+        for attempt in range(RATE_LIMIT_RETRIES):
+            try:
+                return await call(*args, **kwargs)
+            except TooManyRequests as e:
+                if attempt == RATE_LIMIT_RETRIES - 1:
+                    raise
+                await task.deferLater(self.clock, min(max(e.retry_after, 1), MAX_RETRY_AFTER), lambda: None)
+
+    async def _take(self, item):
+        """Deliver one mailbox item, or quarantine it; True once the registry may forget it, False if it is left
+        for a later fetch."""
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not item_id:
+            return False  # nothing to acknowledge it by: the registry never sends this
+        try:
+            payload = item.get("payload")
+            if not isinstance(payload, str):
+                raise SealedError("the item carries no sealed payload")
+            sealed = open_sealed(payload, self.identity.box_private, self.name)
+            record = await self._patiently(self.pins.lookup, sealed.sender_name)
+            sealed.verify(record["key"])
+            frame = wire.decode(sealed.payload)
+            if frame["t"] != "msg" or frame["from"] != sealed.sender_name:
+                raise SealedError("sealed content is not a message from its sender")
+        except (SealedError, wire.FrameError, NoSuchPeer, IdentityMismatch) as e:
+            self._quarantine(item, getattr(e, "message", None) or str(e))
+            return await self._ack(item_id)
+        except Exception as e:
+            log.info("mailbox item {id} from {sender} left for later: {error}", id=item_id,
+                     sender=item.get("from"), error=getattr(e, "message", None) or e)
+            return False
+        if frame.get("room") and not await self.sender_ok(frame):
+            return await self._ack(item_id)
+        done = defer.Deferred()
+        self.accept(frame, via="mailbox", after_commit=lambda: done.callback(None))
+        await done  # committed: now the registry may forget it
+        return await self._ack(item_id)
+
+    def _quarantine(self, item, reason):
+        sender = item.get("from") if isinstance(item.get("from"), str) else None
+        log.warn("mailbox item {id} from {sender} cannot be delivered, quarantined: {reason}", id=item["id"],
+                 sender=sender, reason=reason)
+        if self.storage.add_quarantined(item["id"], sender, reason, item.get("payload"), now_ms(self.clock)):
+            self.storage.commit()
+            self.events.emit({"event": "quarantined", "id": item["id"], "from": sender, "reason": reason})
+
+    async def _ack(self, item_id):
+        try:
+            await self._patiently(self.registry.ack, item_id)
+        except NotFound:
+            pass  # gone already (expired, or acknowledged by an earlier fetch)
+        return True

@@ -24,7 +24,8 @@ class Receiver:
         self.commits = commits
         self.events = events
         self.rooms = rooms
-        self.mailbox = MailboxFetcher(name, identity, registry, pins, self.accept, rooms.sender_ok)
+        self.mailbox = MailboxFetcher(name, identity, storage, registry, clock, events, pins, self.accept,
+                                      rooms.sender_ok)
 
     def receive(self, link, frame):
         """A ``msg`` frame from an authenticated *link*."""

@@ -41,6 +41,7 @@ its own, and in a Storage they share one connection and one write group:
 - :mod:`~p2pd.peer.storage.outbox`: outgoing messages, their seq, the outbox, room posts, delivery marks;
 - :mod:`~p2pd.peer.storage.settings`, :mod:`~p2pd.peer.storage.transfers`, :mod:`~p2pd.peer.storage.hashes`:
   settings, file transfer records, the hash cache of offered files;
+- :mod:`~p2pd.peer.storage.quarantine`: mailbox items that cannot be delivered;
 - :mod:`~p2pd.peer.storage.checks` and :mod:`~p2pd.peer.storage.errors`: what input is refused, and how.
 """
 
@@ -52,6 +53,7 @@ from p2pd.peer.storage.errors import InvalidMessage, StorageError
 from p2pd.peer.storage.hashes import HashCache
 from p2pd.peer.storage.messages import MESSAGE_FIELDS
 from p2pd.peer.storage.outbox import Outbox
+from p2pd.peer.storage.quarantine import Quarantine
 from p2pd.peer.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from p2pd.peer.storage.settings import Settings
 from p2pd.peer.storage.transfers import TransferRecords
@@ -63,7 +65,7 @@ __all__ = [
 
 
 @implementer(IChatStore, IFileStore)
-class Storage(Outbox, Settings, TransferRecords, HashCache):
+class Storage(Outbox, Settings, TransferRecords, HashCache, Quarantine):
     """The daemon's store. Writes join the open transaction; :meth:`commit` makes them durable.
 
     Chat, the outbox, pins and rooms use it as an :class:`~p2pd.peer.interfaces.IChatStore`, file transfers as

@@ -69,7 +69,18 @@ def _to_v2(db):
         db.execute(statement)
 
 
-MIGRATIONS = (_to_v1, _to_v2)  # MIGRATIONS[n] takes the schema from version n to n + 1
+def _to_v3(db):
+    """Mailbox items that cannot be delivered, kept for the user to see (:mod:`~p2pd.peer.storage.quarantine`)."""
+    db.execute("""CREATE TABLE quarantine (
+                      rowid INTEGER PRIMARY KEY,
+                      id TEXT NOT NULL UNIQUE,
+                      sender TEXT,
+                      reason TEXT NOT NULL,
+                      received_at INTEGER NOT NULL,
+                      payload TEXT NOT NULL)""")
+
+
+MIGRATIONS = (_to_v1, _to_v2, _to_v3)  # MIGRATIONS[n] takes the schema from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
