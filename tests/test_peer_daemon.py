@@ -36,10 +36,11 @@ class Net:
         self.pumps = []
         self.daemons = {}
 
-    def daemon(self, name, port):
-        data_dir = str(self.tmp / name)
+    def daemon(self, name, port, home=None):
+        """A daemon *name* on *port*, its data in *home* (default: a directory named after it)."""
+        data_dir = str(self.tmp / (home or name))
         identity = load_or_create(data_dir, name)
-        storage = Storage(str(self.tmp / name / "p2pd.sqlite3"), name=name)
+        storage = Storage(str(self.tmp / (home or name) / "p2pd.sqlite3"), name=name)
         registry = RegistryClient(BASE, self.clock, self.http, identity.signing, name)
         d = PeerDaemon(name, identity, storage, registry, self.clock, FakeTLS(self, identity), data_dir)
         d.addresses = {"tcp": ["127.0.0.1:%d" % port], "udp": [], "public": None}
@@ -247,10 +248,7 @@ def test_changed_key_is_refused_and_message_stays_queued(net):
     net.result(alice.send_message("bob", "first"))
     net.offline(bob)
     net.result(bob.registry.release())
-    mallory = net.daemon("mallory", 3)
-    mallory.name = "bob"
-    mallory.registry.name = "bob"
-    net.daemons["bob"] = mallory
+    mallory = net.daemon("bob", 3, home="mallory")  # another key under bob's name
     net.online(mallory)
     outcome = net.result(alice.send_message("bob", "secret"))
     assert outcome["status"] == "queued" and outcome["via"] == "outbox"
@@ -282,3 +280,27 @@ def test_the_daemon_offers_everything_the_control_socket_calls(net):
     from p2pd.peer.facade import DaemonFacade
     alice = net.daemon("alice", 1)
     assert isinstance(alice, DaemonFacade)
+
+
+def test_a_deposit_signed_by_a_reinstalled_peer_does_not_hold_up_the_mailbox(net):
+    """Issue 12, finding 1, through the real registry API: bob reinstalls (a new key under his name) and leaves
+    alice a message while she is away; carol then leaves her 20. Alice, who pinned bob's old key, quarantines
+    bob's and gets all of carol's (before: the fetch stopped at bob's every time, for the 7 days it lived)."""
+    alice, bob, carol = net.daemon("alice", 1), net.daemon("bob", 2), net.daemon("carol", 3)
+    for d in (alice, bob, carol):
+        net.online(d)
+    net.result(bob.send_message("alice", "hello from my first install"))
+    net.offline(alice)
+    net.offline(bob)
+    net.result(bob.registry.release())
+    new_bob = net.daemon("bob", 4, home="bob-reinstalled")  # a fresh data dir: a new key
+    net.online(new_bob)
+    assert net.result(new_bob.send_message("alice", "my new key"))["via"] == "mailbox"
+    for i in range(20):
+        assert net.result(carol.send_message("alice", "c%d" % i))["via"] == "mailbox"
+    net.online(alice)
+    assert bodies(alice, "carol") == ["c%d" % i for i in range(20)]
+    assert bodies(alice, "bob") == ["hello from my first install"]
+    (kept,) = alice.storage.quarantined()
+    assert kept["from"] == "bob" and "pinned" in kept["reason"]
+    assert not net.store.mailboxes["alice"]

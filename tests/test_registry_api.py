@@ -332,6 +332,19 @@ async def test_mailbox_only_owner_reads(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_mailbox_gives_back_deposits_in_the_order_they_came_in_the_same_millisecond(world):
+    """A sender deposits its queue one message after another, in seq order; many land in the same millisecond,
+    and the recipient must get them in that order (ids once sorted by their random part, so it did not)."""
+    bob, carol = world.client("bob"), world.client("carol")
+    for c in (bob, carol):
+        await c.register()
+    sent = [(await carol.deposit("bob", "p%02d" % i))["id"] for i in range(40)]
+    messages = (await bob.fetch(limit=50))["messages"]
+    assert [m["payload"] for m in messages] == ["p%02d" % i for i in range(40)]
+    assert [m["id"] for m in messages] == sent
+
+
+@pytest_twisted.ensureDeferred
 async def test_mailbox_limits(world):
     """Deposits need a registered sender and recipient and a payload of at most 64 KiB."""
     alice = world.client("alice")

@@ -6,6 +6,7 @@ one place, :meth:`RegistryAPI.p2pd_error`. Every write for a name is signed by t
 """
 
 import ipaddress
+import itertools
 import os
 import pathlib
 import re
@@ -97,6 +98,7 @@ class RegistryAPI(RequestChecks):
         self.lease_ttl = lease_ttl
         self.reads = RateLimiter(read_rate, read_rate * 2)
         self.writes = RateLimiter(write_rate, write_rate * 2)
+        self.deposits = itertools.count()
 
     def resource(self):
         return self.app.resource()
@@ -314,7 +316,9 @@ class RegistryAPI(RequestChecks):
         if (yield self.store.get_peer(name)) is None:
             raise NoSuchPeer("unknown peer %s" % name)
         now = self.now_ms()
-        message = {"id": "%013x%s" % (now, os.urandom(6).hex()), "from": sender.name, "payload": payload,
+        # ids sort in deposit order, also within one millisecond: a sender's queue comes back in its seq order
+        message = {"id": "%013x%06x%s" % (now, next(self.deposits) & 0xffffff, os.urandom(4).hex()),
+                   "from": sender.name, "payload": payload,
                    "deposited_at": now, "expires_at": now + schema.MAILBOX_TTL * 1000}
         yield self.store.deposit(name, message, now, schema.MAILBOX_TTL, schema.MAILBOX_MAX_MESSAGES)
         return self.reply(request, {"id": message["id"], "expires_at": message["expires_at"]}, 201)
