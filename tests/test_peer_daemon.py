@@ -16,6 +16,7 @@ from p2pd.peer.identity import load_or_create
 from p2pd.peer.links.link import PeerLink
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage
+from p2pd.peer.threads import InlineThreads
 from p2pd.registry.api import RegistryAPI
 from p2pd.registry.store import MemoryStore
 
@@ -42,7 +43,8 @@ class Net:
         identity = load_or_create(data_dir, name)
         storage = Storage(str(self.tmp / (home or name) / "p2pd.sqlite3"), name=name)
         registry = RegistryClient(BASE, self.clock, self.http, identity.signing, name)
-        d = PeerDaemon(name, identity, storage, registry, self.clock, FakeTLS(self, identity), data_dir)
+        d = PeerDaemon(name, identity, storage, registry, self.clock, FakeTLS(self, identity), data_dir,
+                       InlineThreads())
         d.addresses = {"tcp": ["127.0.0.1:%d" % port], "udp": [], "public": None}
         self.by_port[port] = d
         self.daemons[name] = d
@@ -304,3 +306,32 @@ def test_a_deposit_signed_by_a_reinstalled_peer_does_not_hold_up_the_mailbox(net
     (kept,) = alice.storage.quarantined()
     assert kept["from"] == "bob" and "pinned" in kept["reason"]
     assert not net.store.mailboxes["alice"]
+
+
+def test_stopping_the_daemon_stops_the_part_attached_to_it(net):
+    from zope.interface import implementer
+
+    from p2pd.peer.interfaces import IFrameHandler
+
+    @implementer(IFrameHandler)
+    class Files:
+        kinds = frozenset({"offer"})
+        stopped = False
+
+        def frame(self, link, frame):
+            pass
+
+        def link_error(self, link, frame):
+            return False
+
+        def link_down(self, link):
+            pass
+
+        def stop(self):
+            self.stopped = True
+
+    alice, files = net.daemon("alice", 1), Files()
+    alice.attach(files)
+    net.online(alice)
+    alice.stop()
+    assert files.stopped

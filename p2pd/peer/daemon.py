@@ -23,7 +23,6 @@ from p2pd.peer.chat.receive import Receiver
 from p2pd.peer.chat.rooms import Rooms
 from p2pd.peer.interfaces import ILinkHost, IPresenceHost
 from p2pd.peer.links.link import PeerLink
-from p2pd.peer.threads import InlineThreads
 
 log = Logger()
 
@@ -34,9 +33,9 @@ FILE_FRAMES = frozenset(("offer", "accept", "reject", "cancel", "ls", "listing",
 @implementer(ILinkHost, IPresenceHost)
 class PeerDaemon:
     """Chat, links and the outbox of one peer. *tls* has ``client_endpoint(reactor, host, port, timeout)`` and
-    ``peer_key(transport)``; *threads* (an IThreads) runs the WAL checkpoints (inline if not given)."""
+    ``peer_key(transport)``; *threads* (an IThreads) runs the WAL checkpoints."""
 
-    def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, threads=None, discover=None):
+    def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, threads, discover=None):
         self.name = name
         self.identity = identity
         self.storage = storage
@@ -52,7 +51,7 @@ class PeerDaemon:
         self.transfers = None  # the files part, when there is one (the control socket's file commands use it)
         self.events = Events()
         self.commits = Commits(storage, reactor)
-        self.checkpoints = Checkpoints(storage, reactor, threads or InlineThreads())
+        self.checkpoints = Checkpoints(storage, reactor, threads)
         self.pins = Pins(storage, registry, self.commits)
         self.dialer = Dialer(self.pins, tls, reactor, lambda expected: PeerLink(self, reactor, expected=expected))
         self.outbox = Outbox(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
@@ -66,7 +65,8 @@ class PeerDaemon:
 
     def attach(self, handler):
         """Hand link frames of ``handler.kinds`` to *handler* (an IFrameHandler), and its ``link_error`` and
-        ``link_down`` calls; the files part is also what the control socket's file commands use."""
+        ``link_down`` calls, and stop it when the daemon stops; the files part is also what the control socket's
+        file commands use."""
         for kind in handler.kinds:
             self.handlers[kind] = handler
         self.transfers = handler
@@ -81,6 +81,8 @@ class PeerDaemon:
 
     def stop(self):
         self.started = False
+        for handler in set(self.handlers.values()):
+            handler.stop()
         self.outbox.stop()
         self.checkpoints.stop()
         if self._poll is not None and self._poll.active():

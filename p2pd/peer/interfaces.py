@@ -164,6 +164,9 @@ class IFrameHandler(Interface):
     def link_down(link):
         """*link* closed: fail or requeue what waited on it."""
 
+    def stop():
+        """The daemon stops: end what runs (it may be resumed after a restart)."""
+
 
 class IByteStream(Interface):
     """The sending side of a data path: ordered, reliable, flow-controlled bytes to one peer.

@@ -170,8 +170,7 @@ class PeerService(service.MultiService):
         if self.presence.running:
             yield self.presence.disownServiceParent()
         self.stun.stop()
-        self.transfers.stop()
-        self.daemon.stop()
+        self.daemon.stop()  # and the files part attached to it
         yield super().stopService()
         self.storage.commit()
         self.storage.close()

@@ -317,7 +317,7 @@ class RegistryAPI(RequestChecks):
             raise NoSuchPeer("unknown peer %s" % name)
         now = self.now_ms()
         # ids sort in deposit order, also within one millisecond: a sender's queue comes back in its seq order
-        message = {"id": "%013x%06x%s" % (now, next(self.deposits) & 0xffffff, os.urandom(4).hex()),
+        message = {"id": "%013x%06x%s" % (now, next(self.deposits) & 0xffffff, os.urandom(3).hex()),
                    "from": sender.name, "payload": payload,
                    "deposited_at": now, "expires_at": now + schema.MAILBOX_TTL * 1000}
         yield self.store.deposit(name, message, now, schema.MAILBOX_TTL, schema.MAILBOX_MAX_MESSAGES)
