@@ -27,10 +27,22 @@ class _Recorded:
         return self.endpoint.listen(factory).addCallback(listening)
 
 
+BACKLOG = 1024  # pending connections the kernel queues for a TCP listener (Twisted's default is 50)
+
+
+def with_backlog(description, backlog=BACKLOG):
+    """*description* with a listen backlog of *backlog* if it is a TCP one that names none: a burst of more
+    connections than the backlog holds loses the SYNs past it, and their clients retry only after a second."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return "%s:backlog=%d" % (description, backlog)
+    return description
+
+
 def stream_service(reactor, description, factory):
     """A service listening on the endpoint *description* (``tcp:0:interface=127.0.0.1``, ``unix:PATH:mode=600``)
     while it runs; :func:`bound` tells where."""
-    svc = strports.service(description, factory, reactor=reactor)
+    svc = strports.service(with_backlog(description), factory, reactor=reactor)
     svc.endpoint = _Recorded(svc.endpoint)
     return svc
 

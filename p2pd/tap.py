@@ -61,6 +61,7 @@ class Options(usage.Options):
         ["accept-from", None, None, "peer: with --accept auto, accept only from these peers (comma-separated)"],
         ["accept-max", None, None, "peer: with --accept auto, accept only offers up to this size (e.g. 2G)"],
         ["inbox", None, None, "peer: where received files land (default: DATA_DIR/inbox)"],
+        ["limits", None, None, "peer: change limits against hostile peers, NAME=VALUE,... (see the README)"],
     ]
 
     def parseOptions(self, options=None):
@@ -160,6 +161,11 @@ class Options(usage.Options):
         if self["accept-max"] is not None:
             self["accept-max"] = parse_size(self["accept-max"], "--accept-max")
         self["inbox"] = os.path.abspath(self["inbox"] or os.path.join(self["data-dir"], "inbox"))
+        from p2pd.peer.limits import LimitsError, parse_limits
+        try:
+            self["limits"] = parse_limits(self["limits"])
+        except LimitsError as e:
+            raise usage.UsageError("--limits: %s" % (e,))
 
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

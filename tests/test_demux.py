@@ -2,12 +2,14 @@
 receiver their session id names, anything else closed; on a StringTransport and a Clock."""
 
 import pytest
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from p2pd.core import datastream
+from p2pd.peer.net.admission import Admission
 from p2pd.peer.net.demux import DATA_TIMEOUT, DemuxFactory
 
 
@@ -78,12 +80,15 @@ class FakePaths:
 SID = b"S" * 16
 
 
+ADDR = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
 def demux(sessions=()):
     clock = Clock()
     tls = FakeTLSFactory()
     known = {sid: FakeSession(sid) for sid in sessions}
     factory = DemuxFactory(tls, FakePaths(known), clock, data=FakeData)
-    proto = factory.buildProtocol("addr")
+    proto = factory.buildProtocol(ADDR)
     transport = Transport()
     proto.makeConnection(transport)
     return proto, transport, clock, tls, factory.paths, known
@@ -92,7 +97,7 @@ def demux(sessions=()):
 def test_demux_hands_tls_to_the_tls_factory():
     proto, transport, clock, tls, transfers, _ = demux()
     proto.dataReceived(b"\x16\x03\x01rest of a client hello")
-    assert len(tls.built) == 1 and tls.built[0][0] == "addr"
+    assert len(tls.built) == 1 and tls.built[0][0] == ADDR
     inner = tls.built[0][1]
     assert inner.transport is transport and inner.data == [b"\x16\x03\x01rest of a client hello"]
     proto.dataReceived(b"more")
@@ -162,3 +167,62 @@ def test_demux_cancels_its_timer_when_the_connection_closes_early():
     proto, transport, clock, tls, transfers, known = demux()
     proto.connectionLost(Failure(Exception("gone")))
     assert clock.getDelayedCalls() == []
+
+
+class LinkInTLS(Recorder):
+    """What the TLS factory builds in production: TLS around a link that becomes ready once verified."""
+
+    def __init__(self):
+        super().__init__()
+        self.wrappedProtocol = self
+        self.when_ready = defer.Deferred()
+
+
+def test_unverified_connections_are_bounded_in_all_and_per_address():
+    """Issue 12, finding 2: past the limits a new connection is closed as it is accepted (buildProtocol gives
+    None); the slots come back when a link is verified, a data connection claimed, or a connection closes."""
+    clock = Clock()
+    links = []
+
+    class TLS(FakeTLSFactory):
+        def buildProtocol(self, addr):
+            links.append(LinkInTLS())
+            return links[-1]
+
+    factory = DemuxFactory(TLS(), FakePaths({SID: FakeSession(SID)}), clock, data=FakeData,
+                           admission=Admission(clock, total=5, per_host=3))
+    a, b = (IPv4Address("TCP", "192.0.2.%d" % n, 1000) for n in (1, 2))
+    conns = [factory.buildProtocol(a) for _ in range(4)]
+    assert [c is None for c in conns] == [False, False, False, True]  # 3 per address
+    more = [factory.buildProtocol(b) for _ in range(3)]
+    assert [c is None for c in more] == [False, False, True]  # 5 in all
+    for c in conns[:3] + more[:2]:
+        c.makeConnection(Transport())
+    conns[0].dataReceived(b"\x16hello")  # a TLS link: its slot comes back once it is verified
+    assert factory.buildProtocol(a) is None
+    links[0].when_ready.callback(links[0])
+    assert factory.buildProtocol(a) is not None
+    more[0].dataReceived(datastream.MAGIC + SID)  # a claimed data connection: verified at once
+    assert factory.buildProtocol(b) is not None
+    conns[1].connectionLost(Failure(Exception("gone")))  # closed: its slot comes back, once
+    conns[1].connectionLost(Failure(Exception("gone again")))
+    assert factory.admission.pending == 4 and factory.admission.by_host == {"192.0.2.1": 2, "192.0.2.2": 2}
+
+
+def test_an_unverified_link_that_fails_gives_its_slot_back_when_it_closes():
+    clock = Clock()
+    link = LinkInTLS()
+
+    class TLS(FakeTLSFactory):
+        def buildProtocol(self, addr):
+            return link
+
+    factory = DemuxFactory(TLS(), FakePaths({}), clock, data=FakeData, admission=Admission(clock, 1, 1))
+    conn = factory.buildProtocol(ADDR)
+    conn.makeConnection(Transport())
+    conn.dataReceived(b"\x16")
+    link.when_ready.addErrback(lambda f: None)
+    link.when_ready.errback(Exception("handshake timed out"))
+    assert factory.buildProtocol(ADDR) is None
+    conn.connectionLost(Failure(Exception("closed")))
+    assert factory.buildProtocol(ADDR) is not None

@@ -245,3 +245,25 @@ def test_a_refused_incoming_link_leaves_no_unhandled_error_behind():
     finally:
         globalLogPublisher.removeObserver(observer)
     assert [e for e in seen if "Unhandled error" in str(e.get("log_format"))] == []
+
+
+def test_a_connection_that_never_finishes_tls_is_cut_without_a_word():
+    """Issue 12, finding 2: before the TLS handshake completes, the handshake timeout writes nothing (TLS would
+    hold it, and Twisted would keep an unfinished handshake open until it was sent) and aborts."""
+    _, clock, link, transport = connect(expected=("bob", "KEY-B"))
+    clock.advance(HANDSHAKE_TIMEOUT)
+    assert transport.value() == b"" and transport.disconnected
+    failures = []
+    link.when_ready.addErrback(failures.append)
+    assert failures[0].value.code == "handshake"
+
+
+def test_a_refused_link_that_does_not_take_its_last_frame_is_cut_after_a_grace():
+    from p2pd.peer.links.link import CLOSE_GRACE
+    _, clock, link, transport = connect()
+    link.handshakeCompleted()
+    lines(transport)
+    send(link, MSG)  # before hello: refused, with an error frame (TLS is up)
+    assert lines(transport)[0]["code"] == "handshake" and transport.disconnecting and not transport.disconnected
+    clock.advance(CLOSE_GRACE)
+    assert transport.disconnected  # the peer never read it: cut

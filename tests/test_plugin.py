@@ -81,9 +81,24 @@ def test_example_peer_config_parses_with_the_file_options(tmp_path):
     (["--accept-max", "lots"], "--accept-max must be a size"),
     (["--accept-from", "bob,b@d"], "--accept-from"),
     (["--accept", "maybe"], "--accept must be ask, auto or deny"),
+    (["--limits", "unverified=0"], "at least 1"),
+    (["--limits", "unverifed=5"], "unknown limit 'unverifed'; the limits are: unverified, unverified-per-address"),
+    (["--limits", "unverified=2.5"], "whole number"),
+    (["--limits", "unverified=lots"], "not a number"),
 ])
 def test_bad_file_options_are_refused(args, message, tmp_path):
     options = tap.Options()
     with pytest.raises(SystemExit) as e:
         options.parseOptions(["--role=peer", "--name", "alice", "--data-dir", str(tmp_path)] + args)
     assert message in str(e.value)
+
+
+def test_limits_can_be_changed_on_the_command_line(tmp_path):
+    from p2pd.peer.limits import Limits
+    options = tap.Options()
+    options.parseOptions(["--role=peer", "--name", "alice", "--data-dir", str(tmp_path)])
+    assert options["limits"] == Limits()
+    options = tap.Options()
+    options.parseOptions(["--role=peer", "--name", "alice", "--data-dir", str(tmp_path),
+                          "--limits", " Unverified = 1K , unverified-per-address=8"])
+    assert options["limits"] == Limits(unverified=1024, unverified_per_address=8)

@@ -46,3 +46,26 @@ def test_now_ms_reads_the_injected_clock():
                                      (5 << 50, "5120.0 TiB")])
 def test_human_size(n, text):
     assert human_size(n) == text
+
+
+def test_tcp_listeners_get_a_deep_backlog_unless_one_is_given():
+    from p2pd.listening import BACKLOG, with_backlog
+    assert with_backlog("tcp:0:interface=127.0.0.1") == "tcp:0:interface=127.0.0.1:backlog=%d" % BACKLOG
+    assert with_backlog("tcp6:port=0") == "tcp6:port=0:backlog=%d" % BACKLOG
+    assert with_backlog("tcp:0:backlog=7") == "tcp:0:backlog=7"
+    assert with_backlog("unix:/tmp/x.sock:mode=600") == "unix:/tmp/x.sock:mode=600"
+
+
+def test_the_peer_raises_its_descriptor_limit_to_the_hard_one(monkeypatch):
+    import resource
+
+    from p2pd.peer import service
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, values: calls.append(values))
+    assert service.raise_fd_limit() == 4096 and calls == [(4096, 4096)]
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, resource.RLIM_INFINITY))
+    assert service.raise_fd_limit(most=50000) == 50000
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (8192, 8192))
+    calls.clear()
+    assert service.raise_fd_limit() == 8192 and calls == []

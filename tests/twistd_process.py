@@ -3,6 +3,7 @@ once it has written its info file (``registry.json`` / ``peer.json``) with its o
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ class TwistdProcess:
         self.proc = None
         self.info = None
         self.log_path = os.path.join(self.data_dir, "twistd.log")
+        self.limits = {}  # resource.RLIMIT_* -> (soft, hard) the process starts with
 
     def role_args(self):
         raise NotImplementedError
@@ -43,8 +45,15 @@ class TwistdProcess:
         info_path = os.path.join(self.data_dir, self.info_file)
         if os.path.exists(info_path):
             os.unlink(info_path)
+        limits = dict(self.limits)
+
+        def apply_limits():
+            for which, values in limits.items():
+                resource.setrlimit(which, values)
+
         self.proc = subprocess.Popen(self.command(), cwd=self.data_dir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=apply_limits if limits else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

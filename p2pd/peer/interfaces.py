@@ -63,6 +63,7 @@ class ILink(Interface):
     since = Attribute("when it came up (clock seconds)")
     inflight = Attribute("set of message ids sent on it and not acknowledged yet")
     backlog = Attribute("None, or the list of received frames held while an earlier one waits (per-sender order)")
+    when_ready = Attribute("Deferred that fires with the link once its peer is verified (fails if it never is)")
 
     def send(frame):
         """Send one frame (a dict of :mod:`p2pd.core.wire`); dropped if the link is closed."""

@@ -3,6 +3,7 @@ paths that carry them, the control socket, presence), hands each the others it n
 
 import ctypes
 import os
+import resource
 import socket
 import sys
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage, db_path
 from p2pd.peer.files.manager import Transfers
+from p2pd.peer.net.admission import Admission
 from p2pd.peer.net.demux import DemuxFactory
 from p2pd.peer.net.tcp_paths import TCPDataPaths
 from p2pd.peer.threads import ReactorThreads
@@ -80,6 +82,20 @@ def tune_malloc():
     return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
 
 
+def raise_fd_limit(most=65536):
+    """Raise the soft limit on open descriptors to the hard one (at most *most*): the daemon holds one per link,
+    data connection and pending handshake, and the usual soft limit of 1,024 is soon reached by a flood."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft
+        return want
+    return soft
+
+
 class PeerService(service.MultiService):
     """The peer process, as a MultiService of its listeners, presence and parts.
 
@@ -101,6 +117,7 @@ class PeerService(service.MultiService):
 
     def startService(self):
         tune_malloc()
+        raise_fd_limit()
         try:
             os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
             os.chmod(self.data_dir, 0o700)
@@ -130,6 +147,7 @@ class PeerService(service.MultiService):
     def build(self):
         """Open what the daemon keeps on disk and build its parts and listeners (children of this service)."""
         options, reactor = self.options, self.reactor
+        limits = options["limits"]
         self.identity = identity_mod.load_or_create(self.data_dir, self.name)
         self.storage = Storage(db_path(self.data_dir), name=self.name)
         pool = HTTPConnectionPool(reactor)
@@ -148,7 +166,9 @@ class PeerService(service.MultiService):
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
-        self.listener = stream_service(reactor, options["listen"], DemuxFactory(tls, self.data_paths, reactor))
+        admission = Admission(reactor, limits.unverified, limits.unverified_per_address)
+        self.listener = stream_service(reactor, options["listen"],
+                                       DemuxFactory(tls, self.data_paths, reactor, admission=admission))
         self.listener.setServiceParent(self)
         self.udp_port = UDPPort()
         self.stun = StunClient(reactor, self.udp_port.send, self.udp_port.family)

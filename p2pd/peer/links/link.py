@@ -25,6 +25,7 @@ PING_AFTER = 10  # seconds without traffic before we probe
 DEAD_AFTER = 30  # seconds without any traffic before the link is declared dead
 HANDSHAKE_TIMEOUT = 15
 MAX_EARLY = 1000  # frames held while the peer's identity is being verified
+CLOSE_GRACE = 5  # seconds a link we closed may take to send its last frame before it is cut
 
 
 @implementer(IHandshakeListener, ILink)
@@ -39,6 +40,7 @@ class PeerLink(LineOnlyReceiver):
         self.peer = None  # the authenticated peer name
         self.peer_key = None  # the key the TLS handshake showed
         self.ready = False
+        self.secured = False  # the TLS handshake completed
         self.closed = False
         self.outgoing = expected is not None
         self.inflight = set()  # message ids sent on this link, not yet acknowledged
@@ -58,6 +60,7 @@ class PeerLink(LineOnlyReceiver):
         self._timer.arm(HANDSHAKE_TIMEOUT)
 
     def handshakeCompleted(self):
+        self.secured = True
         try:
             self.peer_key = self.host.tls_peer_key(self.transport)
             if self.expected is not None and self.peer_key != self.expected[1]:
@@ -158,13 +161,24 @@ class PeerLink(LineOnlyReceiver):
         return self.transport.getPeer()
 
     def fail(self, code, message, reply=True):
+        """Refuse or end the link: tell the peer why (once TLS is up) and close. Before the TLS handshake has
+        completed nothing is written and the connection is cut at once: a close would wait for TLS to send what
+        it holds, and a peer that never finishes its handshake would keep the connection open for ever."""
         log.info("link {direction} {peer}: {code}: {message}", direction="to" if self.outgoing else "from",
                  peer=self.peer or (self.expected or ("?",))[0], code=code, message=message)
-        if reply:
+        if reply and self.secured:
             self.send(wire.error(code, message))
         if not self.when_ready.called:
             self.when_ready.errback(LinkFailed(message, code))
+        if not self.secured:
+            self.transport.abortConnection()
+            return
         self.transport.loseConnection()
+        self.clock.callLater(CLOSE_GRACE, self._cut)
+
+    def _cut(self):
+        if not self.closed:
+            self.transport.abortConnection()
 
     # keepalive: one timer, re-armed from the time of the last traffic
 

@@ -1,0 +1,54 @@
+"""The limits that hold hostile peers off (issue 12), in one place, each with its default.
+
+Set them with ``--limits NAME=VALUE,NAME=VALUE`` (or ``limits = ...`` in the ``[peer]`` section of a config
+file); the README's "Hostile peers and the limits that hold them" says what each one means and what a user sees
+when it is hit. Sizes take K, M, G suffixes (powers of 1024)."""
+
+import dataclasses
+import re
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    unverified: int = 256  # connections not yet verified (TLS + hello + registry check), in all
+    unverified_per_address: int = 64  # of those, from one source address
+
+
+FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}
+
+
+class LimitsError(ValueError):
+    pass
+
+
+def parse_value(text):
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise LimitsError("%r is not a number (sizes may end in K, M or G)" % text)
+    value = float(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+    return value
+
+
+def parse_limits(text):
+    """``"unverified=100,unverified-per-address=10"`` -> Limits with those two changed; LimitsError (saying
+    which names exist) for anything else."""
+    changes = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, raw = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in FIELDS:
+            raise LimitsError("unknown limit %r; the limits are: %s" % (name or item, ", ".join(sorted(FIELDS))))
+        field = FIELDS[name]
+        value = parse_value(raw)
+        if field.type in (int, "int"):
+            if value != int(value):
+                raise LimitsError("limit %s must be a whole number, not %r" % (name, raw.strip()))
+            value = int(value)
+        if value < 1:
+            raise LimitsError("limit %s must be at least 1, not %r" % (name, raw.strip()))
+        changes[field.name] = value
+    return dataclasses.replace(Limits(), **changes)

@@ -1,0 +1,106 @@
+"""Hostile peers against real daemons (issue 12): each test drives one attack from a client written here, on
+loopback, and checks that the victim keeps working for its honest peers while the attack runs.
+
+The attacker sends from 127.0.0.2 (all of 127.0.0.0/8 is loopback), so limits per source address tell it
+from the honest peers on 127.0.0.1, as they would tell two machines apart."""
+
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from tests.peer_process import PeerProcess
+from tests.registry_process import RegistryProcess
+from tests.tls_client import peer_port
+
+pytestmark = pytest.mark.slow
+
+ATTACKER = "127.0.0.2"
+
+
+@pytest.fixture
+def registry(tmp_path):
+    with RegistryProcess(tmp_path / "registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    started = []
+
+    def make(name, reg, limits=None, args=()):
+        peer = PeerProcess(tmp_path / name, name, reg.http, args=args)
+        peer.limits = dict(limits or {})
+        started.append(peer)
+        return peer.start()
+
+    yield make
+    for peer in reversed(started):
+        peer.stop()
+
+
+def descriptors(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def chat_works(alice, bob, text):
+    a = alice.ctl("msg", to=bob.name, text=text + " (from alice)", timeout=10)
+    b = bob.ctl("msg", to=alice.name, text=text + " (from bob)", timeout=10)
+    return a["status"] == b["status"] == "delivered"
+
+
+def our_descriptors_at_least(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= n:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(n, soft), max(n, hard)))
+    except (ValueError, OSError):
+        pytest.skip("this test needs %d descriptors of its own (the limit is %d)" % (n, hard))
+
+
+def test_a_thousand_connections_that_never_finish_tls_do_not_take_a_peer_offline(registry, spawn):
+    """Issue 12, finding 2: 1,100 connections that send one TLS byte (0x16) and nothing more, against a daemon
+    held to 1,024 descriptors. Before: it ran out of descriptors, failed every check for 60 s and went offline.
+    Now: connections past the unverified-connection limit are closed as they are accepted, the rest are cut
+    (without a word) when the handshake times out, and chat both ways, status and presence carry on."""
+    our_descriptors_at_least(1400)
+    alice = spawn("alice", registry, limits={resource.RLIMIT_NOFILE: (1024, 1024)})
+    bob = spawn("bob", registry)
+    assert chat_works(alice, bob, "before")
+    port = peer_port(alice)
+    flood = []
+    try:
+        for _ in range(1100):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((ATTACKER, 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"\x16")
+            flood.append(s)
+        start = time.monotonic()
+        peak = 0
+        rounds = 0
+        while time.monotonic() - start < 20:  # longer than the handshake timeout (15 s)
+            assert chat_works(alice, bob, "during %d" % rounds)
+            assert alice.ctl("status", timeout=5)["registry"]["state"] == "online"
+            peak = max(peak, descriptors(alice.pid))
+            rounds += 1
+            time.sleep(1)
+        assert peak < 400, "alice held %d descriptors" % peak
+        for s in flood:  # every attacking connection was closed by alice: refused at once, or cut at 15 s
+            s.settimeout(2)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in flood:
+            s.close()
+    with open(alice.log_path, errors="replace") as f:
+        log = f.read()
+    assert "EMFILE" not in log and "Too many open files" not in log
+    assert log.count("refused") <= 5, "the refusals are logged once a minute, not once each"
+    assert chat_works(alice, bob, "after")
