@@ -224,7 +224,7 @@ class ChatWorld:
         self.seen = []
         self.events.subscribe(self.seen.append)
         self.commits = Commits(self.storage, self.clock)
-        self.pins = Pins(self.storage, self.registry, self.commits)
+        self.pins = Pins(self.storage, self.registry, self.commits, self.clock)
         self.dialer = Dialer(self.pins, self.tls, self.clock,
                              lambda expected: FakeLink(expected[0], self.clock))
         self.outbox = Outbox(name, self.identity, self.storage, self.registry, self.clock, self.commits,

@@ -226,3 +226,14 @@ def test_an_unverified_link_that_fails_gives_its_slot_back_when_it_closes():
     assert factory.buildProtocol(ADDR) is None
     conn.connectionLost(Failure(Exception("closed")))
     assert factory.buildProtocol(ADDR) is not None
+
+
+def test_new_connections_from_one_address_are_rate_limited():
+    """Issue 12, finding 10: every handshake costs crypto and perhaps a registry lookup, so one address gets a
+    burst and then a steady rate of new connections; others are not affected."""
+    clock = Clock()
+    admission = Admission(clock, rate=1, burst=2)
+    assert [admission.enter("192.0.2.1") for _ in range(3)] == [True, True, False]
+    assert admission.enter("192.0.2.2") is True
+    clock.advance(1)
+    assert admission.enter("192.0.2.1") is True

@@ -104,3 +104,55 @@ def test_a_thousand_connections_that_never_finish_tls_do_not_take_a_peer_offline
     assert "EMFILE" not in log and "Too many open files" not in log
     assert log.count("refused") <= 5, "the refusals are logged once a minute, not once each"
     assert chat_works(alice, bob, "after")
+
+
+def test_a_stream_of_hellos_claiming_names_does_not_spend_the_victims_registry_quota(tmp_path, spawn):
+    """Issue 12, finding 10: every incoming hello for a name without a pin costs the victim a registry lookup,
+    and the registry rate-limits the victim's address. Before: 400 hellos/s from one unregistered certificate
+    got thousands of the victim's own lookups refused with 429. Now new connections per address are
+    rate-limited, answers are cached and a pin is checked first: the victim's own lookups keep working."""
+    import threading
+
+    from p2pd.core import wire
+    from p2pd.peer import identity as identity_mod
+    from tests.tls_client import TLSClient
+
+    with RegistryProcess(tmp_path / "registry", rate_limit="50/20") as registry:
+        alice, bob = spawn("alice", registry), spawn("bob", registry)
+        assert chat_works(alice, bob, "before")
+        port = peer_port(alice)
+        (tmp_path / "mallory").mkdir(mode=0o700)
+        mallory = identity_mod.load_or_create(str(tmp_path / "mallory"), "mallory")
+        stop = threading.Event()
+        hellos = []
+
+        def flood(worker):
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    client = TLSClient(port, mallory, timeout=2, source=ATTACKER)
+                except Exception:
+                    continue  # refused at accept: the rate limit
+                try:
+                    client.send_frame(wire.hello("ghost-%d-%d" % (worker, n), "p2pd/0.1.0"))
+                    hellos.append(1)
+                finally:
+                    client.close()
+
+        workers = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(3)]
+        for w in workers:
+            w.start()
+        try:
+            deadline = time.monotonic() + 8
+            checks = 0
+            while time.monotonic() < deadline:
+                assert alice.ctl("whois", name="bob", timeout=10)["name"] == "bob"  # her own lookup: no 429
+                checks += 1
+                time.sleep(0.25)
+            assert chat_works(alice, bob, "during")
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(10)
+        assert checks >= 10 and hellos, "the attack did not run"

@@ -21,8 +21,9 @@ def peer_port(peer):
 class TLSClient:
     """A blocking-with-deadlines pyOpenSSL client that shows *ident*'s certificate to a peer's TCP port."""
 
-    def __init__(self, port, ident, timeout=10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, ident, timeout=10, source=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setblocking(False)
         self.conn = SSL.Connection(identity_mod.client_tls_options(ident).getContext(), self.sock)
         self.conn.set_connect_state()

@@ -52,7 +52,7 @@ class PeerDaemon:
         self.events = Events()
         self.commits = Commits(storage, reactor)
         self.checkpoints = Checkpoints(storage, reactor, threads)
-        self.pins = Pins(storage, registry, self.commits)
+        self.pins = Pins(storage, registry, self.commits, reactor)
         self.dialer = Dialer(self.pins, tls, reactor, lambda expected: PeerLink(self, reactor, expected=expected))
         self.outbox = Outbox(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
                              self.dialer)

@@ -14,6 +14,7 @@ SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 class Limits:
     unverified: int = 256  # connections not yet verified (TLS + hello + registry check), in all
     unverified_per_address: int = 64  # of those, from one source address
+    connections_per_second: float = 20.0  # new connections per second from one source address (bursts of 64)
 
 
 FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}

@@ -166,7 +166,8 @@ class PeerService(service.MultiService):
         links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
-        admission = Admission(reactor, limits.unverified, limits.unverified_per_address)
+        admission = Admission(reactor, limits.unverified, limits.unverified_per_address,
+                              limits.connections_per_second)
         self.listener = stream_service(reactor, options["listen"],
                                        DemuxFactory(tls, self.data_paths, reactor, admission=admission))
         self.listener.setServiceParent(self)

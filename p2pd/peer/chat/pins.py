@@ -8,12 +8,17 @@ from twisted.internet import defer
 
 from p2pd.errors import IdentityMismatch, NoSuchPeer, NotFound
 
+VERIFY_CACHE_TTL = 10.0  # seconds the registry's answer about a name is reused when checking incoming links
+VERIFY_CACHE_SIZE = 4096
+
 
 class Pins:
-    def __init__(self, storage, registry, commits):
+    def __init__(self, storage, registry, commits, clock=None):
         self.storage = storage
         self.registry = registry
         self.commits = commits
+        self.clock = clock
+        self._verified = {}  # name -> (when, key or None if nobody holds it): recent registry answers
 
     def pinned(self, name):
         """The key pinned for *name*, or None."""
@@ -45,11 +50,45 @@ class Pins:
                 "refusing to talk to it (if %s really changed keys, remove the pin)" % (name, name))
         return record
 
-    @defer.inlineCallbacks
     def verify_peer(self, name, key):
-        """An incoming link claims *name* and showed *key* in TLS: they must match the registry and our pin."""
-        record = yield self.lookup(name)
-        if record["key"] != key:
+        """An incoming link claims *name* and showed *key* in TLS: they must match our pin, or (no pin yet) the
+        registry, which is asked at most once per name every VERIFY_CACHE_TTL seconds: a stream of handshakes
+        claiming names must not turn into a stream of registry lookups."""
+        pinned = self.pinned(name)
+        if pinned is not None:
+            if pinned != key:
+                return defer.fail(IdentityMismatch(
+                    "%s presented a key other than the one pinned for it at first contact" % name))
+            return defer.succeed({"name": name, "key": key})
+        cached = self._verified.get(name)
+        if cached is not None and self.clock is not None and self.clock.seconds() - cached[0] < VERIFY_CACHE_TTL:
+            return defer.maybeDeferred(self._matches, name, key, cached[1])
+        return self.record(name).addCallbacks(self._looked_up, self._not_found, callbackArgs=(name, key),
+                                              errbackArgs=(name,)).addCallback(self._matches_record, name, key)
+
+    def _looked_up(self, record, name, key):
+        self._remember(name, record["key"])
+        return record
+
+    def _not_found(self, failure, name):
+        if failure.check(NoSuchPeer):
+            self._remember(name, None)
+        return failure
+
+    def _remember(self, name, key):
+        if self.clock is None:
+            return
+        if len(self._verified) >= VERIFY_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[name] = (self.clock.seconds(), key)
+
+    def _matches_record(self, record, name, key):
+        return self._matches(name, key, record["key"])
+
+    def _matches(self, name, key, registered):
+        if registered is None:
+            raise NoSuchPeer("unknown peer %s: nobody registered that name" % name)
+        if registered != key:
             raise IdentityMismatch("%s presented a key that is not the one the registry holds for it" % name)
         self.pin(name, key)
-        return record
+        return {"name": name, "key": key}

@@ -9,18 +9,27 @@ demux's and the handshake's timeouts), so the slots come back."""
 
 from twisted.logger import Logger
 
+from p2pd.core.ratelimit import RateLimiter
+
 log = Logger()
 
 MAX_PENDING = 256  # connections not yet verified, in all
 MAX_PENDING_PER_HOST = 64  # of those, from one source address
+NEW_PER_SECOND = 20  # new connections per second from one source address (bursts of NEW_BURST)
+NEW_BURST = 64
 REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about refused connections
 
 
 class Admission:
-    def __init__(self, clock, total=MAX_PENDING, per_host=MAX_PENDING_PER_HOST):
+    """Pending slots in all and per source address, and a rate of new connections per source address (each
+    costs a TLS handshake and, for a name we have no pin for, a registry lookup)."""
+
+    def __init__(self, clock, total=MAX_PENDING, per_host=MAX_PENDING_PER_HOST, rate=NEW_PER_SECOND,
+                 burst=NEW_BURST):
         self.clock = clock
         self.total = total
         self.per_host = per_host
+        self.rate = RateLimiter(rate, burst)
         self.pending = 0
         self.by_host = {}  # source address -> pending connections from it
         self.refused = 0  # connections refused since the last log line
@@ -30,7 +39,7 @@ class Admission:
         """Take a pending slot for a connection from *host*; False (and the connection is to be closed) if
         there is none."""
         held = self.by_host.get(host, 0)
-        if self.pending >= self.total or held >= self.per_host:
+        if self.pending >= self.total or held >= self.per_host or self.rate.check(host, self.clock.seconds()):
             self._refusal(host)
             return False
         self.pending += 1
@@ -52,8 +61,8 @@ class Admission:
         self.refused += 1
         now = self.clock.seconds()
         if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_EVERY:
-            log.warn("refused {n} connection(s) that would exceed the unverified-connection limits ({total} in all, "
-                     "{per_host} per address; the last from {host})", n=self.refused, total=self.total,
-                     per_host=self.per_host, host=host)
+            log.warn("refused {n} connection(s) past the limits on unverified connections ({total} in all, "
+                     "{per_host} per address, {rate:g} new per second per address; the last from {host})",
+                     n=self.refused, total=self.total, per_host=self.per_host, rate=self.rate.rate, host=host)
             self.refused = 0
             self._logged_at = now
