@@ -166,3 +166,19 @@ def test_room_messages_from_members_only_and_none_for_rooms_we_left(world):
     world.receiver.receive(link, msg(3, room="G2"))
     world.run()
     assert world.storage.history("#g2") == [] and link.sent[-1] == {"t": "ack", "id": msg(3)["id"]}
+
+
+def test_a_stream_of_seq_gaps_fetches_the_mailbox_once_per_period(world):
+    """Issue 12, finding 9: each frame that skips a seq made the receiver fetch its mailbox (a signed registry
+    request): a paced stream of them had the victim rate-limit itself. Now one sender's gaps fetch at most once
+    every GAP_FETCH_EVERY seconds; its frames wait for that fetch and are all stored, in order."""
+    from p2pd.peer.chat.receive import GAP_FETCH_EVERY
+    link = FakeLink("bob")
+    for i in range(100):  # 10 per second for 10 s, every one skipping a seq
+        world.receiver.receive(link, msg(2 * i + 2))
+        world.run(0.1)
+    world.run(GAP_FETCH_EVERY)
+    fetches = [c for c in world.registry.calls if c[0] == "fetch"]
+    assert len(fetches) <= 10 / GAP_FETCH_EVERY + 2
+    assert bodies(world) == ["m%d" % (2 * i + 2) for i in range(100)]
+    assert link.backlog is None

@@ -5,7 +5,7 @@ Per-sender order holds: a message whose ``seq`` skips ahead (the missing ones ma
 everything behind it on its link, until the mailbox has been fetched. A room message is stored only if its
 sender is a member of the room (:meth:`.rooms.Rooms.sender_ok`)."""
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from p2pd.core import wire
@@ -14,6 +14,8 @@ from p2pd.core.names import canonical_room
 from p2pd.peer.chat.mailbox import MailboxFetcher
 
 log = Logger()
+
+GAP_FETCH_EVERY = 5.0  # seconds between two mailbox fetches that one sender's gaps in seq may cause
 
 
 class Receiver:
@@ -26,6 +28,7 @@ class Receiver:
         self.rooms = rooms
         self.mailbox = MailboxFetcher(name, identity, storage, registry, clock, events, pins, self.accept,
                                       rooms.sender_ok)
+        self.gap_fetches = {}  # sender -> when a gap in its seq last made us fetch the mailbox
 
     def receive(self, link, frame):
         """A ``msg`` frame from an authenticated *link*."""
@@ -50,9 +53,23 @@ class Receiver:
         if frame["seq"] > last + 1 and not self.storage.has_message(frame["id"]):
             # earlier messages may be waiting in our mailbox: fetch it first, then go on in order
             link.backlog = [frame]
-            self.mailbox.fetch().addBoth(lambda _: self._drain(link))
+            self._gap_fetch(frame["from"]).addBoth(lambda _: self._drain(link))
             return
         self.accept(frame, via="direct", link=link)
+
+    def _gap_fetch(self, sender):
+        """Fetch the mailbox because *sender*'s seq skipped ahead: at once, unless a gap of the same sender made
+        us fetch less than GAP_FETCH_EVERY seconds ago (then when that time is up). A peer sending nothing but
+        gaps must not turn each frame into a signed registry request."""
+        now = self.clock.seconds()
+        last = self.gap_fetches.get(sender)
+        wait = 0.0 if last is None else last + GAP_FETCH_EVERY - now
+        if wait <= 0:
+            self.gap_fetches[sender] = now
+            if len(self.gap_fetches) > 10000:
+                self.gap_fetches.pop(next(iter(self.gap_fetches)))
+            return self.mailbox.fetch()
+        return task.deferLater(self.clock, wait, self._gap_fetch, sender)
 
     def _drain(self, link):
         frames, link.backlog = link.backlog or [], None
