@@ -7,7 +7,7 @@ import json
 import pytest
 
 from p2pd.core.sealed import seal
-from tests.chat_fakes import ChatWorld, FakeLink
+from tests.chat_fakes import ChatWorld, FakeLink, result
 
 
 @pytest.fixture
@@ -182,3 +182,29 @@ def test_a_stream_of_seq_gaps_fetches_the_mailbox_once_per_period(world):
     assert len(fetches) <= 10 / GAP_FETCH_EVERY + 2
     assert bodies(world) == ["m%d" % (2 * i + 2) for i in range(100)]
     assert link.backlog is None
+
+
+def test_messages_for_rooms_we_are_not_in_are_not_stored_even_when_the_sender_is(world):
+    """Issue 12, finding 11: mallory makes rooms of her own (she is their only member) and posts into them to
+    us: 50 spam rooms became 50 conversations. A room message needs us in the member list too."""
+    mallory = world.peer("mallory", 5)
+    link = FakeLink("mallory")
+    for i in range(50):
+        world.registry.room_views["Spam%d" % i] = {"name": "Spam%d" % i, "members": ["mallory"]}
+        world.receiver.receive(link, msg(i + 1, sender="mallory", room="Spam%d" % i))
+        world.run()
+    assert world.storage.conversations() == [] and len(link.sent) == 50  # each acknowledged, none kept
+    assert all(f["t"] == "ack" for f in link.sent)
+    del mallory
+
+
+def test_a_room_we_just_joined_takes_messages_at_once(world):
+    """The member list cached while we were not in the room is dropped when we join it."""
+    world.registry.room_views["G2"] = {"name": "G2", "members": ["bob"]}
+    link = FakeLink("bob")
+    world.receiver.receive(link, msg(1, room="G2"))  # before we joined: dropped
+    world.run()
+    result(world.rooms.join_room("G2"))
+    world.receiver.receive(link, msg(2, room="G2"))
+    world.run()
+    assert bodies(world, "#g2") == ["m2"]

@@ -75,7 +75,7 @@ class Receiver:
         frames, link.backlog = link.backlog or [], None
         for frame in frames:
             if frame.get("room") and self.rooms.known_member(frame["room"], frame["from"]) is False:
-                log.warn("dropped a message to room {room} from {sender}, who is not a member",
+                log.warn("dropped a message to room {room} from {sender}: it or we are not members",
                          room=frame["room"], sender=frame["from"])
                 link.send({"t": "ack", "id": frame["id"]})
                 continue

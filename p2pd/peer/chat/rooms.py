@@ -22,9 +22,11 @@ ROOM_CACHE_TTL = 10.0  # seconds a room's member list is trusted when checking w
 
 
 class RoomMembers:
-    """Who is in which room, as the registry said at most ``ttl`` seconds ago."""
+    """Who is in which room, as the registry said at most ``ttl`` seconds ago. A room message is taken only if
+    both its sender and we (*me*) are members: a peer cannot make rooms of its own to post into ours."""
 
-    def __init__(self, registry, clock, ttl=ROOM_CACHE_TTL):
+    def __init__(self, me, registry, clock, ttl=ROOM_CACHE_TTL):
+        self.me = me
         self.registry = registry
         self.clock = clock
         self.ttl = ttl
@@ -32,22 +34,27 @@ class RoomMembers:
         self.refreshing = set()  # rooms whose member list is being fetched again
 
     def known_member(self, room, sender):
-        """True/False if our copy of *room*'s member list has/lacks *sender*; None if we have none (or it is
-        stale and lacks the sender). A stale list that has the sender still counts (the list is fetched again in
-        the background): a member's messages never wait for the registry."""
+        """True/False if our copy of *room*'s member list has/lacks *sender* and us; None if we have none (or it
+        is stale and lacks one of us). A stale list that has both still counts (the list is fetched again in the
+        background): a member's messages never wait for the registry."""
         key = canonical_room(room)
         cached = self.lists.get(key)
         if cached is None:
             return None
+        both = sender in cached[1] and self.me in cached[1]
         if self.clock.seconds() - cached[0] <= self.ttl:
-            return sender in cached[1]
-        if sender not in cached[1]:
+            return both
+        if not both:
             return None
         if key not in self.refreshing:
             self.refreshing.add(key)
             d = defer.ensureDeferred(self._refresh(room))
             d.addBoth(lambda _: self.refreshing.discard(key))
         return True
+
+    def forget(self, room):
+        """Our membership of *room* changed: its cached list is out of date."""
+        self.lists.pop(canonical_room(room), None)
 
     async def _refresh(self, room):
         try:
@@ -57,8 +64,8 @@ class RoomMembers:
         self.lists[canonical_room(room)] = (self.clock.seconds(), frozenset(view.get("members") or ()))
 
     async def sender_ok(self, frame):
-        """Whether the sender of a room message is a member of the room, per the registry (asked at most every
-        ``ttl`` seconds per room, and again when the sender is missing). If the registry cannot answer the
+        """Whether the sender of a room message and we are members of the room, per the registry (asked at most
+        every ``ttl`` seconds per room, and again when one is missing). If the registry cannot answer the
         message is kept: losing it would be worse than a message from a peer that left a moment ago."""
         room, sender = frame["room"], frame["from"]
         if self.known_member(room, sender):
@@ -73,7 +80,7 @@ class RoomMembers:
             return True
         members = frozenset(view.get("members") or ())
         self.lists[canonical_room(room)] = (self.clock.seconds(), members)
-        return sender in members
+        return sender in members and self.me in members
 
 
 def _room_error(failure, display):
@@ -103,7 +110,7 @@ class Rooms:
         self.dialer = dialer
         self.outbox = outbox
         self.peers = peers
-        self.members = RoomMembers(registry, clock)
+        self.members = RoomMembers(name, registry, clock)
         self.known_member = self.members.known_member
         self.sender_ok = self.members.sender_ok
         self.member = {}  # canonical room -> whether we are in it (rooms joined/left through this daemon)
@@ -135,6 +142,7 @@ class Rooms:
                                                          callbackArgs=(False,), errbackArgs=(display,))
 
     def _membership(self, room_view, member):
+        self.members.forget(room_view["name"])
         self.member[canonical_room(room_view["name"])] = member
         self.storage.put("rooms:" + canonical_room(room_view["name"]), member)
         self.commits.schedule_flush()
