@@ -59,17 +59,39 @@ def test_a_post_is_stored_once_and_queued_once_per_other_member(world):
 
 
 def test_posts_are_stored_in_request_order_whatever_order_the_registry_answers_in(world):
+    for room in ("G2", "G3"):
+        world.registry.room_views[room] = {"name": room, "members": ["alice", "bob", "carol"]}
     world.registry.hold = True
-    ds = [world.rooms.post_room("G1", text) for text in ("first", "second", "third")]
+    ds = [world.rooms.post_room(room, text) for room, text in (("G1", "first"), ("G2", "second"),
+                                                               ("G3", "third"))]
     world.registry.release(2)
     world.registry.release(1)
     world.run()
-    assert world.storage.history("#g1") == [] and not any(d.called for d in ds)
+    assert world.storage.history() == [] and not any(d.called for d in ds)
     world.registry.release(0)
     world.registry.hold = False
     world.run()
-    assert [m["body"] for m in world.storage.history("#g1")] == ["first", "second", "third"]
+    assert [m["body"] for m in world.storage.history()] == ["first", "second", "third"]
     assert all(result(d)["status"] == "sent" for d in ds)
+
+
+def test_a_burst_of_posts_shares_one_member_lookup(world):
+    """Issue 12, finding 13: 600 pipelined posts each fetched the member list, and the registry refused most
+    of them (429). Posts share the lookup that runs and its answer for a second; a 429 is waited out."""
+    from p2pd.errors import TooManyRequests
+    from p2pd.peer.chat.rooms import POST_VIEW_TTL
+    world.registry.fail_once["room"] = [TooManyRequests("slow down", retry_after=2)]
+    ds = [world.rooms.post_room("G1", "p%d" % i) for i in range(600)]
+    world.run(2.1)
+    assert all(result(d)["status"] == "sent" for d in ds)
+    assert [m["body"] for m in world.storage.history("#g1", limit=1000)] == ["p%d" % i for i in range(600)]
+    rooms = [c for c in world.registry.calls if c[0] == "room"]
+    assert len(rooms) == 2  # the refused one and its retry
+    world.rooms.post_room("G1", "soon after")
+    assert len([c for c in world.registry.calls if c[0] == "room"]) == 2
+    world.clock.advance(POST_VIEW_TTL)
+    world.rooms.post_room("G1", "later")
+    assert len([c for c in world.registry.calls if c[0] == "room"]) == 3
 
 
 def test_posting_where_we_are_not_a_member_or_to_no_room_or_nothing(world):
@@ -122,3 +144,16 @@ def test_joining_general_is_announced_to_the_peers_online(world):
 def _coroutine(coro):
     from twisted.internet import defer
     return defer.ensureDeferred(coro)
+
+
+def test_a_member_announcing_a_join_gets_the_next_post(world):
+    """The member list a post used is not reused after a member announced joining or leaving."""
+    first = world.rooms.post_room("G1", "before dave")
+    world.run()
+    assert "dave" not in result(first)["recipients"]
+    world.peer("dave", 4)
+    world.registry.room_views["G1"]["members"].append("dave")
+    world.rooms.room_event(FakeLink("dave"), {"t": "room", "room": "G1", "from": "dave", "change": "joined"})
+    d = world.rooms.post_room("G1", "welcome dave")
+    world.run()
+    assert "dave" in result(d)["recipients"]

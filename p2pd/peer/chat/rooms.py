@@ -6,19 +6,22 @@ the outbox, then delivered like one-to-one messages (directly, or sealed into th
 
 from collections import deque
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.names import GENERAL, canonical_room, room_display
-from p2pd.errors import NoSuchRoom, NotFound, NotMember, P2PDError
+from p2pd.errors import NoSuchRoom, NotFound, NotMember, P2PDError, TooManyRequests
 from p2pd.peer.chat.outbox import check_text
 
 log = Logger()
 
 ROOM_CACHE_TTL = 10.0  # seconds a room's member list is trusted when checking who posts in it
+POST_VIEW_TTL = 1.0  # seconds the member list fetched for one post serves the posts after it
+RATE_LIMIT_RETRIES = 4
+MAX_RETRY_AFTER = 60.0
 
 
 class RoomMembers:
@@ -83,6 +86,56 @@ class RoomMembers:
         return sender in members and self.me in members
 
 
+class RoomViews:
+    """The member lists that posts are fanned out to: posts to one room share the lookup that is running, and the
+    answer for POST_VIEW_TTL seconds after it, so a burst of posts costs the registry one request a second, not
+    one each; a lookup the registry answers 429 is made again after its ``Retry-After``."""
+
+    def __init__(self, registry, clock, ttl=POST_VIEW_TTL):
+        self.registry = registry
+        self.clock = clock
+        self.ttl = ttl
+        self.cache = {}  # canonical room -> (when, view)
+        self.running = {}  # canonical room -> [Deferred] waiting for the lookup in progress
+
+    def get(self, display):
+        """Deferred[the registry's view of room *display*, with its members]."""
+        key = canonical_room(display)
+        cached = self.cache.get(key)
+        if cached is not None and self.clock.seconds() - cached[0] < self.ttl:
+            return defer.succeed(dict(cached[1]))
+        waiter = defer.Deferred()
+        if key in self.running:
+            self.running[key].append(waiter)
+        else:
+            self.running[key] = [waiter]
+            defer.ensureDeferred(self._fetch(display)).addBoth(self._done, key)
+        return waiter
+
+    def forget(self, room):
+        self.cache.pop(canonical_room(room), None)
+
+    async def _fetch(self, display):
+        for attempt in range(RATE_LIMIT_RETRIES):
+            try:
+                return await self.registry.room(display)
+            except TooManyRequests as e:
+                if attempt == RATE_LIMIT_RETRIES - 1:
+                    raise
+                await task.deferLater(self.clock, min(max(e.retry_after, 1), MAX_RETRY_AFTER), lambda: None)
+
+    def _done(self, outcome, key):
+        if not isinstance(outcome, Failure):
+            self.cache[key] = (self.clock.seconds(), outcome)
+            if len(self.cache) > 1000:
+                self.cache.pop(next(iter(self.cache)))
+        for waiter in self.running.pop(key, ()):
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(dict(outcome))
+
+
 def _room_error(failure, display):
     """The registry's answer in the user's words: "you are ...", and the room as it was typed."""
     error = failure.value
@@ -111,6 +164,7 @@ class Rooms:
         self.outbox = outbox
         self.peers = peers
         self.members = RoomMembers(name, registry, clock)
+        self.views = RoomViews(registry, clock)
         self.known_member = self.members.known_member
         self.sender_ok = self.members.sender_ok
         self.member = {}  # canonical room -> whether we are in it (rooms joined/left through this daemon)
@@ -143,6 +197,7 @@ class Rooms:
 
     def _membership(self, room_view, member):
         self.members.forget(room_view["name"])
+        self.views.forget(room_view["name"])
         self.member[canonical_room(room_view["name"])] = member
         self.storage.put("rooms:" + canonical_room(room_view["name"]), member)
         self.commits.schedule_flush()
@@ -177,6 +232,7 @@ class Rooms:
         """A ``room`` frame: *link*'s peer joined or left a room."""
         if frame["from"] != link.peer:
             return link.send(wire.error("bad_frame", "room events on this link must come from %s" % link.peer))
+        self.views.forget(frame["room"])  # the next post goes to the members as they are now
         self.events.emit({"event": "room", "room": frame["room"], "name": link.peer, "change": frame["change"]})
 
     # posting
@@ -201,7 +257,7 @@ class Rooms:
             entry[3], entry[4] = outcome, True
             self._posts_ready()
 
-        self.registry.room(display).addBoth(looked_up)
+        self.views.get(display).addBoth(looked_up)
         return result
 
     def _posts_ready(self):
