@@ -371,10 +371,27 @@ def test_a_watcher_that_never_reads_is_disconnected(monkeypatch):
     monkeypatch.setattr(control, "MAX_PENDING_EVENTS", 5)
     facade, proto, transport = connect()
     send(proto, {"id": 1, "cmd": "watch"})
+    lines(transport)
     proto.pauseProducing()
     for n in range(6):
         facade.emit({"event": "peer", "name": "p%d" % n, "state": "online"})
-    assert transport.disconnected or transport.disconnecting
+    (error,) = lines(transport)
+    assert error["error"] == "too_slow" and "did not read its events (6 waiting" in error["message"]
+    assert transport.write_closed and facade.subscribers == [] and not proto.held
+
+
+def test_a_watcher_that_never_reads_is_dropped_by_the_bytes_it_holds_too():
+    """Issue 12, finding 12: two watchers that never read held the daemon's RSS from 58 to 995 MB before the
+    10,000-event cut: the backlog is also bounded in bytes (4 MiB)."""
+    facade, proto, transport = connect(clock=task.Clock())
+    send(proto, {"id": 1, "cmd": "watch"})
+    lines(transport)
+    proto.pauseProducing()
+    big = {"event": "message", "message": {"body": "x" * 16000}}
+    for _ in range(control.MAX_PENDING_BYTES // 16000 + 2):
+        facade.emit(big)
+    assert proto.held_bytes == 0 and facade.subscribers == []
+    assert lines(transport)[0]["error"] == "too_slow" and transport.write_closed
 
 
 def test_while_paused_requests_wait():

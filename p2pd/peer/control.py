@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from twisted.protocols.basic import LineReceiver
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from p2pd.core.sizes import human_size
 from p2pd.errors import BadRequest, P2PDError
 from p2pd.peer.control_commands import Commands, UnknownCommand, encode
 from p2pd.peer.facade import DaemonFacade
@@ -73,6 +74,7 @@ log = Logger()
 SOCKET_NAME = "control.sock"
 MAX_LINE = 1 << 20
 MAX_PENDING_EVENTS = 10000  # events held for a watcher that does not read; beyond this it is disconnected
+MAX_PENDING_BYTES = 4 << 20  # bytes of them, likewise
 CLOSE_GRACE = 5.0  # seconds a refused client has to read its error line before it is cut off
 
 NETWORK_ERRORS = (net_error.ConnectError, net_error.ConnectionLost, net_error.TimeoutError, defer.TimeoutError,
@@ -147,6 +149,7 @@ class ControlProtocol(Commands, LineReceiver):
         self.refused = False
         self.grace = None
         self.held = deque()
+        self.held_bytes = 0
         self.running = {}  # request id -> transfer Deferred to cancel if the client goes away
 
     # connection
@@ -167,6 +170,7 @@ class ControlProtocol(Commands, LineReceiver):
         for d in running.values():
             d.cancel()
         self.held.clear()
+        self.held_bytes = 0
         if self.grace is not None and self.grace.active():
             self.grace.cancel()
 
@@ -177,6 +181,7 @@ class ControlProtocol(Commands, LineReceiver):
         would see ECONNRESET instead of the reason.)"""
         self.refused = True
         self.held.clear()
+        self.held_bytes = 0
         self.send_error(None, code, message)
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is None or self.clock is None:
@@ -193,7 +198,9 @@ class ControlProtocol(Commands, LineReceiver):
 
     def resumeProducing(self):
         while self.held and not self.closed:
-            self.write(self.held.popleft())
+            data = self.held.popleft()
+            self.held_bytes -= len(data)
+            self.write(data)
         LineReceiver.resumeProducing(self)
 
     # requests
@@ -274,12 +281,17 @@ class ControlProtocol(Commands, LineReceiver):
         except (TypeError, ValueError):
             log.failure("event {kind} cannot be encoded as JSON", kind=event.get("event"))
             return
+        if self.refused:
+            return
         if self.paused:
             self.held.append(data)
-            if len(self.held) > MAX_PENDING_EVENTS:
-                log.warn("control client does not read its events; disconnecting it")
-                self.held.clear()
-                self.transport.abortConnection()
+            self.held_bytes += len(data)
+            if len(self.held) > MAX_PENDING_EVENTS or self.held_bytes > MAX_PENDING_BYTES:
+                log.warn("a control client did not read its events ({n} waiting, {size}); disconnecting it",
+                         n=len(self.held), size=human_size(self.held_bytes))
+                self.stop_watching()
+                self.refuse("too_slow", "this connection did not read its events (%d waiting, %s); closing it: "
+                                        "watch again to go on" % (len(self.held), human_size(self.held_bytes)))
             return
         self.write(data)
 
