@@ -38,6 +38,12 @@ class Forbidden(P2PDError):
     status = 403
 
 
+class Blocked(Forbidden):
+    """The peer is on our block list (``p2pctl block``)."""
+
+    code = "blocked"
+
+
 class NotFound(P2PDError):
     code = "not_found"
     status = 404

@@ -209,7 +209,7 @@ class FakeTLS:
 class ChatWorld:
     """One peer, *name*, built from the real chat parts over the fakes above."""
 
-    def __init__(self, tmp_path, name="alice"):
+    def __init__(self, tmp_path, name="alice", limits=None):
         self.tmp = tmp_path
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -233,7 +233,7 @@ class ChatWorld:
         self.rooms = Rooms(name, self.storage, self.registry, self.clock, self.commits, self.events, self.dialer,
                            self.outbox, self.directory.peers)
         self.receiver = Receiver(name, self.identity, self.storage, self.registry, self.clock, self.commits,
-                                 self.events, self.pins, self.rooms)
+                                 self.events, self.pins, self.rooms, limits)
         self.tls.on_up = self.link_up
         self.outbox.start()
 

@@ -47,3 +47,32 @@ def test_a_registry_that_cannot_answer_is_not_cached(world):
     failure(world.pins.verify_peer("bob", world.bob.public_text))
     del world.registry.lookup_fails["bob"]
     assert result(world.pins.verify_peer("bob", world.bob.public_text))
+
+
+def test_a_blocked_peer_is_refused_everywhere_and_unblocking_lets_it_through(world):
+    """Issue 12, finding 5: p2pctl block NAME. Its links, messages, offers (they come over links) and deposits
+    are refused; we do not write to it and our room posts skip it."""
+    import json
+
+    from p2pd.core.sealed import seal
+    from p2pd.errors import Blocked
+    world.peer("carol", 3)
+    world.pins.block("bob")
+    assert world.pins.blocked_names() == ["bob"]
+    assert isinstance(failure(world.pins.verify_peer("bob", world.bob.public_text)), Blocked)
+    assert isinstance(failure(world.dialer.dial("bob")), Blocked) and world.tls.attempts == []
+    assert isinstance(failure(world.outbox.send_message("bob", "hi", 10.0)), Blocked)
+    frame = {"t": "msg", "id": "9" * 32, "from": "bob", "seq": 1, "ts": 1, "body": "let me in"}
+    token = seal(world.bob.signing, "bob", "alice", world.identity.box_public_text,
+                 json.dumps(frame).encode())
+    world.registry.mailbox = [{"id": "mb1", "from": "bob", "payload": token}]
+    world.receiver.mailbox.fetch()
+    world.run()
+    assert world.storage.history() == [] and world.registry.acked == ["mb1"] and world.storage.quarantined() == []
+    world.registry.room_views["G1"] = {"name": "G1", "members": ["alice", "bob", "carol"]}
+    d = world.rooms.post_room("G1", "hello room")
+    world.run()
+    assert result(d)["recipients"] == ["carol"]
+    assert world.pins.unblock("bob") is True and world.pins.unblock("bob") is False
+    assert result(world.pins.verify_peer("bob", world.bob.public_text))
+    assert world.pins.blocked_names() == []

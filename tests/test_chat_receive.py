@@ -208,3 +208,30 @@ def test_a_room_we_just_joined_takes_messages_at_once(world):
     world.receiver.receive(link, msg(2, room="G2"))
     world.run()
     assert bodies(world, "#g2") == ["m2"]
+
+
+def test_a_peer_over_its_storage_quota_is_refused_and_told(tmp_path):
+    """Issue 12, finding 5: one peer's messages grew the victim's database by 918 MB in 10 s. What one peer may
+    keep here is bounded; past it its messages are refused with over_quota (they fail on its side, with the
+    reason), duplicates of stored ones are still acknowledged, and other peers are not affected."""
+    from p2pd.peer.limits import Limits
+    world = ChatWorld(tmp_path, limits=Limits(stored_per_peer=100))
+    world.peer("bob", 2)
+    carol = world.peer("carol", 3)
+    link = FakeLink("bob")
+    for i in range(1, 11):
+        world.receiver.receive(link, msg(i, body="x" * 30))
+        world.run()
+    world.run(30)  # the refused ones leave gaps in seq: what follows waits for a (coalesced) mailbox fetch
+    assert bodies(world) == ["x" * 30] * 4  # 120 bytes: the fourth took it over the limit
+    refusals = [f for f in link.sent if f["t"] == "error"]
+    assert len(refusals) == 6 and refusals[0]["code"] == "over_quota" and refusals[0]["ref"] == msg(5)["id"]
+    world.receiver.receive(link, msg(2, body="x" * 30))  # a copy of a stored one: acknowledged again
+    world.run()
+    assert link.sent[-1] == {"t": "ack", "id": msg(2)["id"]}
+    deposit(world, world.keys("bob"), msg(11, body="y"), "mb1")
+    deposit(world, carol, msg(1, sender="carol", body="fine"), "mb2")
+    world.receiver.mailbox.fetch()
+    world.run()
+    assert bodies(world, "carol") == ["fine"] and world.registry.mailbox == []
+    assert [q["id"] for q in world.storage.quarantined()] == ["mb1"]

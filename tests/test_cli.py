@@ -428,6 +428,20 @@ def test_quarantine_lists_what_was_set_aside_and_why(run, daemon):
     assert run("quarantine", "--limit", "0")[0] == 2
 
 
+def test_block_unblock_and_blocked(run, daemon):
+    daemon.handlers["block"] = lambda r: ok({"name": r["name"], "blocked": True})
+    daemon.handlers["unblock"] = lambda r: ok({"name": r["name"], "blocked": False, "was_blocked": r["name"] == "eve"})
+    daemon.handlers["blocked"] = lambda r: ok(["eve"])
+    code, out, _ = run("block", "eve")
+    assert code == 0 and out.startswith("blocked eve: its links, messages, files and mailbox deposits are refused")
+    assert daemon.requests[-1] == {"id": 1, "cmd": "block", "name": "eve"}
+    assert run("blocked")[1] == "eve\n"
+    assert run("unblock", "eve")[1] == "unblocked eve\n"
+    assert run("unblock", "bob")[1] == "bob was not blocked\n"
+    daemon.handlers["blocked"] = lambda r: ok([])
+    assert run("blocked")[1] == "nobody is blocked\n"
+
+
 def test_history_of_everything_names_the_recipient(run, daemon):
     """Without a peer, outgoing lines say whom they went to."""
     daemon.handlers["history"] = lambda r: ok([{"sender": "alice", "recipient": "bob", "ts": 0, "body": "x",

@@ -68,6 +68,15 @@ class FakeFacade:
     def quarantined(self, limit=100):
         return [{"id": "q1", "from": "bob", "reason": "forged", "received_at": 5, "limit": limit}]
 
+    def block(self, name):
+        return {"name": name, "blocked": True}
+
+    def unblock(self, name):
+        return {"name": name, "blocked": False, "was_blocked": True}
+
+    def blocked(self):
+        return ["mallory"]
+
     def subscribe(self, callback):
         self.subscribers.append(callback)
 
@@ -121,6 +130,9 @@ COMMANDS = [
      [{"id": "m1", "conversation": "carol", "sender": "bob", "body": PERSIAN, "limit": 5}]),
     ({"id": 7, "cmd": "watch"}, {"watching": True}),
     ({"id": 8, "cmd": "unwatch"}, {"watching": False}),
+    ({"id": 10, "cmd": "block", "name": "mallory"}, {"name": "mallory", "blocked": True}),
+    ({"id": 11, "cmd": "unblock", "name": "mallory"}, {"name": "mallory", "blocked": False, "was_blocked": True}),
+    ({"id": 12, "cmd": "blocked"}, ["mallory"]),
     ({"id": 9, "cmd": "quarantine", "limit": 3}, [{"id": "q1", "from": "bob", "reason": "forged", "received_at": 5,
                                                    "limit": 3}]),
 ]
@@ -203,6 +215,7 @@ BAD_REQUESTS = [
     (b'{"id": 1, "cmd": "history", "limit": "5"}', 1, "bad_request", "integer"),
     (b'{"id": 1, "cmd": "history", "conversation": ["x"]}', 1, "bad_request", "string"),
     (b'{"id": 1, "cmd": "quarantine", "limit": 5000}', 1, "bad_request", "limit"),
+    (b'{"id": 1, "cmd": "block"}', 1, "bad_request", "'name'"),
 ]
 
 

@@ -335,3 +335,37 @@ def test_stopping_the_daemon_stops_the_part_attached_to_it(net):
     net.online(alice)
     alice.stop()
     assert files.stopped
+
+
+def test_blocking_a_peer_closes_its_link_and_refuses_what_it_sends(net):
+    """alice blocks bob: his link closes, his next message cannot reach her directly and what he seals into
+    her mailbox is dropped; unblocked, he gets through again."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    assert net.result(bob.send_message("alice", "before"))["status"] == "delivered"
+    assert alice.block("Bob") == {"name": "bob", "blocked": True}
+    net.run(1)
+    assert "bob" not in {l["peer"] for l in alice.status()["links"]}
+    outcome = net.result(bob.send_message("alice", "after"))
+    assert outcome["status"] == "queued"
+    net.run(31)  # alice's mailbox poll
+    assert bodies(alice, "bob") == ["before"] and alice.blocked() == ["bob"]
+    assert alice.unblock("bob")["was_blocked"] is True
+    assert net.result(bob.send_message("alice", "again"))["status"] == "delivered"
+    assert bodies(alice, "bob")[-1] == "again"
+
+
+def test_a_peer_that_refuses_our_link_after_its_hello_is_dialled_with_back_off(net):
+    """The refusing side checks us after its hello, so our side had the link up for a moment: we used to dial
+    it again every 0.2 s for as long as messages waited (bug not named by an issue). A refusal of the whole link
+    is a failed dial: the back-off applies and the messages go to the mailbox."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    alice.block("bob")
+    before = len(net.pumps)
+    outcome = net.result(bob.send_message("alice", "are you there?"))
+    net.run(30)
+    assert len(net.pumps) - before <= 6, "bob dialled alice %d times in 30 s" % (len(net.pumps) - before)
+    assert outcome["status"] == "queued"

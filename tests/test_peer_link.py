@@ -267,3 +267,38 @@ def test_a_refused_link_that_does_not_take_its_last_frame_is_cut_after_a_grace()
     assert lines(transport)[0]["code"] == "handshake" and transport.disconnecting and not transport.disconnected
     clock.advance(CLOSE_GRACE)
     assert transport.disconnected  # the peer never read it: cut
+
+
+def budget_link(**limits):
+    from p2pd.peer.limits import Limits
+    daemon, clock = FakeDaemon(), Clock()
+    link = PeerLink(daemon, clock, limits=Limits(**limits))
+    transport = StringTransport()
+    link.makeConnection(transport)
+    link.handshakeCompleted()
+    send(link, wire.hello("bob", "test"))
+    return daemon, clock, link, transport
+
+
+def test_a_link_over_its_budget_is_read_more_slowly_not_cut():
+    """Issue 12, finding 5: a link that brings more frames (or bytes) than its budget is not read for a while:
+    TCP slows its sender down and nothing is refused or lost."""
+    daemon, clock, link, transport = budget_link(frames_per_second=10, bytes_per_second=1 << 20)
+    for i in range(40):  # a burst of 40 is saved up
+        send(link, dict(MSG, id="%032x" % i))
+    assert transport.producerState == "producing"
+    send(link, dict(MSG, id="%032x" % 40))
+    assert transport.producerState == "paused"  # (a real transport now delivers nothing until resumed)
+    clock.advance(0.1)
+    assert transport.producerState == "producing" and len(daemon.frames) == 41
+    send(link, dict(MSG, id="%032x" % 41))
+    assert transport.producerState == "paused"
+    assert not transport.disconnecting
+
+
+def test_a_link_bringing_too_many_bytes_is_paused_too():
+    daemon, clock, link, transport = budget_link(frames_per_second=1000, bytes_per_second=1000)
+    send(link, dict(MSG, body="x" * 5000))
+    assert transport.producerState == "paused"
+    clock.advance(1.5)
+    assert transport.producerState == "producing"

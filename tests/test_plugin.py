@@ -82,7 +82,7 @@ def test_example_peer_config_parses_with_the_file_options(tmp_path):
     (["--accept-from", "bob,b@d"], "--accept-from"),
     (["--accept", "maybe"], "--accept must be ask, auto or deny"),
     (["--limits", "unverified=0"], "at least 1"),
-    (["--limits", "unverifed=5"], "unknown limit 'unverifed'; the limits are: connections-per-second, unverified"),
+    (["--limits", "unverifed=5"], "unknown limit 'unverifed'; the limits are: bytes-per-second, connections-per-second"),
     (["--limits", "unverified=2.5"], "whole number"),
     (["--limits", "unverified=lots"], "not a number"),
 ])

@@ -518,6 +518,7 @@ API = {
     "add_quarantined": "(self, item_id: str, sender, reason: str, payload, now_ms: int, keep: int = 1000) -> bool",
     "quarantine_count": "(self) -> int",
     "quarantined": "(self, limit: int = 100) -> list",
+    "received_bytes": "(self, sender: str) -> int",
     "put_hash": "(self, path: str, st, root: str, digests: bytes)",
     "put_transfer": "(self, record: dict, now_ms: int)",
     "settings_with_prefix": "(self, prefix: str) -> list",
@@ -552,3 +553,20 @@ def test_storage_provides_the_store_interfaces(store):
     assert verifyObject(IChatStore, store) and verifyObject(IFileStore, store)
     declared = set(IChatStore.names(all=True)) | set(IFileStore.names(all=True))
     assert declared == set(API) | {"pending"}
+
+
+def test_the_bytes_stored_from_each_sender_are_counted_for_its_quota(path):
+    s = Storage(path, name="alice")
+    assert s.received_bytes("bob") == 0
+    s.add_incoming({"id": "1" * 32, "sender": "bob", "seq": 1, "ts": 1, "body": "hé"}, 5)
+    s.add_incoming({"id": "2" * 32, "sender": "bob", "seq": 2, "ts": 2, "body": "x" * 10, "room": "G1"}, 5)
+    s.add_incoming({"id": "2" * 32, "sender": "bob", "seq": 2, "ts": 2, "body": "again"}, 5)  # a duplicate
+    assert s.received_bytes("bob") == 13
+    s.commit()
+    assert s.received_bytes("bob") == 13 and s.received_bytes("carol") == 0
+    s.close()
+    again = Storage(path, name="alice")
+    assert again.received_bytes("bob") == 13
+    again.add_incoming({"id": "3" * 32, "sender": "bob", "seq": 3, "ts": 3, "body": "abc"}, 5)
+    again.commit()
+    assert again.received_bytes("bob") == 16

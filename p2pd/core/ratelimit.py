@@ -30,3 +30,23 @@ class RateLimiter:
         if allowed:
             return 0
         return max(1, int((1 - tokens) / self.rate + 0.999))
+
+
+class Bucket:
+    """One token bucket: *rate* tokens a second, at most *burst* saved. :meth:`take` spends *cost* tokens and
+    returns 0, or the seconds until the debt it ran into is paid (the caller waits that long: backpressure, not
+    refusal). Pure: the caller passes ``now``."""
+
+    def __init__(self, rate: float, burst: float, now: float = 0.0):
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self.tokens = self.burst
+        self.last = now
+
+    def take(self, cost: float, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= cost
+        if self.tokens >= 0 or not self.rate:
+            return 0.0
+        return -self.tokens / self.rate

@@ -31,6 +31,9 @@ groups     -                                   every room: ``name``, ``member_co
 public     ``room``, ``text``                  ``{"id", "room", "recipients", "status": "sent"}`` once stored
 private    ``to``, ``text``                    as ``msg``
 users      -                                   the online peers (as ``peers``)
+block      ``name``                            ``{"name", "blocked": true}``: its links, messages, offers refused
+unblock    ``name``                            ``{"name", "blocked": false, "was_blocked"}``
+blocked    -                                   the blocked names
 quarantine ``limit`` (opt)                     mailbox items set aside: ``[{"id", "from", "reason", "received_at"}]``
 =========  ==================================  ==========================================================
 

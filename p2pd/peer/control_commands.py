@@ -70,6 +70,15 @@ class Commands:
             raise BadRequest("limit must be between 1 and %d" % MAX_HISTORY)
         return self.facade.history(conversation, limit=limit)
 
+    def do_block(self, request):
+        return self.facade.block(_arg(request, "name", str))
+
+    def do_unblock(self, request):
+        return self.facade.unblock(_arg(request, "name", str))
+
+    def do_blocked(self, request):
+        return self.facade.blocked()
+
     def do_quarantine(self, request):
         limit = _arg(request, "limit", int, required=False, default=100)
         if not 1 <= limit <= 1000:

@@ -12,7 +12,7 @@ from zope.interface import implementer
 from p2pd import __version__
 from p2pd.core import wire
 from p2pd.core.names import canonical_name, canonical_room
-from p2pd.errors import P2PDError
+from p2pd.errors import LinkFailed, P2PDError
 from p2pd.peer.chat.commits import Checkpoints, Commits
 from p2pd.peer.chat.dialer import Dialer
 from p2pd.peer.chat.directory import Directory
@@ -22,11 +22,13 @@ from p2pd.peer.chat.pins import Pins
 from p2pd.peer.chat.receive import Receiver
 from p2pd.peer.chat.rooms import Rooms
 from p2pd.peer.interfaces import ILinkHost, IPresenceHost
+from p2pd.peer.limits import Limits
 from p2pd.peer.links.link import PeerLink
 
 log = Logger()
 
 MAILBOX_POLL = 30.0
+REFUSALS = frozenset(("blocked", "identity_mismatch", "handshake", "unsupported_version"))  # of a whole link
 FILE_FRAMES = frozenset(("offer", "accept", "reject", "cancel", "ls", "listing", "get"))  # when no files part
 
 
@@ -35,7 +37,8 @@ class PeerDaemon:
     """Chat, links and the outbox of one peer. *tls* has ``client_endpoint(reactor, host, port, timeout)`` and
     ``peer_key(transport)``; *threads* (an IThreads) runs the WAL checkpoints."""
 
-    def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, threads, discover=None):
+    def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, threads, discover=None,
+                 limits=None):
         self.name = name
         self.identity = identity
         self.storage = storage
@@ -43,6 +46,7 @@ class PeerDaemon:
         self.clock = reactor
         self.tls = tls
         self.data_dir = data_dir
+        self.limits = limits or Limits()
         self.discover = discover  # optional: Deferred-returning callable that fills addresses["public"]
         self.addresses = {"tcp": [], "udp": [], "public": None}  # what register() publishes; set by the service
         self.registry_state = {"state": "starting", "message": "not registered yet"}
@@ -53,15 +57,19 @@ class PeerDaemon:
         self.commits = Commits(storage, reactor)
         self.checkpoints = Checkpoints(storage, reactor, threads)
         self.pins = Pins(storage, registry, self.commits, reactor)
-        self.dialer = Dialer(self.pins, tls, reactor, lambda expected: PeerLink(self, reactor, expected=expected))
+        self.dialer = Dialer(self.pins, tls, reactor, lambda expected: self.new_link(expected))
         self.outbox = Outbox(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
                              self.dialer)
         self.directory = Directory(name, registry, self.pins, self.dialer, self.outbox)
         self.rooms_part = Rooms(name, storage, registry, reactor, self.commits, self.events, self.dialer,
                                 self.outbox, self.directory.peers)
         self.receiver = Receiver(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
-                                 self.rooms_part)
+                                 self.rooms_part, self.limits)
         self._poll = None
+
+    def new_link(self, expected=None):
+        """An unconnected link to (*expected*: ``(name, key)``, dialling) or from another peer."""
+        return PeerLink(self, self.clock, expected=expected, limits=self.limits)
 
     def attach(self, handler):
         """Hand link frames of ``handler.kinds`` to *handler* (an IFrameHandler), and its ``link_error`` and
@@ -172,6 +180,11 @@ class PeerDaemon:
             log.info("{peer} reported {code}: {message}", peer=link.peer, code=frame["code"],
                      message=frame["message"])
             ref = frame.get("ref")
+            if not ref and frame["code"] in REFUSALS:
+                # The peer refuses the link after we had verified it (it checks us after its hello): a dial
+                # failure, so that the back-off applies instead of a new link every RELINK_DELAY.
+                self.dialer.failed(link.peer, LinkFailed("%s refused the link: %s" % (link.peer, frame["message"]),
+                                                         frame["code"]))
             if not ref or any(h.link_error(link, frame) for h in set(self.handlers.values())):
                 return
             self.outbox.refused(link, ref, frame["message"])
@@ -221,6 +234,25 @@ class PeerDaemon:
 
     def post_room(self, room, text):
         return self.rooms_part.post_room(room, text)
+
+    def block(self, name):
+        """Refuse *name*'s links, messages, offers and deposits from now on; its link, if up, is closed."""
+        name = canonical_name(name)
+        self.pins.block(name)
+        link = self.dialer.link_to(name)
+        if link is not None:
+            link.send(wire.error("blocked", "%s does not take links from you" % self.name))
+            link.transport.loseConnection()
+        log.info("blocked {peer}", peer=name)
+        return {"name": name, "blocked": True}
+
+    def unblock(self, name):
+        name = canonical_name(name)
+        was = self.pins.unblock(name)
+        return {"name": name, "blocked": False, "was_blocked": was}
+
+    def blocked(self):
+        return self.pins.blocked_names()
 
     def quarantined(self, limit=100):
         return self.storage.quarantined(limit)

@@ -61,6 +61,15 @@ class DaemonFacade(Protocol):
     def history(self, conversation: str | None = None, limit: int = 100) -> list:
         """Stored messages, oldest first (the newest *limit*)."""
 
+    def block(self, name: str) -> dict:
+        """{"name", "blocked": true}: *name*'s links, messages, offers and deposits are refused from now on."""
+
+    def unblock(self, name: str) -> dict:
+        """{"name", "blocked": false, "was_blocked": bool}."""
+
+    def blocked(self) -> list:
+        """The names on the block list, sorted."""
+
     def quarantined(self, limit: int = 100) -> list:
         """Mailbox items that could not be delivered, newest first: [{"id", "from", "reason", "received_at"}]."""
 

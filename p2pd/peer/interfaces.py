@@ -308,6 +308,9 @@ class IChatStore(IStore):
     def quarantine_count():
         """How many quarantined items are kept."""
 
+    def received_bytes(sender):
+        """Bytes of the message bodies stored from *sender*, for its quota."""
+
 
 class IFileStore(IStore):
     """What file transfers keep: their records (JSON dicts with ``tid``, ``direction``, ``peer``, ``status``,

@@ -15,6 +15,9 @@ class Limits:
     unverified: int = 256  # connections not yet verified (TLS + hello + registry check), in all
     unverified_per_address: int = 64  # of those, from one source address
     connections_per_second: float = 20.0  # new connections per second from one source address (bursts of 64)
+    frames_per_second: float = 20000.0  # frames a link may bring per second, sustained (bursts of 4x that)
+    bytes_per_second: float = 8 << 20  # bytes a link may bring per second, sustained (bursts of 4x that)
+    stored_per_peer: int = 256 << 20  # bytes of messages kept from one peer (history and room posts)
 
 
 FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}

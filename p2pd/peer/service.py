@@ -21,7 +21,6 @@ from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_s
 from p2pd.peer import identity as identity_mod
 from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_socket
 from p2pd.peer.daemon import PeerDaemon
-from p2pd.peer.links.link import PeerLink
 from p2pd.peer.nat.stun_client import StunClient
 from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
 from p2pd.peer.presence import Presence
@@ -156,14 +155,14 @@ class PeerService(service.MultiService):
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
                                  TLSAdapter(self.identity, reactor), self.data_dir, self.threads,
-                                 discover=lambda: defer.ensureDeferred(self.discover_public()))
+                                 discover=lambda: defer.ensureDeferred(self.discover_public()), limits=limits)
         self.data_paths = TCPDataPaths(reactor)
         self.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon.events,
                                    self.daemon.commits, self.daemon.dialer, self.data_paths, options["inbox"],
                                    share=options["share"], policy=options["accept"],
                                    accept_from=options["accept-from"], accept_max=options["accept-max"])
         self.daemon.attach(self.transfers)
-        links = protocol.Factory.forProtocol(lambda: PeerLink(self.daemon, reactor))
+        links = protocol.Factory.forProtocol(self.daemon.new_link)
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)
         admission = Admission(reactor, limits.unverified, limits.unverified_per_address,

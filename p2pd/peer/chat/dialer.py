@@ -55,6 +55,7 @@ class Dialer:
                 waiter.callback(result)
 
     async def _dial(self, peer):
+        self.pins.refuse_blocked(peer)
         record = await self.pins.lookup(peer)
         if not record.get("online"):
             raise PeerOffline("%s is offline" % peer)

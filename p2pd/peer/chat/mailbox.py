@@ -162,6 +162,10 @@ class MailboxFetcher:
             if not isinstance(payload, str):
                 raise SealedError("the item carries no sealed payload")
             sealed = open_sealed(payload, self.identity.box_private, self.name)
+            if self.pins.is_blocked(sealed.sender_name):
+                log.info("dropped mailbox item {id} from {sender}, who is blocked", id=item_id,
+                         sender=sealed.sender_name)
+                return await self._ack(item_id)
             record = await self._patiently(self.pins.lookup, sealed.sender_name)
             sealed.verify(record["key"])
             frame = wire.decode(sealed.payload)
@@ -177,7 +181,9 @@ class MailboxFetcher:
         if frame.get("room") and not await self.sender_ok(frame):
             return await self._ack(item_id)
         done = defer.Deferred()
-        self.accept(frame, via="mailbox", after_commit=lambda: done.callback(None))
+        if not self.accept(frame, via="mailbox", after_commit=lambda: done.callback(None)):
+            self._quarantine(item, "%s has used up the room its messages may take here" % sealed.sender_name)
+            return await self._ack(item_id)
         await done  # committed: now the registry may forget it
         return await self._ack(item_id)
 

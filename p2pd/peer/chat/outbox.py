@@ -186,6 +186,7 @@ class Outbox:
         try:
             to = canonical_name(to)
             check_text(text)
+            self.fifo.pins.refuse_blocked(to)
         except P2PDError as e:
             return defer.fail(e)
         if to == self.name:

@@ -6,7 +6,7 @@ set up and nothing is sealed for an impostor the registry (or whoever runs it) s
 
 from twisted.internet import defer
 
-from p2pd.errors import IdentityMismatch, NoSuchPeer, NotFound
+from p2pd.errors import Blocked, IdentityMismatch, NoSuchPeer, NotFound
 
 VERIFY_CACHE_TTL = 10.0  # seconds the registry's answer about a name is reused when checking incoming links
 VERIFY_CACHE_SIZE = 4096
@@ -19,6 +19,31 @@ class Pins:
         self.commits = commits
         self.clock = clock
         self._verified = {}  # name -> (when, key or None if nobody holds it): recent registry answers
+
+    # the block list: peers whose links, messages, offers and deposits we refuse
+
+    def is_blocked(self, name):
+        return bool(self.storage.get("blocked:" + name))
+
+    def block(self, name):
+        self.storage.put("blocked:" + name, True)
+        self.commits.schedule_flush()
+
+    def unblock(self, name):
+        """True if *name* was blocked."""
+        if not self.is_blocked(name):
+            return False
+        self.storage.put("blocked:" + name, False)
+        self.commits.schedule_flush()
+        return True
+
+    def blocked_names(self):
+        return sorted(key[len("blocked:"):] for key, value in self.storage.settings_with_prefix("blocked:") if value)
+
+    def refuse_blocked(self, name):
+        """Blocked if *name* is on the block list."""
+        if self.is_blocked(name):
+            raise Blocked("you blocked %s (p2pctl unblock %s lets it through again)" % (name, name))
 
     def pinned(self, name):
         """The key pinned for *name*, or None."""
@@ -53,7 +78,9 @@ class Pins:
     def verify_peer(self, name, key):
         """An incoming link claims *name* and showed *key* in TLS: they must match our pin, or (no pin yet) the
         registry, which is asked at most once per name every VERIFY_CACHE_TTL seconds: a stream of handshakes
-        claiming names must not turn into a stream of registry lookups."""
+        claiming names must not turn into a stream of registry lookups. A name on the block list is refused."""
+        if self.is_blocked(name):
+            return defer.fail(Blocked("%s is blocked here" % name))
         pinned = self.pinned(name)
         if pinned is not None:
             if pinned != key:

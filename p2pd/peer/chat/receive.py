@@ -11,7 +11,9 @@ from twisted.logger import Logger
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.names import canonical_room
+from p2pd.core.sizes import human_size
 from p2pd.peer.chat.mailbox import MailboxFetcher
+from p2pd.peer.limits import Limits
 
 log = Logger()
 
@@ -19,8 +21,12 @@ GAP_FETCH_EVERY = 5.0  # seconds between two mailbox fetches that one sender's g
 
 
 class Receiver:
-    def __init__(self, name, identity, storage, registry, clock, commits, events, pins, rooms):
+    """*limits* (a :class:`p2pd.peer.limits.Limits`) gives ``stored_per_peer``: the bytes of messages kept from
+    one peer, past which its messages are refused (they fail on its side, with the reason)."""
+
+    def __init__(self, name, identity, storage, registry, clock, commits, events, pins, rooms, limits=None):
         self.name = name
+        self.limits = limits or Limits()
         self.storage = storage
         self.clock = clock
         self.commits = commits
@@ -81,9 +87,24 @@ class Receiver:
                 continue
             self.accept(frame, via="direct", link=link)
 
+    def over_quota(self, frame):
+        """Whether *frame*'s sender has used up the room its messages may take here (a copy of a message stored
+        already is never over)."""
+        if self.storage.received_bytes(frame["from"]) < self.limits.stored_per_peer:
+            return False
+        return not self.storage.has_message(frame["id"])
+
     def accept(self, frame, via, link=None, after_commit=None):
         """Store *frame* (unless its id is stored already); after the commit, announce it, acknowledge it on
-        *link* and call *after_commit*."""
+        *link* and call *after_commit*. False, storing nothing, if its sender is over its quota (on *link* the
+        sender is told, with an error frame naming the message)."""
+        if self.over_quota(frame):
+            log.warn("refused a message from {sender}: it has {size} of messages stored here, the limit",
+                     sender=frame["from"], size=human_size(self.limits.stored_per_peer))
+            if link is not None:
+                link.send(wire.error("over_quota", "%s keeps %s of messages from you, its limit; it was not stored"
+                                     % (self.name, human_size(self.limits.stored_per_peer)), frame["id"]))
+            return False
         msg = {"id": frame["id"], "sender": frame["from"], "recipient": self.name, "seq": frame["seq"],
                "ts": frame["ts"], "body": frame["body"], "room": frame.get("room"), "via": via}
         if self.storage.add_incoming(msg, now_ms(self.clock)):
@@ -95,3 +116,4 @@ class Receiver:
         if after_commit is not None:
             self.commits.after_commit(after_commit)
         self.commits.schedule_flush()
+        return True

@@ -280,7 +280,7 @@ class Rooms:
     def _store_post(self, view, text):
         if self.name not in view.get("members", []):
             raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
-        recipients = [m for m in view["members"] if m != self.name]
+        recipients = [m for m in view["members"] if m != self.name and not self.dialer.pins.is_blocked(m)]
         post, copies = self.storage.add_room_post(view["name"], text, recipients, now_ms(self.clock))
         committed = defer.Deferred()
 

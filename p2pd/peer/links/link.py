@@ -15,8 +15,10 @@ from zope.interface import implementer
 
 from p2pd import __version__
 from p2pd.core import wire
+from p2pd.core.ratelimit import Bucket
 from p2pd.errors import IdentityMismatch, LinkFailed, P2PDError
 from p2pd.peer.interfaces import ILink
+from p2pd.peer.limits import Limits
 from p2pd.peer.timers import Timer
 
 log = Logger()
@@ -26,6 +28,7 @@ DEAD_AFTER = 30  # seconds without any traffic before the link is declared dead
 HANDSHAKE_TIMEOUT = 15
 MAX_EARLY = 1000  # frames held while the peer's identity is being verified
 CLOSE_GRACE = 5  # seconds a link we closed may take to send its last frame before it is cut
+BURST = 4  # a link's budget saves up this many seconds of its rate
 
 
 @implementer(IHandshakeListener, ILink)
@@ -33,9 +36,13 @@ class PeerLink(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = wire.MAX_LINE
 
-    def __init__(self, host, clock, expected=None):
+    def __init__(self, host, clock, expected=None, limits=None):
         self.host = host  # an ILinkHost
         self.clock = clock
+        limits = limits or Limits()
+        self.frames = Bucket(limits.frames_per_second, limits.frames_per_second * BURST, clock.seconds())
+        self.bytes = Bucket(limits.bytes_per_second, limits.bytes_per_second * BURST, clock.seconds())
+        self.throttled = None  # the delayed call that resumes reading a link over its budget
         self.expected = expected  # (name, key) when we dialled; None for an incoming link
         self.peer = None  # the authenticated peer name
         self.peer_key = None  # the key the TLS handshake showed
@@ -73,6 +80,8 @@ class PeerLink(LineOnlyReceiver):
     def connectionLost(self, reason):
         self.closed = True
         self._timer.cancel()
+        if self.throttled is not None and self.throttled.active():
+            self.throttled.cancel()
         if not self.when_ready.called:
             self.when_ready.errback(LinkFailed("connection closed before the handshake completed"))
         if self.ready:
@@ -80,8 +89,31 @@ class PeerLink(LineOnlyReceiver):
 
     # lines
 
+    def dataReceived(self, data):
+        LineOnlyReceiver.dataReceived(self, data)
+        if self.ready and self.throttled is None and not self.closed:
+            now = self.clock.seconds()
+            wait = self.bytes.take(len(data), now)
+            if wait:
+                self._throttle(wait)
+
+    def _throttle(self, wait):
+        """The peer sent more than its budget: read nothing from it for *wait* seconds (TCP then slows it down;
+        nothing is refused or lost)."""
+        self.transport.pauseProducing()
+        self.throttled = self.clock.callLater(wait, self._unthrottle)
+
+    def _unthrottle(self):
+        self.throttled = None
+        if not self.closed:
+            self.transport.resumeProducing()
+
     def lineReceived(self, line):
         self.last_rx = self.clock.seconds()
+        if self.ready and self.throttled is None:
+            wait = self.frames.take(1, self.last_rx)
+            if wait:
+                self._throttle(wait)
         try:
             frame = wire.decode(line)
         except wire.FrameError as e:

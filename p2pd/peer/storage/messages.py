@@ -57,6 +57,10 @@ def message(row) -> dict:
     return dict(zip(MESSAGE_FIELDS, row))
 
 
+_ADD_USAGE = ("INSERT INTO peer_usage (sender, bytes) VALUES (?, ?) "
+              "ON CONFLICT (sender) DO UPDATE SET bytes = bytes + excluded.bytes")
+
+
 class Messages(Database):
     """History, incoming messages and the conversation summary."""
 
@@ -64,10 +68,26 @@ class Messages(Database):
         super()._reset_caches()
         self._last_seq = {}  # (sender, conversation) -> highest seq received, as the database (+ open group) has it
         self._counts = {}  # conversation -> [messages, last ts, last rowid] added in the open write group
+        self._usage = {}  # sender -> bytes of its messages stored (committed), read once per sender
+        self._usage_added = {}  # sender -> bytes of its messages added in the open write group
 
     def _before_commit(self):
         super()._before_commit()
         self._write_counts()
+        if self._usage_added:
+            added, self._usage_added = self._usage_added, {}
+            self._db.executemany(_ADD_USAGE, list(added.items()))
+            for sender, n in added.items():
+                if sender in self._usage:
+                    self._usage[sender] += n
+
+    def received_bytes(self, sender: str) -> int:
+        """Bytes of the message bodies stored from *sender* (one-to-one and room messages), for its quota."""
+        stored = self._usage.get(sender)
+        if stored is None:
+            row = self._db.execute("SELECT bytes FROM peer_usage WHERE sender = ?", (sender,)).fetchone()
+            stored = self._usage[sender] = row[0] if row else 0
+        return stored + self._usage_added.get(sender, 0)
 
     def _count(self, conversation, ts, rowid):
         """Note one new message of *conversation*; the ``conversations`` table gets it once per commit."""
@@ -127,6 +147,7 @@ class Messages(Database):
         if last is not None and seq > last:
             self._last_seq[key] = seq
         self._count(conversation, ts, cursor.lastrowid)
+        self._usage_added[sender] = self._usage_added.get(sender, 0) + len(body.encode("utf-8", "surrogatepass"))
         return True
 
     def last_seq(self, sender: str, conversation: str) -> int:

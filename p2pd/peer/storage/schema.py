@@ -80,7 +80,14 @@ def _to_v3(db):
                       payload TEXT NOT NULL)""")
 
 
-MIGRATIONS = (_to_v1, _to_v2, _to_v3)  # MIGRATIONS[n] takes the schema from version n to n + 1
+def _to_v4(db):
+    """Bytes stored per sender, for the per-peer storage quota, counted from the history there is."""
+    db.execute("CREATE TABLE peer_usage (sender TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO peer_usage SELECT sender, sum(length(CAST(body AS BLOB))) FROM messages "
+               "WHERE direction = 'in' AND sender IS NOT NULL GROUP BY sender")
+
+
+MIGRATIONS = (_to_v1, _to_v2, _to_v3, _to_v4)  # MIGRATIONS[n] takes the schema from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
