@@ -156,3 +156,59 @@ def test_a_stream_of_hellos_claiming_names_does_not_spend_the_victims_registry_q
             for w in workers:
                 w.join(10)
         assert checks >= 10 and hellos, "the attack did not run"
+
+
+def db_bytes(peer):
+    return sum(os.path.getsize(os.path.join(peer.data_dir, f)) for f in os.listdir(peer.data_dir)
+               if f.startswith("p2pd.sqlite3"))
+
+
+def test_a_flood_of_big_messages_is_slowed_then_refused_and_honest_chat_goes_on(registry, spawn):
+    """Issue 12, finding 5: a peer sending 16 KiB messages as fast as it can grew the victim's database by
+    918 MB in 10 s. Now its link is read at its byte budget (TCP slows it down) and past its storage quota its
+    messages are refused with over_quota; bob's chat with alice works throughout."""
+    import threading
+
+    from p2pd.core import wire
+    from p2pd.peer import identity as identity_mod
+    from tests.test_files_e2e import Link
+
+    alice = spawn("alice", registry, args=["--limits", "stored-per-peer=4M,bytes-per-second=1M"])
+    bob, mallory = spawn("bob", registry), spawn("mallory", registry)
+    assert chat_works(alice, bob, "before")
+    before = db_bytes(alice)
+    link = Link(alice, identity_mod.load_or_create(mallory.data_dir, "mallory"), "mallory")
+    stop = threading.Event()
+    sent = []
+
+    def flood():
+        seq = 0
+        while not stop.is_set() and not link.closed:
+            frames = []
+            for _ in range(8):
+                seq += 1
+                frames.append({"t": "msg", "id": os.urandom(16).hex(), "from": "mallory", "seq": seq,
+                               "ts": seq, "body": "x" * 16000})
+            if not link.send(b"".join(wire.encode(f) + b"\n" for f in frames), timeout=1):
+                break
+            sent.append(len(frames))
+            link._pump(0)
+
+    worker = threading.Thread(target=flood, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert chat_works(alice, bob, "during")
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(15)
+    told = link.wait(lambda f: f.get("code") == "over_quota", timeout=20, what="an over_quota refusal")
+    stored = [m for m in alice.ctl("history", conversation="mallory", limit=10000) if m["direction"] == "in"]
+    assert sum(len(m["body"]) for m in stored) <= (4 << 20) + 16000
+    assert db_bytes(alice) - before < 24 << 20, "alice's database grew by %d bytes" % (db_bytes(alice) - before)
+    assert "4.0 MiB" in told["message"]
+    assert sum(sent) * 16000 < 30 << 20, "the link was not slowed down: %d frames went in" % sum(sent)
+    assert chat_works(alice, bob, "after")
+    link.close()

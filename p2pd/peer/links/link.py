@@ -91,10 +91,9 @@ class PeerLink(LineOnlyReceiver):
 
     def dataReceived(self, data):
         LineOnlyReceiver.dataReceived(self, data)
-        if self.ready and self.throttled is None and not self.closed:
-            now = self.clock.seconds()
-            wait = self.bytes.take(len(data), now)
-            if wait:
+        if self.ready and not self.closed:
+            wait = self.bytes.take(len(data), self.clock.seconds())  # what comes while paused counts too
+            if wait and self.throttled is None:
                 self._throttle(wait)
 
     def _throttle(self, wait):
@@ -110,9 +109,9 @@ class PeerLink(LineOnlyReceiver):
 
     def lineReceived(self, line):
         self.last_rx = self.clock.seconds()
-        if self.ready and self.throttled is None:
+        if self.ready:
             wait = self.frames.take(1, self.last_rx)
-            if wait:
+            if wait and self.throttled is None:
                 self._throttle(wait)
         try:
             frame = wire.decode(line)
