@@ -189,3 +189,52 @@ def test_an_offer_waits_for_consent_and_reject_answers_it(world):
     assert link.sent[-1]["t"] == "reject" and link.sent[-1]["tid"] == t.tid
     failed_with(outcome, "rejected")
     assert manager.live == {} and inbox_files(manager) == []
+
+
+def test_offers_waiting_for_an_answer_are_bounded_per_peer_in_all_and_in_files(tmp_path):
+    """Issue 12, finding 4: 1,500 offers in ask mode cost +314 MB RSS and +234 MB of database and waited for
+    ever. Offers past the limits are refused at the door (busy, nothing of them kept)."""
+    from p2pd.peer.limits import Limits
+    daemon = FakeDaemon(tmp_path)
+    manager = make_transfers(daemon, str(tmp_path / "inbox"),
+                             limits=Limits(pending_offers=5, pending_offers_per_peer=3, pending_files=8))
+    bob, carol, dave = FakeLink("bob"), FakeLink("carol"), FakeLink("dave")
+    for n in range(3):
+        offer(manager, [("b%d.txt" % n, b"x")], link=bob, tid=tid_of(n + 1))
+    manager.frame(bob, wire.decode(wire.encode({"t": "offer", "tid": tid_of(9), "items": [item("no.txt", b"x")]})))
+    assert bob.sent[-1]["t"] == "reject" and bob.sent[-1]["code"] == "busy" and "3 offers from you" in \
+        bob.sent[-1]["message"]
+    assert tid_of(9) not in manager.live and daemon.storage.get_transfer(tid_of(9)) is None
+    offer(manager, [("c.txt", b"x")], link=carol, tid=tid_of(10))
+    offer(manager, [("c2.txt", b"x")], link=carol, tid=tid_of(11))
+    manager.frame(dave, wire.decode(wire.encode({"t": "offer", "tid": tid_of(12), "items": [item("d", b"x")]})))
+    assert dave.sent[-1]["code"] == "busy" and "5 offers wait" in dave.sent[-1]["message"]
+    manager.reject(tid_of(10))
+    files = [item("f%d" % i, b"x") for i in range(5)]
+    manager.frame(dave, wire.decode(wire.encode({"t": "offer", "tid": tid_of(13), "items": files})))
+    assert dave.sent[-1]["code"] == "busy" and "8 files" in dave.sent[-1]["message"]
+    for t in list(manager.live.values()):
+        t.result.addErrback(lambda f: None)
+    daemon.storage.close()
+
+
+def test_an_unanswered_offer_is_withdrawn_and_the_sender_told(tmp_path):
+    from p2pd.peer.limits import Limits
+    daemon = FakeDaemon(tmp_path)
+    manager = make_transfers(daemon, str(tmp_path / "inbox"), limits=Limits(offer_expiry=120))
+    t, outcome, link = offer(manager, [("a.txt", b"abc")])
+    daemon.clock.advance(119)
+    assert t.record["status"] == "offered"
+    daemon.clock.advance(1)
+    assert link.sent[-1]["t"] == "reject" and link.sent[-1]["code"] == "expired"
+    assert "did not answer the offer within 2 minutes" in link.sent[-1]["message"]
+    failed_with(outcome, "expired")
+    assert manager.live == {} and daemon.clock.getDelayedCalls() == []
+    daemon.storage.close()
+
+
+def test_an_answered_offer_leaves_no_expiry_timer(world):
+    daemon, manager = world
+    t, outcome, link = offer(manager, [("a.txt", b"abc")])
+    manager.reject(t.tid)
+    assert not t.expiry.active()

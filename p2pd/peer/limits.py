@@ -18,6 +18,10 @@ class Limits:
     frames_per_second: float = 20000.0  # frames a link may bring per second, sustained (bursts of 4x that)
     bytes_per_second: float = 8 << 20  # bytes a link may bring per second, sustained (bursts of 4x that)
     stored_per_peer: int = 256 << 20  # bytes of messages kept from one peer (history and room posts)
+    pending_offers: int = 256  # offers waiting for our answer (accept/reject), in all
+    pending_offers_per_peer: int = 16  # of those, from one peer
+    pending_files: int = 20000  # files in all the offers waiting for an answer
+    offer_expiry: float = 300.0  # seconds an offer waits for an answer before it is withdrawn
 
 
 FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}

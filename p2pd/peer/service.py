@@ -160,7 +160,8 @@ class PeerService(service.MultiService):
         self.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon.events,
                                    self.daemon.commits, self.daemon.dialer, self.data_paths, options["inbox"],
                                    share=options["share"], policy=options["accept"],
-                                   accept_from=options["accept-from"], accept_max=options["accept-max"])
+                                   accept_from=options["accept-from"], accept_max=options["accept-max"],
+                                   limits=limits)
         self.daemon.attach(self.transfers)
         links = protocol.Factory.forProtocol(self.daemon.new_link)
         server_tls = identity_mod.server_tls_options(self.identity)

@@ -26,11 +26,31 @@ class Intake:
     def __init__(self, manager):
         self.m = manager
 
+    def busy(self, peer, files):
+        """Why an offer of *files* from *peer* that would wait for our answer is refused at the door (too many
+        wait already), or None."""
+        limits = self.m.limits
+        pending = [t for t in self.m.live.values()
+                   if isinstance(t, Incoming) and t.record["status"] == states.OFFERED]
+        if sum(1 for t in pending if t.peer == peer) >= limits.pending_offers_per_peer:
+            return "%d offers from you wait for %s's answer already" % (limits.pending_offers_per_peer, self.m.name)
+        if len(pending) >= limits.pending_offers:
+            return "%d offers wait for %s's answer already" % (limits.pending_offers, self.m.name)
+        if sum(len(t.items) for t in pending) + files > limits.pending_files:
+            return "the offers waiting for %s's answer hold %d files already" % (self.m.name, limits.pending_files)
+        return None
+
     def on_offer(self, link, frame):
         peer = link.peer
-        items = [{"path": i["path"], "size": i["size"], "hash": i["hash"]} for i in frame["items"]]
         if frame["tid"] in self.m.live:
             raise TransferError("offer %s already exists" % frame["tid"], code="bad_frame")
+        if self.m.policy == "ask" and not frame.get("rid"):
+            busy = self.busy(peer, len(frame["items"]))
+            if busy is not None:  # refused before anything of it is kept
+                log.info("refused an offer from {peer}: {why}", peer=peer, why=busy)
+                link.send({"t": "reject", "tid": frame["tid"], "code": "busy", "message": busy + "; try later"})
+                return
+        items = [{"path": i["path"], "size": i["size"], "hash": i["hash"]} for i in frame["items"]]
         try:
             landing = check_offer(items)
         except filenames.BadFileName as e:
@@ -78,8 +98,15 @@ class Intake:
             return self.accept(t.tid)
         t.save()
         self.m.event(t)
+        t.expiry = self.m.clock.callLater(self.m.limits.offer_expiry, self._expire, t)
         log.info("{peer} offers {n} file(s), {size}: waiting for accept/reject {tid}", peer=peer, n=len(items),
                  size=human_size(total), tid=t.tid)
+
+    def _expire(self, t):
+        if t.record["status"] == states.OFFERED and self.m.live.get(t.tid) is t:
+            minutes = self.m.limits.offer_expiry / 60
+            self._refuse(t, "expired", "%s did not answer the offer within %s minute%s" % (
+                self.m.name, "%g" % minutes, "" if minutes == 1 else "s"))
 
     def _refuse(self, t, code, message):
         if t.link is not None and not t.link.closed:

@@ -21,6 +21,7 @@ from p2pd.peer.files.intake import Intake
 from p2pd.peer.files.offers import view
 from p2pd.peer.files.pull import Pulls
 from p2pd.peer.files.push import REFUSALS, Push
+from p2pd.peer.limits import Limits
 from p2pd.peer.files.share import Share
 from p2pd.peer.files.transfer import Incoming, Outgoing, cancellable
 from p2pd.peer.interfaces import IFrameHandler
@@ -38,7 +39,7 @@ class Transfers:
     kinds = frozenset({"offer", "accept", "reject", "cancel", "ls", "listing", "get"})
 
     def __init__(self, name, storage, clock, threads, events, commits, dialer, paths, inbox, share=None,
-                 policy="ask", accept_from=(), accept_max=None):
+                 policy="ask", accept_from=(), accept_max=None, limits=None):
         self.name = name
         self.storage = storage
         self.clock = clock
@@ -50,6 +51,7 @@ class Transfers:
         self.inbox = Inbox(inbox)
         self.share = Share(share, name)
         self.policy = policy
+        self.limits = limits or Limits()
         self.accept_from = tuple(accept_from or ())
         self.accept_max = accept_max
         self.buffers = datastream.BufferPool()  # shared by all receive sessions
@@ -93,6 +95,9 @@ class Transfers:
 
     def finished(self, transfer):
         self.live.pop(transfer.tid, None)
+        expiry = getattr(transfer, "expiry", None)
+        if expiry is not None and expiry.active():
+            expiry.cancel()
         if transfer.session is not None:
             transfer.session.disarm()
             self.paths.forget(transfer.session.keys.sid)

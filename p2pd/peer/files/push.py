@@ -15,7 +15,7 @@ from p2pd.peer.files.offers import collect, fingerprint, new_id
 from p2pd.peer.files.sessions import SendSession
 from p2pd.peer.files.transfer import Outgoing
 
-REFUSALS = ("denied", "no_space", "offer_too_large", "bad_name")
+REFUSALS = ("denied", "no_space", "offer_too_large", "bad_name", "busy", "expired")
 
 
 class Push:
