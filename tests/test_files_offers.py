@@ -238,3 +238,57 @@ def test_an_answered_offer_leaves_no_expiry_timer(world):
     t, outcome, link = offer(manager, [("a.txt", b"abc")])
     manager.reject(t.tid)
     assert not t.expiry.active()
+
+
+class HeldThreads:
+    """IThreads whose work runs when the test says (``finish()``), to see what happens meanwhile."""
+
+    threaded = True
+
+    def __init__(self):
+        self.waiting = []
+
+    def run(self, f, *args):
+        from twisted.internet import defer
+        d = defer.Deferred()
+        self.waiting.append((d, f, args))
+        return d
+
+    def finish(self):
+        from twisted.internet import defer
+        while self.waiting:
+            d, f, args = self.waiting.pop(0)
+            defer.maybeDeferred(f, *args).chainDeferred(d)
+
+    def call_in_reactor(self, f, *args):
+        f(*args)
+
+    def start_thread(self, target, name):
+        return None
+
+
+def test_one_ls_at_a_time_per_link_and_listings_off_the_reactor_thread(tmp_path):
+    """Issue 12, finding 6: 300 KB of ls requests kept a --share peer busy for over a minute (scandir, sort and
+    JSON on the reactor thread, each) while the replies piled up. One ls or get is answered at a time per link
+    (the rest: busy), and the listing runs in a thread."""
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(5):
+        (share / ("f%d.txt" % i)).write_bytes(b"x")
+    daemon, threads = FakeDaemon(tmp_path), HeldThreads()
+    manager = make_transfers(daemon, str(tmp_path / "inbox"), threads=threads, share=str(share))
+    bob, carol = FakeLink("bob"), FakeLink("carol")
+    for n in range(3):
+        manager.frame(bob, wire.decode(wire.encode({"t": "ls", "rid": tid_of(n), "path": ""})))
+    manager.frame(carol, wire.decode(wire.encode({"t": "ls", "rid": tid_of(7), "path": ""})))
+    assert [f["code"] for f in bob.sent] == ["busy", "busy"] and carol.sent == []
+    assert len(threads.waiting) == 2  # bob's first and carol's, not yet done
+    threads.finish()
+    assert bob.sent[-1]["t"] == "listing" and bob.sent[-1]["rid"] == tid_of(0) and len(bob.sent[-1]["items"]) == 5
+    assert carol.sent[-1]["t"] == "listing"
+    manager.frame(bob, wire.decode(wire.encode({"t": "ls", "rid": tid_of(4), "path": "nowhere"})))
+    threads.finish()
+    assert bob.sent[-1]["t"] == "error" and bob.sent[-1]["ref"] == tid_of(4)
+    manager.frame(bob, wire.decode(wire.encode({"t": "ls", "rid": tid_of(5), "path": ""})))
+    assert len(threads.waiting) == 1  # the failed one freed the link
+    daemon.storage.close()

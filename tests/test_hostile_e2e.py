@@ -212,3 +212,38 @@ def test_a_flood_of_big_messages_is_slowed_then_refused_and_honest_chat_goes_on(
     assert sum(sent) * 16000 < 30 << 20, "the link was not slowed down: %d frames went in" % sum(sent)
     assert chat_works(alice, bob, "after")
     link.close()
+
+
+def rss_mb(pid):
+    from tests.twistd_process import rss_kb
+    return rss_kb(pid) / 1024
+
+
+def test_ls_requests_from_a_peer_that_never_reads_do_not_stall_the_victim(tmp_path, registry, spawn):
+    """Issue 12, finding 6: 300 KB of ls requests to a --share peer, from a peer that never reads the replies,
+    kept it busy for over a minute with its RSS rising, and chat from it failed. Now one ls is answered at a time
+    per link, in a thread, a link whose replies fill the write buffer is not read, and it is cut after 30 s."""
+    from p2pd.core import wire
+    from p2pd.peer import identity as identity_mod
+    from tests.test_files_e2e import Link
+
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(800):
+        (share / ("a-rather-long-file-name-to-make-the-listing-big-%04d.txt" % i)).write_bytes(b"x")
+    alice = spawn("alice", registry, args=["--share", str(share)])
+    bob, mallory = spawn("bob", registry), spawn("mallory", registry)
+    assert chat_works(alice, bob, "before")
+    rss_before = rss_mb(alice.pid)
+    link = Link(alice, identity_mod.load_or_create(mallory.data_dir, "mallory"), "mallory")
+    requests = b"".join(wire.encode({"t": "ls", "rid": os.urandom(16).hex(), "path": ""}) + b"\n"
+                        for _ in range(4000))  # about 300 KB
+    assert link.send(requests, timeout=30)
+    start = time.monotonic()
+    while time.monotonic() - start < 10:
+        t0 = time.monotonic()
+        assert chat_works(alice, bob, "during")
+        assert time.monotonic() - t0 < 3, "chat took %.1f s" % (time.monotonic() - t0)
+        time.sleep(0.5)
+    assert rss_mb(alice.pid) - rss_before < 40
+    link.close()

@@ -302,3 +302,23 @@ def test_a_link_bringing_too_many_bytes_is_paused_too():
     assert transport.producerState == "paused"
     clock.advance(1.5)
     assert transport.producerState == "producing"
+
+
+def test_a_peer_that_does_not_read_what_we_write_is_not_read_and_then_cut():
+    """Issue 12, finding 6: replies piled up in the write buffer of a peer that never read them. When the
+    transport's buffer of our writes is full it pauses us (we are its producer): we stop reading the peer, and
+    cut it if that lasts WRITE_STALL seconds. A budget throttle and the write pause combine."""
+    from p2pd.peer.links.link import WRITE_STALL
+    daemon, clock, link, transport = budget_link(frames_per_second=10, bytes_per_second=1 << 20)
+    assert transport.producer is link and transport.streaming
+    link.pauseProducing()  # what the transport does when its buffer is full
+    assert transport.producerState == "paused"
+    link.resumeProducing()
+    assert transport.producerState == "producing"
+    for i in range(41):  # over the budget too
+        send(link, dict(MSG, id="%032x" % i))
+    link.pauseProducing()
+    clock.advance(0.2)  # the budget would let it go on, the full buffer does not
+    assert transport.producerState == "paused"
+    clock.advance(WRITE_STALL)
+    assert transport.disconnected

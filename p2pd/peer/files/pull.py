@@ -2,6 +2,7 @@
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2pd.core import wire
 from p2pd.core.names import canonical_name
@@ -19,6 +20,7 @@ class Pulls:
     def __init__(self, manager):
         self.manager = manager
         self.requests = {}  # rid -> (peer, kind, Deferred) of our ls/get requests
+        self.serving = {}  # link -> rid of the peer's ls/get we are answering on it (one at a time)
 
     def _request(self, peer, frame, kind):
         d = defer.Deferred()
@@ -76,24 +78,66 @@ class Pulls:
         return False
 
     def link_down(self, link):
+        self.serving.pop(link, None)
         for rid, (peer, kind, d) in list(self.requests.items()):
             if peer == link.peer and getattr(d, "link", None) is link:
                 del self.requests[rid]
                 d.errback(TransferError("lost the link to %s before it answered" % peer, code="interrupted"))
 
-    # serving our share
+    # serving our share: one ls or get at a time per link, listings in a thread
+
+    def _take(self, link, frame):
+        """Start answering *frame* on *link*; False (the peer told "busy") if another one is being answered."""
+        if link in self.serving:
+            link.send(wire.error("busy", "one ls or get at a time: the one before is still being answered",
+                                 frame["rid"]))
+            return False
+        self.serving[link] = frame["rid"]
+        return True
+
+    def _served(self, link, rid):
+        if self.serving.get(link) == rid:
+            del self.serving[link]
 
     def on_ls(self, link, frame):
-        link.send(self.manager.share.listing(frame["path"], frame["rid"]))
+        if not self._take(link, frame):
+            return
+        rid = frame["rid"]
+        d = self.manager.threads.run(self.manager.share.listing, frame["path"], rid)
+
+        def done(outcome):
+            self._served(link, rid)
+            if not isinstance(outcome, Failure):
+                return link.send(outcome)
+            error = outcome.value
+            if isinstance(error, P2PDError):
+                link.send(wire.error(error.code, error.message, rid))
+            else:
+                log.failure("listing {path} for {peer} failed", outcome, path=frame["path"], peer=link.peer)
+                link.send(wire.error("internal", "the listing failed", rid))
+
+        d.addBoth(done)
 
     def on_get(self, link, frame):
-        real = self.manager.share.local_path(frame["path"])
-        d = self.manager.send(link.peer, [real], rid=frame["rid"], link=link)
+        if not self._take(link, frame):
+            return
+        rid = frame["rid"]
+        try:
+            real = self.manager.share.local_path(frame["path"])
+        except Exception:
+            self._served(link, rid)
+            raise
+
+        def offered(snapshot):  # the offer went out: the next request may come
+            self._served(link, rid)
+
+        d = self.manager.send(link.peer, [real], progress=offered, rid=rid, link=link)
 
         def failed(f):
+            self._served(link, rid)
             if isinstance(f.value, P2PDError) and f.value.code in ("file_missing", "file_unreadable",
                                                                     "too_many_files"):
-                link.send(wire.error(f.value.code, f.value.message, frame["rid"]))
+                link.send(wire.error(f.value.code, f.value.message, rid))
             log.info("serving {path} to {peer} failed: {error}", path=frame["path"], peer=link.peer,
                      error=f.getErrorMessage())
 

@@ -8,7 +8,7 @@ and nothing but ``hello`` is accepted before that check passes.
 """
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
@@ -29,9 +29,11 @@ HANDSHAKE_TIMEOUT = 15
 MAX_EARLY = 1000  # frames held while the peer's identity is being verified
 CLOSE_GRACE = 5  # seconds a link we closed may take to send its last frame before it is cut
 BURST = 4  # a link's budget saves up this many seconds of its rate
+WRITE_BUFFER = 1 << 20  # bytes of our writes a link's transport holds before we stop reading the peer
+WRITE_STALL = 30  # seconds a peer may leave that buffer full before its link is cut
 
 
-@implementer(IHandshakeListener, ILink)
+@implementer(IHandshakeListener, ILink, IPushProducer)
 class PeerLink(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = wire.MAX_LINE
@@ -43,6 +45,9 @@ class PeerLink(LineOnlyReceiver):
         self.frames = Bucket(limits.frames_per_second, limits.frames_per_second * BURST, clock.seconds())
         self.bytes = Bucket(limits.bytes_per_second, limits.bytes_per_second * BURST, clock.seconds())
         self.throttled = None  # the delayed call that resumes reading a link over its budget
+        self.write_blocked = False  # the transport's buffer of our writes is full
+        self.reading_paused = False
+        self._stall = None
         self.expected = expected  # (name, key) when we dialled; None for an incoming link
         self.peer = None  # the authenticated peer name
         self.peer_key = None  # the key the TLS handshake showed
@@ -65,6 +70,46 @@ class PeerLink(LineOnlyReceiver):
 
     def connectionMade(self):
         self._timer.arm(HANDSHAKE_TIMEOUT)
+        tcp = getattr(self.transport, "transport", None)  # under TLS, the TCP transport that buffers our writes
+        if tcp is not None and hasattr(tcp, "bufferSize"):
+            tcp.bufferSize = WRITE_BUFFER
+        self.transport.registerProducer(self, True)
+
+    # backpressure both ways: a link over its budget, or one that does not read what we write, is not read
+
+    def pauseProducing(self):
+        """Our writes to the peer fill the transport's buffer (it does not read them): stop reading what it
+        sends, so that the replies it asks for cannot pile up; cut it if it stays so for WRITE_STALL seconds."""
+        self.write_blocked = True
+        self._apply_reading()
+        if self._stall is None:
+            self._stall = self.clock.callLater(WRITE_STALL, self._stalled)
+
+    def resumeProducing(self):
+        self.write_blocked = False
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+        self._apply_reading()
+
+    def stopProducing(self):
+        pass  # the connection is going: connectionLost follows
+
+    def _stalled(self):
+        self._stall = None
+        if not self.closed and self.write_blocked:
+            log.info("link with {peer}: it has not read what we sent for {s} s; closing", peer=self.peer,
+                     s=WRITE_STALL)
+            self.transport.abortConnection()
+
+    def _apply_reading(self):
+        paused = self.write_blocked or self.throttled is not None
+        if paused != self.reading_paused and not self.closed:
+            self.reading_paused = paused
+            if paused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
 
     def handshakeCompleted(self):
         self.secured = True
@@ -80,8 +125,9 @@ class PeerLink(LineOnlyReceiver):
     def connectionLost(self, reason):
         self.closed = True
         self._timer.cancel()
-        if self.throttled is not None and self.throttled.active():
-            self.throttled.cancel()
+        for call in (self.throttled, self._stall):
+            if call is not None and call.active():
+                call.cancel()
         if not self.when_ready.called:
             self.when_ready.errback(LinkFailed("connection closed before the handshake completed"))
         if self.ready:
@@ -99,13 +145,12 @@ class PeerLink(LineOnlyReceiver):
     def _throttle(self, wait):
         """The peer sent more than its budget: read nothing from it for *wait* seconds (TCP then slows it down;
         nothing is refused or lost)."""
-        self.transport.pauseProducing()
         self.throttled = self.clock.callLater(wait, self._unthrottle)
+        self._apply_reading()
 
     def _unthrottle(self):
         self.throttled = None
-        if not self.closed:
-            self.transport.resumeProducing()
+        self._apply_reading()
 
     def lineReceived(self, line):
         self.last_rx = self.clock.seconds()
