@@ -22,6 +22,7 @@ class Limits:
     pending_offers_per_peer: int = 16  # of those, from one peer
     pending_files: int = 20000  # files in all the offers waiting for an answer
     offer_expiry: float = 300.0  # seconds an offer waits for an answer before it is withdrawn
+    partial_expiry: float = 7 * 86400.0  # seconds an interrupted incoming transfer keeps its partial files
 
 
 FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}

@@ -9,7 +9,7 @@ import sys
 from urllib.parse import urlsplit
 
 import treq
-from twisted.application import service
+from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -163,6 +163,9 @@ class PeerService(service.MultiService):
                                    accept_from=options["accept-from"], accept_max=options["accept-max"],
                                    limits=limits)
         self.daemon.attach(self.transfers)
+        expiry = internet.TimerService(3600, self.transfers.expire_partials)
+        expiry.clock = reactor
+        expiry.setServiceParent(self)
         links = protocol.Factory.forProtocol(self.daemon.new_link)
         server_tls = identity_mod.server_tls_options(self.identity)
         tls = TLSMemoryBIOFactory(server_tls, False, links)

@@ -1,11 +1,15 @@
 """The writer thread of a receive session: writes and verifies file bytes off the reactor thread."""
 
+import errno
 import os
 import queue
 import threading
 
 from p2pd.core import filehash
-from p2pd.peer.files.errors import TransferError, write_error
+from p2pd.peer.files.errors import LocalProblem, TransferError, write_error
+
+ALLOCATE_STEP = 8 << 20  # a partial file's blocks are claimed this far ahead of the bytes written to it
+FREE_MARGIN = 16 << 20  # bytes always left free on the inbox's file system (chat and the database need them)
 
 
 class DiskWriter:
@@ -16,7 +20,12 @@ class DiskWriter:
     bytes the transport is paused (TCP then slows the sender), and resumed below :data:`LOW`. Results come
     back to the reactor thread through the :class:`~p2pd.peer.interfaces.IThreads` it is given:
     ``verified(index, length)``, ``ended(index)``, ``finished()``, ``failed(error)``, ``stopped()``. With
-    :class:`~p2pd.peer.threads.InlineThreads` (unit tests) the work is done inline, with the same callbacks."""
+    :class:`~p2pd.peer.threads.InlineThreads` (unit tests) the work is done inline, with the same callbacks.
+
+    Space is claimed as the bytes come, :data:`ALLOCATE_STEP` at a time (``posix_fallocate``: a full disk fails
+    there, and the writes do not allocate blocks piece by piece), never past :data:`FREE_MARGIN` of free space;
+    a file left unfinished is cut back to its verified bytes. So an offer that sends a header and hangs up
+    leaves nothing behind but what it really sent, and a full inbox disk never starves the chat database."""
 
     HIGH = 16 << 20
     LOW = 4 << 20
@@ -93,6 +102,24 @@ class DiskWriter:
 
     def _open(self, index, fd, hasher, digests):
         self.index, self.fd, self.hasher, self.digests = index, fd, hasher, digests
+        self.pos = self.verified_to = os.lseek(fd, 0, os.SEEK_CUR)
+        self.allocated_to = os.fstat(fd).st_size
+
+    def _allocate(self, end):
+        """Claim the blocks up to *end* (and ALLOCATE_STEP beyond, within the file), keeping FREE_MARGIN free."""
+        if end <= self.allocated_to:
+            return
+        upto = min(self.hasher.size, max(end, self.allocated_to + ALLOCATE_STEP))
+        st = os.fstatvfs(self.fd)
+        if st.f_bavail * st.f_frsize < upto - self.allocated_to + FREE_MARGIN:
+            raise LocalProblem("the inbox's disk is almost full (less than %d MiB would be left free)"
+                               % (FREE_MARGIN >> 20), code="disk_full")
+        try:
+            os.posix_fallocate(self.fd, self.allocated_to, upto - self.allocated_to)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system without it
+                raise
+        self.allocated_to = upto
 
     def stop(self):
         """No more work: the thread closes the file and ends after what is queued (once, however called)."""
@@ -107,6 +134,7 @@ class DiskWriter:
 
     def _data(self, chunk):
         try:
+            self._allocate(self.pos + len(chunk))
             written = 0
             view = memoryview(chunk)
             while written < len(chunk):
@@ -119,6 +147,9 @@ class DiskWriter:
                     raise TransferError("hash mismatch in chunk %d: the bytes are not those of the file offered; "
                                         "nothing was kept" % n, code="hash_mismatch")
                 verified = min((n + 1) * self.hasher.chunk, self.hasher.size)
+            self.pos += written
+            if verified is not None:
+                self.verified_to = verified
         finally:
             self.pool.give(chunk)  # written and hashed (or failed): the buffer can take the next record
         if verified is not None:
@@ -137,5 +168,10 @@ class DiskWriter:
 
     def _close(self):
         if self.fd is not None:
+            if self.verified_to < self.hasher.size:  # unfinished: keep only what was verified, free the rest
+                try:
+                    os.ftruncate(self.fd, self.verified_to)
+                except OSError:
+                    pass
             os.close(self.fd)
             self.fd = None

@@ -1,12 +1,11 @@
 """Safe landing in the inbox: partial files in ``INBOX/.p2pd-partial`` opened relative to a directory
-descriptor (``O_NOFOLLOW``, created ``O_EXCL``, preallocated), and ``link()`` into a name that exists nowhere
+descriptor (``O_NOFOLLOW``, created ``O_EXCL``, their space claimed as the bytes come), and ``link()`` into a name that exists nowhere
 yet. No path component is ever followed through a symbolic link, and no file is ever replaced."""
 
 import os
 import stat
 
 from p2pd.core import filenames
-from p2pd.core.sizes import human_size
 from p2pd.peer.files.engine import part_resume
 from p2pd.peer.files.errors import LocalProblem, TransferError
 
@@ -45,8 +44,8 @@ class Inbox:
             os.close(inbox_fd)
 
     def open_part(self, name, journaled, size):
-        """``(fd, have, allocated)``: the partial file *name* of a file of *size* bytes, positioned where it
-        resumes (*journaled* verified bytes, or fewer), and whether its space was claimed just now."""
+        """``(fd, have)``: the partial file *name* of a file of *size* bytes, positioned where it resumes
+        (*journaled* verified bytes, or fewer). Its space is claimed as the bytes come (the disk writer does)."""
         dfd = self.partial_fd()
         try:
             have = journaled
@@ -60,22 +59,12 @@ class Inbox:
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
                 raise LocalProblem("partial file %s is not a regular file" % name)
-            allocated = False
             if st.st_size != size:
                 have = part_resume(st.st_size, have, size)
-                os.ftruncate(fd, min(st.st_size, size))
-                if size:
-                    try:
-                        # Claims the space now (a full disk fails here, not halfway) and makes the writes that
-                        # follow cheaper: the blocks exist, and writes no longer allocate them piece by piece.
-                        os.posix_fallocate(fd, 0, size)
-                        allocated = True
-                    except OSError as e:
-                        os.close(fd)
-                        raise LocalProblem("cannot reserve %s in %s: %s" % (human_size(size), self.path, e.strerror),
-                                           code="disk_full" if e.errno == 28 else "write_failed") from None
+            if st.st_size != have:  # what was not verified goes: its blocks are claimed again as bytes come
+                os.ftruncate(fd, have)
             os.lseek(fd, have, os.SEEK_SET)
-            return fd, have, allocated
+            return fd, have
         finally:
             os.close(dfd)
 

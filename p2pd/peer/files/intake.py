@@ -10,6 +10,7 @@ from p2pd.core.clock import now_ms
 from p2pd.core.sizes import human_size
 from p2pd.errors import NotFound
 from p2pd.peer.files import states
+from p2pd.peer.files.diskwriter import FREE_MARGIN
 from p2pd.peer.files.errors import TransferError
 from p2pd.peer.files.offers import check_offer, fingerprint, new_id
 from p2pd.peer.files.sessions import ReceiveSession
@@ -17,7 +18,7 @@ from p2pd.peer.files.transfer import Incoming
 
 log = Logger()
 
-SPACE_MARGIN = 16 << 20  # free bytes always left on the inbox's file system
+SPACE_MARGIN = FREE_MARGIN  # free bytes always left on the inbox's file system
 
 
 class Intake:

@@ -68,6 +68,27 @@ class Transfers:
             record["status"] = states.INTERRUPTED  # the daemon stopped while they ran
             record["error"] = {"code": "interrupted", "message": "the daemon stopped during the transfer"}
             self.storage.put_transfer(record, now_ms(self.clock))
+        self.expire_partials()
+
+    def expire_partials(self):
+        """Drop the partial files of incoming transfers interrupted longer ago than ``limits.partial_expiry``
+        (they fail with ``expired``: sending again starts over). At start, and every hour (the service's timer)."""
+        now = now_ms(self.clock)
+        cutoff = now - self.limits.partial_expiry * 1000
+        for record in self.storage.transfers(limit=10 ** 6, statuses=(states.INTERRUPTED,)):
+            if record["direction"] != "in" or record["tid"] in self.live:
+                continue
+            if record.get("updated", record.get("created", now)) > cutoff:
+                continue
+            for index, saved in enumerate(record.get("saved") or []):
+                if saved is None:
+                    self.inbox.remove_part("%s.%d.part" % (record["key"], index))
+            record.update(status=states.FAILED, have=[0] * len(record.get("items") or []),
+                          error={"code": "expired", "message": "interrupted too long ago: its partial files were "
+                                                               "removed"})
+            self.storage.put_transfer(record, now)
+            log.info("removed the partial files of transfer {tid} from {peer}, interrupted too long ago",
+                     tid=record["tid"], peer=record["peer"])
 
     def stop(self):
         """The daemon is stopping: every running transfer is interrupted (and resumable)."""

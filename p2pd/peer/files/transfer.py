@@ -163,24 +163,18 @@ class Incoming(Transfer):
 
     def open_part(self, index):
         """An fd of the partial file of *index*, positioned at the verified length (which it returns)."""
-        fd, have, allocated = self.manager.inbox.open_part(self.part_name(index), self.have[index],
-                                                           self.items[index]["size"])
-        if allocated:
-            self.record.setdefault("allocated", [False] * len(self.items))[index] = True
+        fd, have = self.manager.inbox.open_part(self.part_name(index), self.have[index], self.items[index]["size"])
         self.have[index] = have
         return fd, have
 
     def unallocated(self) -> int:
-        """Bytes this transfer will still take from the disk: files neither landed nor preallocated yet (a
-        partial file is preallocated to its full size when its first byte comes)."""
-        allocated = self.record.get("allocated") or [False] * len(self.items)
-        return sum(i["size"] for i, saved, done in zip(self.items, self.record["saved"], allocated)
-                   if saved is None and not done)
+        """Bytes this transfer will still take from the disk: what its files not landed yet still lack (partial
+        files hold only their verified bytes)."""
+        return sum(i["size"] - have for i, saved, have in zip(self.items, self.record["saved"], self.have)
+                   if saved is None)
 
     def discard_part(self, index):
         self.have[index] = 0
-        if self.record.get("allocated"):
-            self.record["allocated"][index] = False
         self.manager.inbox.remove_part(self.part_name(index))
         self.save()
 
