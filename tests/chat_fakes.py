@@ -54,6 +54,10 @@ class FakeLink:
         if not self.closed:
             self.sent.append(frame)
 
+    def close(self):
+        self.closed = True
+        self.transport.loseConnection()
+
     def peer_address(self):
         from twisted.internet.address import IPv4Address
         return IPv4Address("TCP", "127.0.0.1", 1)

@@ -71,3 +71,27 @@ def test_checkpoints_run_every_period_survive_a_failure_and_stop():
     checkpoints.stop()
     clock.advance(CHECKPOINT_EVERY * 5)
     assert store.checkpoints == 3 and clock.getDelayedCalls() == []
+
+
+def test_shared_calls_of_one_key_get_the_outcome_of_the_one_that_runs():
+    from twisted.internet import defer
+
+    from p2pd.peer.chat.shared import Shared
+    shared, runs = Shared(), []
+
+    def start():
+        runs.append(defer.Deferred())
+        return runs[-1]
+
+    a, b = shared("k", start), shared("k", start)
+    c = shared("other", start)
+    assert len(runs) == 2 and "k" in shared
+    runs[0].callback("done")
+    got = []
+    for d in (a, b):
+        d.addCallback(got.append)
+    assert got == ["done", "done"] and "k" not in shared and not c.called
+    failed = []
+    runs[1].errback(ValueError("no"))
+    c.addErrback(failed.append)
+    assert failed[0].check(ValueError)

@@ -210,6 +210,23 @@ async def test_mailbox_is_bounded_and_expires(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_sender_cannot_fill_a_mailbox(store):
+    """Issue 12, finding 7: any registered peer could fill a victim's mailbox (1,000 deposits in 48 s) and
+    honest senders then got 409. A sender gets a share of it; acknowledged or expired ones free its slots."""
+    for i in range(3):
+        await store.deposit("bob", {"id": "x%d" % i, "from": "mallory", "payload": ""}, NOW, 100, 10, 3)
+    error = await failure_of(store.deposit("bob", {"id": "x9", "from": "mallory", "payload": ""}, NOW, 100, 10, 3),
+                             MailboxFull)
+    assert "holds 3 messages from you" in error.message
+    await store.deposit("bob", {"id": "a0", "from": "alice", "payload": "hi"}, NOW, 100, 10, 3)
+    assert await store.ack("bob", ["x0"]) == 1
+    await store.deposit("bob", {"id": "x3", "from": "mallory", "payload": ""}, NOW, 100, 10, 3)
+    await store.deposit("carol", {"id": "y0", "from": "mallory", "payload": ""}, NOW, 1, 10, 1)
+    await store.deposit("carol", {"id": "y1", "from": "mallory", "payload": ""}, NOW + 1000, 100, 10, 1)
+    assert sorted(m["id"] for m in await store.fetch("bob", NOW, 10)) == ["a0", "x1", "x2", "x3"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_prune_runs_clean(store):
     """Pruning expired state leaves live state alone."""
     await store.register("alice", "KEY-A", record(), NOW, TTL)

@@ -97,7 +97,7 @@ class PeerDaemon:
             self._poll.cancel()
         for link in list(self.dialer.links.values()):
             link.send({"t": "bye"})
-            link.transport.loseConnection()
+            link.close()
         self.commits.flush()
 
     def _periodic(self):
@@ -242,7 +242,7 @@ class PeerDaemon:
         link = self.dialer.link_to(name)
         if link is not None:
             link.send(wire.error("blocked", "%s does not take links from you" % self.name))
-            link.transport.loseConnection()
+            link.close()
         log.info("blocked {peer}", peer=name)
         return {"name": name, "blocked": True}
 

@@ -68,6 +68,9 @@ class ILink(Interface):
     def send(frame):
         """Send one frame (a dict of :mod:`p2pd.core.wire`); dropped if the link is closed."""
 
+    def close():
+        """End the link once what was sent has gone (cut after a short grace)."""
+
     def peer_address():
         """Where the peer is connected from (an IAddress with ``host`` and ``port``): where a data path to it
         may be dialled."""

@@ -320,7 +320,8 @@ class RegistryAPI(RequestChecks):
         message = {"id": "%013x%06x%s" % (now, next(self.deposits) & 0xffffff, os.urandom(3).hex()),
                    "from": sender.name, "payload": payload,
                    "deposited_at": now, "expires_at": now + schema.MAILBOX_TTL * 1000}
-        yield self.store.deposit(name, message, now, schema.MAILBOX_TTL, schema.MAILBOX_MAX_MESSAGES)
+        yield self.store.deposit(name, message, now, schema.MAILBOX_TTL, schema.MAILBOX_MAX_MESSAGES,
+                                 schema.MAILBOX_MAX_PER_SENDER)
         return self.reply(request, {"id": message["id"], "expires_at": message["expires_at"]}, 201)
 
     @app.route("/v1/mailbox/<string:name>", methods=["GET"])

@@ -132,8 +132,12 @@ return out
 
 DEPOSIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return -1 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[6])
 return 1
 """
@@ -151,6 +155,13 @@ return out
 ACK = """
 local n = 0
 for _, id in ipairs(ARGV) do
+  local m = redis.call('GET', KEYS[1] .. ':' .. id)
+  if m then
+    local ok, message = pcall(cjson.decode, m)
+    if ok and type(message['from']) == 'string' then
+      redis.call('ZREM', KEYS[1] .. ':from:' .. message['from'], id)
+    end
+  end
   if redis.call('ZREM', KEYS[1], id) == 1 then n = n + 1 end
   redis.call('DEL', KEYS[1] .. ':' .. id)
 end
@@ -310,13 +321,15 @@ class RedisStore:
 
     # mailbox
 
-    def deposit(self, recipient, message, now_ms, ttl, max_count):
+    def deposit(self, recipient, message, now_ms, ttl, max_count, max_per_sender=None):
+        per_sender = max_count if max_per_sender is None else max_per_sender
         d = self._eval(
             DEPOSIT,
-            [schema.mailbox(recipient), schema.message(recipient, message["id"])],
-            [message["id"], jsonbody.dumps(message), now_ms + ttl * 1000, now_ms, max_count, ttl * 1000],
+            [schema.mailbox(recipient), schema.message(recipient, message["id"]),
+             schema.mailbox_from(recipient, message["from"])],
+            [message["id"], jsonbody.dumps(message), now_ms + ttl * 1000, now_ms, max_count, ttl * 1000, per_sender],
         )
-        return d.addCallback(_deposited, recipient, max_count)
+        return d.addCallback(_deposited, recipient, max_count, per_sender)
 
     def fetch(self, recipient, now_ms, limit):
         d = self._eval(FETCH, [schema.mailbox(recipient)], [now_ms, limit])
@@ -377,6 +390,8 @@ def _membership_changed(result, room, error, message, name):
         raise error(message % (name, json.loads(result)["name"]))
 
 
-def _deposited(stored, recipient, max_count):
+def _deposited(stored, recipient, max_count, per_sender):
+    if stored == -1:
+        raise MailboxFull("the mailbox of %s holds %d messages from you already" % (recipient, per_sender))
     if not stored:
         raise MailboxFull("the mailbox of %s is full (%d messages)" % (recipient, max_count))

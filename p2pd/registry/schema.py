@@ -18,6 +18,7 @@ p2pd:v1:members:{room}                 set     member names
 p2pd:v1:memberof:{name}                set     rooms (canonical) the name is in, to clean up on release
 p2pd:v1:mbox:{name}                    zset    message id -> expiry in ms (oldest first)
 p2pd:v1:mbox:{name}:{id}               string  JSON message; Redis expires it at its TTL
+p2pd:v1:mbox:{name}:from:{sender}      zset    the ids of *sender*'s messages in it -> expiry (its quota)
 =====================================  ======  ==========================================================
 """
 
@@ -27,6 +28,7 @@ LEASE_TTL = 60  # seconds of presence granted by a registration or heartbeat
 NONCE_TTL = 2 * 60 + 5  # twice the signature window (p2pd.core.signing.WINDOW), plus slack
 MAILBOX_TTL = 7 * 24 * 3600
 MAILBOX_MAX_MESSAGES = 1000  # per recipient
+MAILBOX_MAX_PER_SENDER = 200  # of those, from one sender: no one fills another's mailbox
 MAILBOX_MAX_BYTES = 64 * 1024  # per message payload
 
 
@@ -62,3 +64,7 @@ def mailbox(name: str) -> str:
 
 def message(name: str, msg_id: str) -> str:
     return PREFIX + "mbox:" + name + ":" + msg_id
+
+
+def mailbox_from(name: str, sender: str) -> str:
+    return PREFIX + "mbox:" + name + ":from:" + sender

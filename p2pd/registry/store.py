@@ -186,14 +186,18 @@ class MemoryStore:
         self.members[room].discard(name)
 
     @_deferred
-    def deposit(self, recipient, message, now_ms, ttl, max_count):
-        """Store *message* (a dict with an ``id``) for *recipient* until read or *ttl* seconds pass."""
+    def deposit(self, recipient, message, now_ms, ttl, max_count, max_per_sender=None):
+        """Store *message* (a dict with an ``id`` and ``from``) for *recipient* until read or *ttl* seconds
+        pass; MailboxFull past *max_count* messages, or *max_per_sender* from one sender."""
         self._check()
         box = self.mailboxes.setdefault(recipient, {})
         for msg_id in [i for i, (exp, _) in box.items() if exp <= now_ms]:
             del box[msg_id]
         if len(box) >= max_count:
             raise MailboxFull("the mailbox of %s is full (%d messages)" % (recipient, max_count))
+        if max_per_sender is not None and \
+                sum(1 for _, m in box.values() if m.get("from") == message.get("from")) >= max_per_sender:
+            raise MailboxFull("the mailbox of %s holds %d messages from you already" % (recipient, max_per_sender))
         box[message["id"]] = (now_ms + ttl * 1000, message)
 
     @_deferred

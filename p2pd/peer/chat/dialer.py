@@ -5,10 +5,10 @@ A dial looks the peer up (checked against our pin), tries each TCP address it re
 once the link's handshake proved the peer's key. Concurrent dials to one peer share one attempt."""
 
 from twisted.internet import defer, endpoints
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from p2pd.errors import IdentityMismatch, LinkFailed, PeerOffline
+from p2pd.peer.chat.shared import Shared
 from p2pd.peer.interfaces import IDialer
 
 DIAL_TIMEOUT = 5
@@ -28,7 +28,7 @@ class Dialer:
         self.link_factory = link_factory
         self.timeout = timeout
         self.links = {}  # peer -> ready link (the newest)
-        self.dialing = {}  # peer -> [Deferred] waiting for a dial in progress
+        self.dialing = Shared()  # the dials in progress, by peer
         self.retry_at = {}  # peer -> (next attempt time, backoff)
         self.last_error = {}  # peer -> why the last dial failed
         self.offline_seen = {}  # peer -> "offline"/"unreachable" while its last dial found it so
@@ -39,20 +39,7 @@ class Dialer:
     def dial(self, peer):
         if peer in self.links:
             return defer.succeed(self.links[peer])
-        waiter = defer.Deferred()
-        if peer in self.dialing:
-            self.dialing[peer].append(waiter)
-        else:
-            self.dialing[peer] = [waiter]
-            defer.ensureDeferred(self._dial(peer)).addBoth(self._dialled, peer)
-        return waiter
-
-    def _dialled(self, result, peer):
-        for waiter in self.dialing.pop(peer, []):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        return self.dialing(peer, lambda: defer.ensureDeferred(self._dial(peer)))
 
     async def _dial(self, peer):
         self.pins.refuse_blocked(peer)

@@ -6,12 +6,12 @@ import json
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.sealed import SealedError, open_sealed, seal
 from p2pd.errors import IdentityMismatch, NoSuchPeer, NotFound, P2PDError, TooManyRequests
+from p2pd.peer.chat.shared import Shared
 
 log = Logger()
 
@@ -106,25 +106,15 @@ class MailboxFetcher:
         self.accept = accept
         self.sender_ok = sender_ok
         self.page = page
-        self._fetching = None  # [Deferred] of the callers of the fetch that runs
+        self.fetching = Shared()
 
     def fetch(self):
         """Deferred (never failing): collect, verify, store and acknowledge what waits in our mailbox. Calls
         made while a fetch runs share it."""
-        waiter = defer.Deferred()
-        if self._fetching is not None:
-            self._fetching.append(waiter)
-            return waiter
-        self._fetching = [waiter]
-        defer.ensureDeferred(self._fetch()).addBoth(self._done)
-        return waiter
+        return self.fetching("mailbox", lambda: defer.ensureDeferred(self._fetch()).addErrback(self._failed))
 
-    def _done(self, result):
-        waiters, self._fetching = self._fetching, None
-        if isinstance(result, Failure):
-            log.info("mailbox fetch failed: {error}", error=result.getErrorMessage())
-        for w in waiters:
-            w.callback(None)
+    def _failed(self, failure):
+        log.info("mailbox fetch failed: {error}", error=failure.getErrorMessage())
 
     async def _fetch(self):
         skipped = set()  # ids of items left for a later fetch

@@ -15,6 +15,7 @@ from p2pd.core.clock import now_ms
 from p2pd.core.names import GENERAL, canonical_room, room_display
 from p2pd.errors import NoSuchRoom, NotFound, NotMember, P2PDError, TooManyRequests
 from p2pd.peer.chat.outbox import check_text
+from p2pd.peer.chat.shared import Shared
 
 log = Logger()
 
@@ -96,7 +97,7 @@ class RoomViews:
         self.clock = clock
         self.ttl = ttl
         self.cache = {}  # canonical room -> (when, view)
-        self.running = {}  # canonical room -> [Deferred] waiting for the lookup in progress
+        self.running = Shared()  # the lookups in progress, by canonical room
 
     def get(self, display):
         """Deferred[the registry's view of room *display*, with its members]."""
@@ -104,13 +105,8 @@ class RoomViews:
         cached = self.cache.get(key)
         if cached is not None and self.clock.seconds() - cached[0] < self.ttl:
             return defer.succeed(dict(cached[1]))
-        waiter = defer.Deferred()
-        if key in self.running:
-            self.running[key].append(waiter)
-        else:
-            self.running[key] = [waiter]
-            defer.ensureDeferred(self._fetch(display)).addBoth(self._done, key)
-        return waiter
+        return self.running(key, lambda: defer.ensureDeferred(self._fetch(display)).addCallback(self._keep, key)) \
+            .addCallback(dict)
 
     def forget(self, room):
         self.cache.pop(canonical_room(room), None)
@@ -124,16 +120,11 @@ class RoomViews:
                     raise
                 await task.deferLater(self.clock, min(max(e.retry_after, 1), MAX_RETRY_AFTER), lambda: None)
 
-    def _done(self, outcome, key):
-        if not isinstance(outcome, Failure):
-            self.cache[key] = (self.clock.seconds(), outcome)
-            if len(self.cache) > 1000:
-                self.cache.pop(next(iter(self.cache)))
-        for waiter in self.running.pop(key, ()):
-            if isinstance(outcome, Failure):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(dict(outcome))
+    def _keep(self, view, key):
+        self.cache[key] = (self.clock.seconds(), view)
+        if len(self.cache) > 1000:
+            self.cache.pop(next(iter(self.cache)))
+        return view
 
 
 def _room_error(failure, display):

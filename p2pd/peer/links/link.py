@@ -180,7 +180,7 @@ class PeerLink(LineOnlyReceiver):
         elif kind == "pong":
             pass
         elif kind == "bye":
-            self.transport.loseConnection()
+            self.close()
         elif kind == "hello":
             self.send(wire.error("bad_frame", "hello was already exchanged"))
         else:
@@ -249,6 +249,14 @@ class PeerLink(LineOnlyReceiver):
         if not self.secured:
             self.transport.abortConnection()
             return
+        self.close()
+
+    def close(self):
+        """End the link after what is written has gone (at most CLOSE_GRACE seconds, then it is cut). We stop
+        being the transport's producer first: TLS does not shut down while a producer is registered."""
+        if self.closed:
+            return
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         self.clock.callLater(CLOSE_GRACE, self._cut)
 

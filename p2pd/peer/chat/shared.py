@@ -1,0 +1,32 @@
+"""Calls that share one run: :class:`Shared` (a dial of a peer, a member-list lookup of a room, a mailbox fetch
+asked for again while one runs all get the outcome of the one that runs)."""
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+
+class Shared:
+    """``shared(key, start)``: a Deferred of the outcome of ``start()`` (a Deferred), started only if no call of
+    *key* runs already; calls made meanwhile get the same outcome. ``key in shared`` while one runs."""
+
+    def __init__(self):
+        self.running = {}  # key -> [Deferred] waiting for the run in progress
+
+    def __contains__(self, key):
+        return key in self.running
+
+    def __call__(self, key, start):
+        waiter = defer.Deferred()
+        if key in self.running:
+            self.running[key].append(waiter)
+            return waiter
+        self.running[key] = [waiter]
+        defer.maybeDeferred(start).addBoth(self._done, key)
+        return waiter
+
+    def _done(self, outcome, key):
+        for waiter in self.running.pop(key, ()):
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
