@@ -292,3 +292,26 @@ def test_one_ls_at_a_time_per_link_and_listings_off_the_reactor_thread(tmp_path)
     manager.frame(bob, wire.decode(wire.encode({"t": "ls", "rid": tid_of(5), "path": ""})))
     assert len(threads.waiting) == 1  # the failed one freed the link
     daemon.storage.close()
+
+
+def test_one_peer_cannot_hold_more_than_its_share_of_unfinished_files(tmp_path):
+    """Issue 12, finding 3: what one peer's unfinished transfers hold in partial files (interrupted ones too)
+    or still need is capped; past it its next offer is refused no_space, saying why; others are not affected."""
+    from p2pd.peer.limits import Limits
+    daemon = FakeDaemon(tmp_path)
+    manager = make_transfers(daemon, str(tmp_path / "inbox"), limits=Limits(unfinished_per_peer=5000))
+    bob, carol = FakeLink("bob"), FakeLink("carol")
+    first, _, _ = offer(manager, [("a.bin", b"x" * 3000)], link=bob)
+    assert manager.accept(first.tid)["status"] == "accepted"
+    first.have[0] = 1000
+    first.interrupted("cut")  # holds 1,000 bytes in its partial file
+    second, outcome, _ = offer(manager, [("b.bin", b"y" * 4500)], link=bob)
+    answer = manager.accept(second.tid)
+    assert answer["status"] == "rejected" and "holds or expects 1000 B of unfinished files from you" in \
+        answer["error"]
+    failed_with(outcome, "no_space")
+    third, _, _ = offer(manager, [("c.bin", b"z" * 4500)], link=carol)
+    assert manager.accept(third.tid)["status"] == "accepted"
+    for t in list(manager.live.values()):
+        t.result.addErrback(lambda f: None)
+    daemon.storage.close()

@@ -22,6 +22,7 @@ class Limits:
     pending_offers_per_peer: int = 16  # of those, from one peer
     pending_files: int = 20000  # files in all the offers waiting for an answer
     offer_expiry: float = 300.0  # seconds an offer waits for an answer before it is withdrawn
+    unfinished_per_peer: int = 64 << 30  # bytes one peer's unfinished incoming files may hold or still need
     partial_expiry: float = 7 * 86400.0  # seconds an interrupted incoming transfer keeps its partial files
 
 

@@ -128,6 +128,13 @@ class Intake:
             raise TransferError("transfer %s is %s, not waiting for an answer" % (tid, t.record["status"]),
                                 code="bad_state")
         need = t.unallocated()
+        held = self.unfinished_from(t.peer, t)
+        if held + need > self.m.limits.unfinished_per_peer:
+            message = ("%s holds or expects %s of unfinished files from you already (its limit is %s): finish or "
+                       "cancel those first" % (self.m.name, human_size(held),
+                                               human_size(self.m.limits.unfinished_per_peer)))
+            self._refuse(t, "no_space", message)
+            return {"tid": tid, "status": "rejected", "error": message}
         free = self.m.inbox.free_space()
         reserved = sum(o.unallocated() for o in self.m.live.values() if isinstance(o, Incoming) and o is not t
                        and o.record["status"] in (states.ACCEPTED, states.ACTIVE))
@@ -159,6 +166,17 @@ class Intake:
                                                              % (t.peer, f.getErrorMessage())))
         t.result.addErrback(lambda f: None)  # outcomes of offers nobody waits on are in ``transfers``
         return {"tid": tid, "status": "accepted"}
+
+    def unfinished_from(self, peer, but):
+        """Bytes *peer*'s unfinished incoming transfers (but *but*) hold in partial files or still need."""
+        live = [o for o in self.m.live.values() if isinstance(o, Incoming) and o.peer == peer and o is not but
+                and o.record["status"] in (states.ACCEPTED, states.ACTIVE)]
+        held = sum(o.unallocated() + sum(o.have) for o in live)
+        seen = {o.tid for o in live} | {but.tid}
+        for record in self.m.storage.transfers(limit=10 ** 4, statuses=(states.INTERRUPTED,)):
+            if record["direction"] == "in" and record["peer"] == peer and record["tid"] not in seen:
+                held += sum(record.get("have") or ())
+        return held
 
     def reject(self, tid):
         t = self._find_incoming(tid)
