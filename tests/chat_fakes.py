@@ -164,6 +164,14 @@ class FakeRegistry:
     def fetch(self, limit=50):
         return self._answer("fetch", (), lambda: {"messages": self.mailbox[:limit]})
 
+    def ack_many(self, ids):
+        def compute():
+            self.acked.extend(ids)
+            before = len(self.mailbox)
+            self.mailbox = [m for m in self.mailbox if not (isinstance(m, dict) and m.get("id") in ids)]
+            return {"deleted": before - len(self.mailbox)}
+        return self._answer("ack_many", (tuple(ids),), compute)
+
     def ack(self, msg_id):
         def compute():
             self.acked.append(msg_id)

@@ -195,6 +195,7 @@ ONE_REQUEST_EACH = {
     ("/v1/mailbox/{name}", "POST"): Call(ALICE, "", {"payload": "hi"}, True),
     ("/v1/mailbox/{name}", "GET"): Call(ALICE, "?limit=5", None, True),
     ("/v1/mailbox/{name}/{msg_id}", "DELETE"): Call({"name": "alice", "msg_id": "0123abc"}, "", None, True),
+    ("/v1/mailbox/{name}", "DELETE"): Call(ALICE, "?ids=0123abc,0456def", None, True),
 }
 
 

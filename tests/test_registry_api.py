@@ -345,6 +345,23 @@ async def test_mailbox_gives_back_deposits_in_the_order_they_came_in_the_same_mi
 
 
 @pytest_twisted.ensureDeferred
+async def test_mailbox_messages_are_acknowledged_many_at_once(world):
+    """DELETE /v1/mailbox/{name}?ids=A,B,...: up to 200 in one request, by the owner only; ids already gone count
+    0, malformed lists are 400."""
+    bob, carol = world.client("bob"), world.client("carol")
+    for c in (bob, carol):
+        await c.register()
+    ids = [(await carol.deposit("bob", "p%d" % i))["id"] for i in range(5)]
+    assert await bob.ack_many(ids[:3] + ["0" * 25]) == {"deleted": 3}
+    assert [m["id"] for m in (await bob.fetch())["messages"]] == ids[3:]
+    await fails_with(carol.request("DELETE", "/v1/mailbox/bob", signed=True, query={"ids": ids[3]}),
+                     errors.Forbidden)
+    for bad in ("", "NOT-HEX", ",".join(["a"] * 201)):
+        await fails_with(bob.request("DELETE", "/v1/mailbox/bob", signed=True, query={"ids": bad}),
+                         errors.BadRequest)
+
+
+@pytest_twisted.ensureDeferred
 async def test_mailbox_limits(world):
     """Deposits need a registered sender and recipient and a payload of at most 64 KiB."""
     alice = world.client("alice")

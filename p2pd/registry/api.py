@@ -334,6 +334,20 @@ class RegistryAPI(RequestChecks):
         messages = yield self.store.fetch(name, self.now_ms(), limit)
         return self.reply(request, {"messages": messages})
 
+    @app.route("/v1/mailbox/<string:name>", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def ack_many(self, request, name):
+        """Acknowledge (delete) up to 200 messages at once: ``?ids=ID,ID,...``; ids no longer there count 0."""
+        self.limit(request, self.writes)
+        name = canonical_name(name)
+        raw = request.args.get(b"ids", [b""])[0].decode("ascii", "replace")
+        ids = raw.split(",") if raw else []
+        if not 1 <= len(ids) <= MAX_PAGE or not all(re.fullmatch(r"[0-9a-f]{1,64}", i) for i in ids):
+            raise BadRequest("ids must be 1 to %d comma-separated message ids" % MAX_PAGE)
+        yield self.authenticate(request, request.content.read(), as_name=name)
+        deleted = yield self.store.ack(name, ids)
+        return self.reply(request, {"deleted": deleted})
+
     @app.route("/v1/mailbox/<string:name>/<string:msg_id>", methods=["DELETE"])
     @defer.inlineCallbacks
     def ack(self, request, name, msg_id):

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.sealed import SealedError, open_sealed, seal
-from p2pd.errors import IdentityMismatch, NoSuchPeer, NotFound, P2PDError, TooManyRequests
+from p2pd.errors import IdentityMismatch, MethodNotAllowed, NoSuchPeer, NotFound, P2PDError, TooManyRequests
 from p2pd.peer.chat.shared import Shared
 
 log = Logger()
@@ -125,9 +125,13 @@ class MailboxFetcher:
             if not isinstance(items, list):
                 raise P2PDError("the registry's mailbox answer has no message list")
             fresh = [item for item in items if isinstance(item, dict) and item.get("id") not in skipped]
+            done = []  # stored (committed) or quarantined: the registry may forget them, in one request
             for item in fresh:
-                if not await self._take(item):
+                if await self._take(item):
+                    done.append(item["id"])
+                else:
                     skipped.add(item.get("id"))
+            await self._ack(done)
             if len(items) < limit or not fresh or len(skipped) >= MAX_SKIPPED:
                 return
 
@@ -142,8 +146,8 @@ class MailboxFetcher:
                 await task.deferLater(self.clock, min(max(e.retry_after, 1), MAX_RETRY_AFTER), lambda: None)
 
     async def _take(self, item):
-        """Deliver one mailbox item, or quarantine it; True once the registry may forget it, False if it is left
-        for a later fetch."""
+        """Deliver one mailbox item (stored and committed), or quarantine or drop it; True once the registry may
+        forget it, False if it is left for a later fetch."""
         item_id = item.get("id")
         if not isinstance(item_id, str) or not item_id:
             return False  # nothing to acknowledge it by: the registry never sends this
@@ -155,7 +159,7 @@ class MailboxFetcher:
             if self.pins.is_blocked(sealed.sender_name):
                 log.info("dropped mailbox item {id} from {sender}, who is blocked", id=item_id,
                          sender=sealed.sender_name)
-                return await self._ack(item_id)
+                return True
             record = await self._patiently(self.pins.lookup, sealed.sender_name)
             sealed.verify(record["key"])
             frame = wire.decode(sealed.payload)
@@ -163,19 +167,19 @@ class MailboxFetcher:
                 raise SealedError("sealed content is not a message from its sender")
         except (SealedError, wire.FrameError, NoSuchPeer, IdentityMismatch) as e:
             self._quarantine(item, getattr(e, "message", None) or str(e))
-            return await self._ack(item_id)
+            return True
         except Exception as e:
             log.info("mailbox item {id} from {sender} left for later: {error}", id=item_id,
                      sender=item.get("from"), error=getattr(e, "message", None) or e)
             return False
         if frame.get("room") and not await self.sender_ok(frame):
-            return await self._ack(item_id)
+            return True
         done = defer.Deferred()
         if not self.accept(frame, via="mailbox", after_commit=lambda: done.callback(None)):
             self._quarantine(item, "%s has used up the room its messages may take here" % sealed.sender_name)
-            return await self._ack(item_id)
+            return True
         await done  # committed: now the registry may forget it
-        return await self._ack(item_id)
+        return True
 
     def _quarantine(self, item, reason):
         sender = item.get("from") if isinstance(item.get("from"), str) else None
@@ -185,9 +189,17 @@ class MailboxFetcher:
             self.storage.commit()
             self.events.emit({"event": "quarantined", "id": item["id"], "from": sender, "reason": reason})
 
-    async def _ack(self, item_id):
+    async def _ack(self, ids):
+        """Let the registry forget *ids* (one request; one per id with a registry that has no batch route)."""
+        if not ids:
+            return
         try:
-            await self._patiently(self.registry.ack, item_id)
-        except NotFound:
-            pass  # gone already (expired, or acknowledged by an earlier fetch)
-        return True
+            await self._patiently(self.registry.ack_many, ids)
+            return
+        except MethodNotAllowed:
+            pass
+        for item_id in ids:
+            try:
+                await self._patiently(self.registry.ack, item_id)
+            except NotFound:
+                pass  # gone already (expired, or acknowledged by an earlier fetch)
