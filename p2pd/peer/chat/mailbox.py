@@ -4,22 +4,20 @@ acknowledges what waits in ours."""
 
 import json
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.sealed import SealedError, open_sealed, seal
-from p2pd.errors import IdentityMismatch, MethodNotAllowed, NoSuchPeer, NotFound, P2PDError, TooManyRequests
-from p2pd.peer.chat.shared import Shared
+from p2pd.errors import IdentityMismatch, MethodNotAllowed, NoSuchPeer, NotFound, P2PDError
+from p2pd.peer.chat.shared import Shared, patiently
 
 log = Logger()
 
 MAILBOX_PAGE = 50
 MAX_PAGE = 200  # the registry's largest page
 MAX_SKIPPED = 150  # items left for later after which a fetch stops paging past them
-RATE_LIMIT_RETRIES = 4
-MAX_RETRY_AFTER = 60.0
 
 
 class Depositor:
@@ -120,7 +118,7 @@ class MailboxFetcher:
         skipped = set()  # ids of items left for a later fetch
         while True:
             limit = min(MAX_PAGE, self.page + len(skipped))
-            reply = await self._patiently(self.registry.fetch, limit=limit)
+            reply = await patiently(self.clock, self.registry.fetch, limit=limit)
             items = reply.get("messages") if isinstance(reply, dict) else None
             if not isinstance(items, list):
                 raise P2PDError("the registry's mailbox answer has no message list")
@@ -134,16 +132,6 @@ class MailboxFetcher:
             await self._ack(done)
             if len(items) < limit or not fresh or len(skipped) >= MAX_SKIPPED:
                 return
-
-    async def _patiently(self, call, *args, **kwargs):
-        """``call(*args, **kwargs)``, asked again after the wait a 429 asks for (a few times at most)."""
-        for attempt in range(RATE_LIMIT_RETRIES):
-            try:
-                return await call(*args, **kwargs)
-            except TooManyRequests as e:
-                if attempt == RATE_LIMIT_RETRIES - 1:
-                    raise
-                await task.deferLater(self.clock, min(max(e.retry_after, 1), MAX_RETRY_AFTER), lambda: None)
 
     async def _take(self, item):
         """Deliver one mailbox item (stored and committed), or quarantine or drop it; True once the registry may
@@ -160,7 +148,7 @@ class MailboxFetcher:
                 log.info("dropped mailbox item {id} from {sender}, who is blocked", id=item_id,
                          sender=sealed.sender_name)
                 return True
-            record = await self._patiently(self.pins.lookup, sealed.sender_name)
+            record = await patiently(self.clock, self.pins.lookup, sealed.sender_name)
             sealed.verify(record["key"])
             frame = wire.decode(sealed.payload)
             if frame["t"] != "msg" or frame["from"] != sealed.sender_name:
@@ -194,12 +182,12 @@ class MailboxFetcher:
         if not ids:
             return
         try:
-            await self._patiently(self.registry.ack_many, ids)
+            await patiently(self.clock, self.registry.ack_many, ids)
             return
         except MethodNotAllowed:
             pass
         for item_id in ids:
             try:
-                await self._patiently(self.registry.ack, item_id)
+                await patiently(self.clock, self.registry.ack, item_id)
             except NotFound:
                 pass  # gone already (expired, or acknowledged by an earlier fetch)

@@ -6,23 +6,21 @@ the outbox, then delivered like one-to-one messages (directly, or sealed into th
 
 from collections import deque
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
 from p2pd.core.names import GENERAL, canonical_room, room_display
-from p2pd.errors import NoSuchRoom, NotFound, NotMember, P2PDError, TooManyRequests
+from p2pd.errors import NoSuchRoom, NotFound, NotMember, P2PDError
 from p2pd.peer.chat.outbox import check_text
-from p2pd.peer.chat.shared import Shared
+from p2pd.peer.chat.shared import Shared, patiently
 
 log = Logger()
 
 ROOM_CACHE_TTL = 10.0  # seconds a room's member list is trusted when checking who posts in it
 POST_VIEW_TTL = 1.0  # seconds the member list fetched for one post serves the posts after it
-RATE_LIMIT_RETRIES = 4
-MAX_RETRY_AFTER = 60.0
 
 
 class RoomMembers:
@@ -105,20 +103,11 @@ class RoomViews:
         cached = self.cache.get(key)
         if cached is not None and self.clock.seconds() - cached[0] < self.ttl:
             return defer.succeed(dict(cached[1]))
-        return self.running(key, lambda: defer.ensureDeferred(self._fetch(display)).addCallback(self._keep, key)) \
+        return self.running(key, lambda: defer.ensureDeferred(patiently(self.clock, self.registry.room, display)).addCallback(self._keep, key)) \
             .addCallback(dict)
 
     def forget(self, room):
         self.cache.pop(canonical_room(room), None)
-
-    async def _fetch(self, display):
-        for attempt in range(RATE_LIMIT_RETRIES):
-            try:
-                return await self.registry.room(display)
-            except TooManyRequests as e:
-                if attempt == RATE_LIMIT_RETRIES - 1:
-                    raise
-                await task.deferLater(self.clock, min(max(e.retry_after, 1), MAX_RETRY_AFTER), lambda: None)
 
     def _keep(self, view, key):
         self.cache[key] = (self.clock.seconds(), view)
