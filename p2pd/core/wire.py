@@ -125,6 +125,7 @@ def _room_event(f):
 
 
 MAX_ITEMS = 1000  # files in one offer (a larger tree is sent as several offers)
+FILE_FRAMES = frozenset(("offer", "accept", "reject", "cancel", "ls", "listing", "get"))  # the kinds files use
 MAX_SIZE = 1 << 50  # bytes in one file
 HASH_RE = re.compile(r"[0-9a-f]{64}")
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")

@@ -29,7 +29,6 @@ log = Logger()
 
 MAILBOX_POLL = 30.0
 REFUSALS = frozenset(("blocked", "identity_mismatch", "handshake", "unsupported_version"))  # of a whole link
-FILE_FRAMES = frozenset(("offer", "accept", "reject", "cancel", "ls", "listing", "get"))  # when no files part
 
 
 @implementer(ILinkHost, IPresenceHost)
@@ -174,7 +173,7 @@ class PeerDaemon:
             self.rooms_part.room_event(link, frame)
         elif kind in self.handlers:
             self.handlers[kind].frame(link, frame)
-        elif kind in FILE_FRAMES:
+        elif kind in wire.FILE_FRAMES:  # and no files part attached
             link.send(wire.error("unsupported", "this peer takes no files", frame.get("tid") or frame.get("rid")))
         elif kind == "error":
             log.info("{peer} reported {code}: {message}", peer=link.peer, code=frame["code"],

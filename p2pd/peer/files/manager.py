@@ -36,7 +36,7 @@ class Transfers:
     """All transfers of one daemon. *threads* is an IThreads, *events* an IEvents (``emit``), *commits* an
     ICommits (``schedule_flush``), *dialer* an IDialer (``dial``), *paths* the IDataPaths of the data."""
 
-    kinds = frozenset({"offer", "accept", "reject", "cancel", "ls", "listing", "get"})
+    kinds = wire.FILE_FRAMES
 
     def __init__(self, name, storage, clock, threads, events, commits, dialer, paths, inbox, share=None,
                  policy="ask", accept_from=(), accept_max=None, limits=None):
