@@ -16,6 +16,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from p2pd.core.names import canonical_name
+from p2pd.core.sizes import parse_amount
 from p2pd.errors import InvalidName
 
 ROLES = ("registry", "peer")
@@ -168,15 +169,12 @@ class Options(usage.Options):
             raise usage.UsageError("--limits: %s" % (e,))
 
 
-SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def parse_size(text, what):
     """``"2G"`` -> 2147483648 (K, M, G, T are powers of 1024; an optional trailing "B" or "iB" is allowed)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if not match:
-        raise usage.UsageError("%s must be a size such as 500M or 2G, not %r" % (what, text))
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+    try:
+        return int(parse_amount(text))
+    except ValueError:
+        raise usage.UsageError("%s must be a size such as 500M or 2G, not %r" % (what, text)) from None
 
 
 def makeService(options):

@@ -5,9 +5,8 @@ file); the README's "Hostile peers and the limits that hold them" says what each
 when it is hit. Sizes take K, M, G suffixes (powers of 1024)."""
 
 import dataclasses
-import re
 
-SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+from p2pd.core.sizes import parse_amount
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +33,10 @@ class LimitsError(ValueError):
 
 
 def parse_value(text):
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise LimitsError("%r is not a number (sizes may end in K, M or G)" % text)
-    value = float(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
-    return value
+    try:
+        return parse_amount(text)
+    except ValueError:
+        raise LimitsError("%r is not a number (sizes may end in K, M or G)" % text) from None
 
 
 def parse_limits(text):
