@@ -13,7 +13,7 @@ VERIFY_CACHE_SIZE = 4096
 
 
 class Pins:
-    def __init__(self, storage, registry, commits, clock=None):
+    def __init__(self, storage, registry, commits, clock):
         self.storage = storage
         self.registry = registry
         self.commits = commits
@@ -87,32 +87,20 @@ class Pins:
                 return defer.fail(IdentityMismatch(
                     "%s presented a key other than the one pinned for it at first contact" % name))
             return defer.succeed({"name": name, "key": key})
+        return defer.ensureDeferred(self._verify_unpinned(name, key))
+
+    async def _verify_unpinned(self, name, key):
         cached = self._verified.get(name)
-        if cached is not None and self.clock is not None and self.clock.seconds() - cached[0] < VERIFY_CACHE_TTL:
-            return defer.maybeDeferred(self._matches, name, key, cached[1])
-        return self.record(name).addCallbacks(self._looked_up, self._not_found, callbackArgs=(name, key),
-                                              errbackArgs=(name,)).addCallback(self._matches_record, name, key)
-
-    def _looked_up(self, record, name, key):
-        self._remember(name, record["key"])
-        return record
-
-    def _not_found(self, failure, name):
-        if failure.check(NoSuchPeer):
-            self._remember(name, None)
-        return failure
-
-    def _remember(self, name, key):
-        if self.clock is None:
-            return
-        if len(self._verified) >= VERIFY_CACHE_SIZE:
-            self._verified.pop(next(iter(self._verified)))
-        self._verified[name] = (self.clock.seconds(), key)
-
-    def _matches_record(self, record, name, key):
-        return self._matches(name, key, record["key"])
-
-    def _matches(self, name, key, registered):
+        if cached is not None and self.clock.seconds() - cached[0] < VERIFY_CACHE_TTL:
+            registered = cached[1]
+        else:
+            try:
+                registered = (await self.record(name))["key"]
+            except NoSuchPeer:
+                registered = None  # remembered too: nobody holds the name
+            if len(self._verified) >= VERIFY_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[name] = (self.clock.seconds(), registered)
         if registered is None:
             raise NoSuchPeer("unknown peer %s: nobody registered that name" % name)
         if registered != key:
