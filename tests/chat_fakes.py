@@ -17,6 +17,7 @@ from p2pd.peer.chat.directory import Directory
 from p2pd.peer.chat.events import Events
 from p2pd.peer.chat.outbox import Outbox
 from p2pd.peer.chat.pins import Pins
+from p2pd.peer.chat.receipts import Receipts
 from p2pd.peer.chat.receive import Receiver
 from p2pd.peer.chat.rooms import Rooms
 from p2pd.peer.identity import load_or_create
@@ -244,8 +245,10 @@ class ChatWorld:
         self.directory = Directory(name, self.registry, self.pins, self.dialer, self.outbox)
         self.rooms = Rooms(name, self.storage, self.registry, self.clock, self.commits, self.events, self.dialer,
                            self.outbox, self.directory.peers)
+        self.receipts = Receipts(name, self.storage, self.clock, self.commits, self.events, self.pins,
+                                 self.dialer, self.outbox.depositor.deposit_frame)
         self.receiver = Receiver(name, self.identity, self.storage, self.registry, self.clock, self.commits,
-                                 self.events, self.pins, self.rooms, limits)
+                                 self.events, self.pins, self.rooms, self.receipts, limits)
         self.tls.on_up = self.link_up
         self.outbox.start()
 
@@ -264,6 +267,7 @@ class ChatWorld:
         """What the daemon does when a link is up: it is the link to its peer, and the queue goes out on it."""
         self.dialer.up(link)
         self.outbox.send_queued(link)
+        self.receipts.link_up(link)
 
     def link(self, peer):
         """An authenticated link from *peer*, up."""

@@ -412,7 +412,8 @@ def test_history_shows_time_sender_text_and_keeps_unicode(run, daemon):
     code, out, _ = run("history", "bob", "--limit", "5")
     assert daemon.requests[-1] == {"id": 1, "cmd": "history", "conversation": "bob", "limit": 5}
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1000))
-    assert out.encode("utf-8") == ("[%s] bob: %s\n[%s] alice: ok (queued)\n" % (stamp, PERSIAN, stamp)).encode()
+    assert out.encode("utf-8") == ("[%s] bob: %s\n[%s] alice: ok (in the mailbox, not collected yet)\n"
+                                   % (stamp, PERSIAN, stamp)).encode()
 
 
 def test_quarantine_lists_what_was_set_aside_and_why(run, daemon):

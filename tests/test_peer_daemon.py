@@ -11,6 +11,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
+from p2pd.errors import StoreUnavailable
 from p2pd.peer.daemon import PeerDaemon
 from p2pd.peer.identity import load_or_create
 from p2pd.peer.links.link import PeerLink
@@ -369,3 +370,101 @@ def test_a_peer_that_refuses_our_link_after_its_hello_is_dialled_with_back_off(n
     net.run(30)
     assert len(net.pumps) - before <= 6, "bob dialled alice %d times in 30 s" % (len(net.pumps) - before)
     assert outcome["status"] == "queued"
+
+
+def delivered_events(daemon):
+    seen = []
+    daemon.subscribe(lambda e: seen.append(e) if e["event"] in ("delivered", "failed") else None)
+    return seen
+
+
+def test_a_message_collected_from_the_mailbox_comes_back_delivered(net):
+    """Issue 12, finding 14 (and issue 13, bug 6): bob collects alice's message from his mailbox while she is
+    away; his receipt is sealed into her mailbox, and when she is back her history and status say delivered (it
+    said "queued" for ever)."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    msg_id = net.result(alice.send_message("bob", "while you were away"))["id"]
+    assert alice.status()["in_mailbox"] == 1
+    net.offline(alice)
+    net.online(bob)
+    assert bodies(bob, "alice") == ["while you were away"]
+    assert bob.storage.owed_receipts("alice") == [], "the receipt went out"
+    assert len(net.store.mailboxes["alice"]) == 1, "sealed into alice's mailbox"
+    seen = delivered_events(alice)
+    net.online(alice)
+    out = [m for m in alice.history("bob") if m["direction"] == "out"]
+    assert [(m["status"], m["via"]) for m in out] == [("delivered", "mailbox")]
+    assert seen == [{"event": "delivered", "id": msg_id, "to": "bob", "via": "mailbox"}]
+    assert alice.status()["in_mailbox"] == 0 and not net.store.mailboxes["alice"]
+
+
+def test_the_receipt_goes_over_the_link_when_there_is_one(net):
+    """Linked when bob collects an old deposit: the receipt is an ack on the link, nothing is deposited, and
+    alice sees it delivered at once."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    net.result(alice.send_message("bob", "m1"))
+    net.up.add(bob)  # bob is reachable again, links with alice, and only then fetches
+    bob.start()
+    net.result(bob.register())
+    seen = delivered_events(alice)
+    net.result(alice.send_message("bob", "m2"))  # its seq gap makes bob fetch his mailbox
+    bob.registry_changed("online", "registered")
+    net.run(1)
+    assert bodies(bob, "alice") == ["m1", "m2"]
+    assert [(m["status"], m["via"]) for m in alice.history("bob") if m["direction"] == "out"] == \
+        [("delivered", "mailbox"), ("delivered", "direct")]
+    assert sorted(e["via"] for e in seen) == ["direct", "mailbox"] and not net.store.mailboxes.get("alice")
+
+
+def test_a_receipt_owed_survives_a_restart(net):
+    """The receipt is owed in the commit that stored the message: if the registry cannot take it, bob keeps it
+    and sends it on a later round, also after a restart."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    net.result(alice.send_message("bob", "hi"))
+    net.offline(alice)
+    original = net.store.deposit
+
+    def refused(recipient, *args):
+        if recipient == "alice":
+            return defer.fail(StoreUnavailable("the registry's store is unavailable"))
+        return original(recipient, *args)
+    net.store.deposit = refused  # the registry fails the deposit of the receipt
+    net.online(bob)
+    net.store.deposit = original
+    assert bodies(bob, "alice") == ["hi"] and len(bob.storage.owed_receipts("alice")) == 1
+    bob.stop()
+    bob2 = net.daemon("bob", 2)  # the same data dir, a new process
+    net.online(bob2)
+    net.run(31)
+    assert bob2.storage.owed_receipts("alice") == [] and len(net.store.mailboxes["alice"]) == 1
+
+
+def test_a_deposit_nobody_collects_is_reported_expired(net):
+    """Issue 12, finding 14 (RELIABILITY row 22): bob never comes back; a week and an hour after the deposit
+    alice's message is failed with the reason, and a failed event says so."""
+    from p2pd.peer.chat.receipts import DEPOSIT_TTL, EXPIRY_GRACE
+    from p2pd.registry.schema import MAILBOX_TTL
+    assert DEPOSIT_TTL == MAILBOX_TTL
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    msg_id = net.result(alice.send_message("bob", "are you there?"))["id"]
+    seen = delivered_events(alice)
+    net.clock.advance(DEPOSIT_TTL - 3600)
+    net.run(1)
+    net.clock.advance(3600 + EXPIRY_GRACE + 3600)
+    net.run(1)
+    (out,) = [m for m in alice.history("bob") if m["direction"] == "out"]
+    assert out["status"] == "failed" and "7 days" in out["reason"]
+    assert seen == [{"event": "failed", "id": msg_id, "to": "bob", "reason": out["reason"]}]
+    assert alice.status()["in_mailbox"] == 0

@@ -124,6 +124,42 @@ def test_queued_then_acknowledged_is_delivered(store):
     assert (done["status"], done["via"], done["mailbox_id"]) == ("delivered", "mailbox", "mbx-1")
 
 
+def test_only_its_recipient_settles_a_message_and_a_mailbox_one_stays_via_mailbox(store):
+    """A receipt names who sends it: carol's receipt for alice's message to bob changes nothing; bob's receipt,
+    even one that came over a link, leaves a message that went into his mailbox ``via`` "mailbox"."""
+    a = store.add_outgoing("bob", "a", NOW)
+    store.mark_deposited(a["id"], "mbx-1", NOW + 1)
+    assert store.mark_delivered(a["id"], "direct", NOW + 2, recipient="carol") is False
+    assert store.get_message(a["id"])["status"] == "queued" and store.in_mailbox_count() == 1
+    assert store.mark_delivered(a["id"], "direct", NOW + 3, recipient="bob") is True
+    done = store.get_message(a["id"])
+    assert (done["status"], done["via"]) == ("delivered", "mailbox") and store.in_mailbox_count() == 0
+
+
+def test_receipts_owed_are_kept_once_each_until_sent(store):
+    store.owe_receipt("bob", "1" * 32)
+    store.owe_receipt("bob", "1" * 32)
+    store.owe_receipt("bob", "2" * 32)
+    store.owe_receipt("carol", "3" * 32)
+    store.commit()
+    assert sorted(store.owed_receipts("bob")) == ["1" * 32, "2" * 32] and store.receipt_senders() == ["bob", "carol"]
+    assert store.owed_receipts("bob", limit=1) in (["1" * 32], ["2" * 32])
+    store.receipts_sent("bob", ["1" * 32, "2" * 32])
+    assert store.owed_receipts("bob") == [] and store.receipt_senders() == ["carol"]
+
+
+def test_deposits_without_a_receipt_expire_once_and_a_late_receipt_still_counts(store):
+    old, new = store.add_outgoing("bob", "old", NOW), store.add_outgoing("bob", "new", NOW)
+    store.mark_deposited(old["id"], "mbx-1", NOW)
+    store.mark_deposited(new["id"], "mbx-2", NOW + 5000)
+    assert store.expire_deposits(NOW + 1000, "expired unread", NOW + 9000) == [(old["id"], "bob")]
+    assert store.expire_deposits(NOW + 1000, "expired unread", NOW + 9000) == []
+    gone = store.get_message(old["id"])
+    assert (gone["status"], gone["reason"], store.in_mailbox_count()) == ("failed", "expired unread", 1)
+    assert store.mark_delivered(old["id"], "direct", NOW + 9500, recipient="bob") is True
+    assert store.get_message(old["id"])["via"] == "mailbox"
+
+
 def test_mark_delivered_is_idempotent(store):
     """A repeated acknowledgement, or one for an unknown id, changes nothing and returns False."""
     a = store.add_outgoing("bob", "a", NOW)
@@ -508,7 +544,7 @@ API = {
     "history": "(self, conversation: str | None = None, limit: int = 100, before_rowid: int | None = None)"
                " -> list[dict]",
     "last_seq": "(self, sender: str, conversation: str) -> int",
-    "mark_delivered": "(self, msg_id: str, via: str, now_ms: int) -> bool",
+    "mark_delivered": "(self, msg_id: str, via: str, now_ms: int, recipient: str | None = None) -> bool",
     "mark_deposited": "(self, msg_id: str, mailbox_id: str, now_ms: int) -> bool",
     "mark_failed": "(self, msg_id: str, reason: str, now_ms: int) -> bool",
     "outbox": "(self, recipient: str | None = None, limit: int = 1000) -> list[dict]",
@@ -523,13 +559,19 @@ API = {
     "put_transfer": "(self, record: dict, now_ms: int)",
     "settings_with_prefix": "(self, prefix: str) -> list",
     "transfers": "(self, limit: int = 100, statuses=None) -> list[dict]",
+    "owe_receipt": "(self, sender: str, msg_id: str) -> None",
+    "owed_receipts": "(self, sender: str, limit: int = 1000) -> list",
+    "receipt_senders": "(self) -> list",
+    "receipts_sent": "(self, sender: str, ids) -> None",
+    "in_mailbox_count": "(self) -> int",
+    "expire_deposits": "(self, before_ms: int, reason: str, now_ms: int, limit: int = 1000) -> list",
 }
 
 
 def test_public_api_is_the_one_callers_use():
     """Storage, composed of its parts, offers exactly the methods (names and signatures) it had as one class,
     plus the ``pending`` property and the ``name`` of the sender it records (and, since issue 12, the quarantine
-    of undeliverable mailbox items)."""
+    of undeliverable mailbox items, and the mailbox receipts)."""
     methods = {name: str(inspect.signature(getattr(Storage, name))) for name in dir(Storage)
                if not name.startswith("_") and inspect.isfunction(getattr(Storage, name))}
     assert methods == API

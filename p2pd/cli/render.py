@@ -6,7 +6,7 @@ import time
 from p2pd.cli.sanitize import clean, table
 from p2pd.core.sizes import human_size
 
-OUT_MARKS = {"pending": " (not delivered yet)", "queued": " (queued)", "failed": " (failed)"}
+OUT_MARKS = {"pending": " (not delivered yet)", "queued": " (in the mailbox, not collected yet)", "failed": " (failed)"}
 
 
 def clock(ms, date=False) -> str:
@@ -31,6 +31,8 @@ def message_line(msg, date=False, recipient=False) -> str:
     elif recipient and msg.get("recipient"):
         who = "%s -> %s" % (who, clean(msg["recipient"]))
     mark = OUT_MARKS.get(msg.get("status"), "") if msg.get("direction") == "out" else ""
+    if mark and msg.get("status") == "failed" and msg.get("reason"):
+        mark = " (failed: %s)" % clean(msg["reason"])
     return "[%s] %s: %s%s" % (clock(msg.get("ts"), date), who, clean(msg.get("body")), mark)
 
 
@@ -127,13 +129,14 @@ def status_lines(status) -> list:
         ("registry", "%s (%s)%s" % (clean(registry.get("url")), clean(registry.get("state")),
                                     ": " + clean(registry["message"]) if registry.get("message") else "")),
         ("queued", "%s message(s) waiting to be delivered" % clean(status.get("outbox", 0))),
+        ("in mailbox", "%s message(s) in a registry mailbox, not collected yet" % clean(status.get("in_mailbox", 0))),
         ("links", ", ".join("%s (%s since %s)" % (clean(l.get("peer")), clean(l.get("direction")),
                                                     clock(l.get("since")))
                             for l in links if isinstance(l, dict)) or "none"),
         ("version", clean(status.get("version"))),
     ]
     if status.get("quarantined"):
-        rows.insert(8, ("quarantined", "%s mailbox message(s) set aside: p2pctl quarantine" %
+        rows.insert(9, ("quarantined", "%s mailbox message(s) set aside: p2pctl quarantine" %
                         clean(status["quarantined"])))
     return ["%-12s %s" % (key + ":", value) for key, value in rows]
 

@@ -19,6 +19,7 @@ from p2pd.peer.chat.directory import Directory
 from p2pd.peer.chat.events import Events
 from p2pd.peer.chat.outbox import Outbox
 from p2pd.peer.chat.pins import Pins
+from p2pd.peer.chat.receipts import Receipts
 from p2pd.peer.chat.receive import Receiver
 from p2pd.peer.chat.rooms import Rooms
 from p2pd.peer.interfaces import ILinkHost, IPresenceHost
@@ -62,8 +63,10 @@ class PeerDaemon:
         self.directory = Directory(name, registry, self.pins, self.dialer, self.outbox)
         self.rooms_part = Rooms(name, storage, registry, reactor, self.commits, self.events, self.dialer,
                                 self.outbox, self.directory.peers)
+        self.receipts = Receipts(name, storage, reactor, self.commits, self.events, self.pins, self.dialer,
+                                 self.outbox.depositor.deposit_frame)
         self.receiver = Receiver(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
-                                 self.rooms_part, self.limits)
+                                 self.rooms_part, self.receipts, self.limits)
         self._poll = None
 
     def new_link(self, expected=None):
@@ -83,6 +86,7 @@ class PeerDaemon:
     def start(self):
         self.started = True
         self.outbox.start()
+        self.receipts.start()
         self.checkpoints.start()
         self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
 
@@ -91,6 +95,7 @@ class PeerDaemon:
         for handler in set(self.handlers.values()):
             handler.stop()
         self.outbox.stop()
+        self.receipts.stop()
         self.checkpoints.stop()
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
@@ -105,6 +110,7 @@ class PeerDaemon:
         self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
         if self.registry_state["state"] == "online":
             self.receiver.mailbox.fetch()
+            self.receipts.send_all()
         self.outbox.pump_all()
 
     # IPresenceHost
@@ -137,6 +143,7 @@ class PeerDaemon:
             if not self.storage.get("announced:general"):
                 self.rooms_part.announce_general()
             self.receiver.mailbox.fetch()
+            self.receipts.send_all()
             for peer in list(self.outbox.queues):
                 self.dialer.forget_backoff(peer)
                 self.outbox.pump(peer)
@@ -154,6 +161,7 @@ class PeerDaemon:
         if self.dialer.up(link):
             self.events.emit({"event": "peer", "name": link.peer, "state": "connected"})
         self.outbox.send_queued(link)
+        self.receipts.link_up(link)
 
     def link_down(self, link):
         for handler in set(self.handlers.values()):
@@ -205,6 +213,7 @@ class PeerDaemon:
             "data_dir": self.data_dir, "addresses": self.addresses, "version": __version__,
             "registry": dict(self.registry_state, url=self.registry.base),
             "outbox": self.outbox.count(),
+            "in_mailbox": self.storage.in_mailbox_count(),
             "quarantined": self.storage.quarantine_count(),
             "links": [{"peer": p, "direction": "out" if l.outgoing else "in", "since": int(l.since * 1000)}
                       for p, l in sorted(self.dialer.links.items())],

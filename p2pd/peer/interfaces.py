@@ -260,8 +260,9 @@ class IChatStore(IStore):
     def add_incoming(msg, now_ms):
         """Store a message from a peer as ``received``; False if its id is already stored."""
 
-    def mark_delivered(msg_id, via, now_ms):
-        """Acknowledged (*via* "direct" or "mailbox"): ``delivered``; True if this changed it."""
+    def mark_delivered(msg_id, via, now_ms, recipient=None):
+        """Acknowledged (*via* "direct" or "mailbox"; by *recipient*, if given, which must be the message's):
+        ``delivered``; True if this changed it."""
 
     def mark_deposited(msg_id, mailbox_id, now_ms):
         """Taken by the registry mailbox: ``queued``; True if it was pending."""
@@ -313,6 +314,24 @@ class IChatStore(IStore):
 
     def received_bytes(sender):
         """Bytes of the message bodies stored from *sender*, for its quota."""
+
+    def owe_receipt(sender, msg_id):
+        """Remember that *sender* gets a receipt for its message *msg_id*, which we collected from the mailbox."""
+
+    def owed_receipts(sender, limit=1000):
+        """Message ids we owe *sender* a receipt for."""
+
+    def receipt_senders():
+        """The senders we owe receipts to."""
+
+    def receipts_sent(sender, ids):
+        """The receipts for *ids* are out."""
+
+    def in_mailbox_count():
+        """How many of our messages wait in a mailbox for their recipient."""
+
+    def expire_deposits(before_ms, reason, now_ms, limit=1000):
+        """Deposits made before *before_ms* that got no receipt become ``failed``: their ``(id, recipient)``."""
 
 
 class IFileStore(IStore):

@@ -1,6 +1,6 @@
 """The registry's mailbox, both ways: :class:`Depositor` seals the queued messages of a peer we cannot reach
 into its mailbox (the registry sees only ciphertext), :class:`MailboxFetcher` collects, verifies, stores and
-acknowledges what waits in ours."""
+acknowledges what waits in ours (messages, and the receipts for ours: :mod:`.receipts`)."""
 
 import json
 
@@ -64,11 +64,8 @@ class Depositor:
             link = self.dialer.link_to(peer)
             if link is not None:
                 return outbox.send_queued(link)
-            frame = outbox.frame_of(msg)
-            token = seal(self.identity.signing, self.name, peer, box,
-                         json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
             try:
-                deposited = yield self.registry.deposit(peer, token)
+                deposited = yield self.registry.deposit(peer, self.sealed(peer, box, outbox.frame_of(msg)))
             except Exception as e:
                 log.info("mailbox deposit for {peer} failed: {error}", peer=peer, error=e)
                 return
@@ -81,10 +78,24 @@ class Depositor:
         if not outbox.queues.get(peer):
             outbox.queues.pop(peer, None)
 
+    def sealed(self, peer, box, frame):
+        """*frame*, signed by us and sealed for *peer*'s mailbox key *box*: what a deposit carries."""
+        return seal(self.identity.signing, self.name, peer, box,
+                    json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+    async def deposit_frame(self, peer, frame):
+        """Seal *frame* into *peer*'s mailbox (a receipt, say): the registry's answer; P2PDError if *peer* has
+        no mailbox key."""
+        record = await self.pins.lookup(peer)
+        if not record.get("box"):
+            raise P2PDError("%s has no mailbox key" % peer)
+        return await self.registry.deposit(peer, self.sealed(peer, record["box"], frame))
+
 
 class MailboxFetcher:
     """Fetches our mailbox page by page, each item on its own. ``accept(frame, via, after_commit)`` stores one
-    message; ``sender_ok(frame)`` (a coroutine) says whether a room message's sender is in the room.
+    message; ``sender_ok(frame)`` (a coroutine) says whether a room message's sender is in the room; *receipts*
+    (a :class:`.receipts.Receipts`) is owed a receipt for each message stored, and takes the receipts for ours.
 
     An item that can never be delivered (unreadable, forged, from a name nobody holds, or signed by a key other
     than the one pinned for its sender) is quarantined: kept in the store for the user to see, announced, and
@@ -92,7 +103,7 @@ class MailboxFetcher:
     now is left for a later fetch, and the fetch goes on past it. A registry that answers 429 is waited for as
     long as its ``Retry-After`` says (up to a minute), then asked again."""
 
-    def __init__(self, name, identity, storage, registry, clock, events, pins, accept, sender_ok,
+    def __init__(self, name, identity, storage, registry, clock, events, pins, accept, sender_ok, receipts,
                  page=MAILBOX_PAGE):
         self.name = name
         self.identity = identity
@@ -103,6 +114,7 @@ class MailboxFetcher:
         self.pins = pins
         self.accept = accept
         self.sender_ok = sender_ok
+        self.receipts = receipts
         self.page = page
         self.fetching = Shared()
 
@@ -151,8 +163,8 @@ class MailboxFetcher:
             record = await patiently(self.clock, self.pins.lookup, sealed.sender_name)
             sealed.verify(record["key"])
             frame = wire.decode(sealed.payload)
-            if frame["t"] != "msg" or frame["from"] != sealed.sender_name:
-                raise SealedError("sealed content is not a message from its sender")
+            if frame["t"] not in ("msg", "ack") or frame.get("from", sealed.sender_name) != sealed.sender_name:
+                raise SealedError("sealed content is not a message or receipt from its sender")
         except (SealedError, wire.FrameError, NoSuchPeer, IdentityMismatch) as e:
             self._quarantine(item, getattr(e, "message", None) or str(e))
             return True
@@ -160,12 +172,17 @@ class MailboxFetcher:
             log.info("mailbox item {id} from {sender} left for later: {error}", id=item_id,
                      sender=item.get("from"), error=getattr(e, "message", None) or e)
             return False
+        done = defer.Deferred()
+        if frame["t"] == "ack":
+            self.receipts.got(sealed.sender_name, wire.ack_ids(frame), after_commit=lambda: done.callback(None))
+            await done
+            return True
         if frame.get("room") and not await self.sender_ok(frame):
             return True
-        done = defer.Deferred()
         if not self.accept(frame, via="mailbox", after_commit=lambda: done.callback(None)):
             self._quarantine(item, "%s has used up the room its messages may take here" % sealed.sender_name)
             return True
+        self.receipts.owe(frame["from"], frame["id"])
         await done  # committed: now the registry may forget it
         return True
 

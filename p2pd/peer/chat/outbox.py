@@ -231,11 +231,14 @@ class Outbox:
         self.resolve(msg_id, {"status": "queued", "via": "outbox", "reason": "not acknowledged yet"})
 
     def acked(self, link, msg_id):
+        """*link*'s peer acknowledged *msg_id*: one we sent on this link, or the receipt of one it collected from
+        its mailbox."""
+        via = "direct" if msg_id in link.inflight else "mailbox"
         link.inflight.discard(msg_id)
         self.remove(link.peer, msg_id)
-        if self.storage.mark_delivered(msg_id, "direct", now_ms(self.clock)):
+        if self.storage.mark_delivered(msg_id, via, now_ms(self.clock), recipient=link.peer):
             peer = link.peer
-            self.commits.after_commit(lambda: self._delivered(msg_id, peer, "direct"))
+            self.commits.after_commit(lambda: self._delivered(msg_id, peer, via))
 
     def _delivered(self, msg_id, peer, via):
         self.events.emit({"event": "delivered", "id": msg_id, "to": peer, "via": via})

@@ -24,7 +24,8 @@ class Receiver:
     """*limits* (a :class:`p2pd.peer.limits.Limits`) gives ``stored_per_peer``: the bytes of messages kept from
     one peer, past which its messages are refused (they fail on its side, with the reason)."""
 
-    def __init__(self, name, identity, storage, registry, clock, commits, events, pins, rooms, limits=None):
+    def __init__(self, name, identity, storage, registry, clock, commits, events, pins, rooms, receipts,
+                 limits=None):
         self.name = name
         self.limits = limits or Limits()
         self.storage = storage
@@ -33,7 +34,7 @@ class Receiver:
         self.events = events
         self.rooms = rooms
         self.mailbox = MailboxFetcher(name, identity, storage, registry, clock, events, pins, self.accept,
-                                      rooms.sender_ok)
+                                      rooms.sender_ok, receipts)
         self.gap_fetches = {}  # sender -> when a gap in its seq last made us fetch the mailbox
 
     def receive(self, link, frame):

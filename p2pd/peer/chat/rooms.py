@@ -103,8 +103,9 @@ class RoomViews:
         cached = self.cache.get(key)
         if cached is not None and self.clock.seconds() - cached[0] < self.ttl:
             return defer.succeed(dict(cached[1]))
-        return self.running(key, lambda: defer.ensureDeferred(patiently(self.clock, self.registry.room, display)).addCallback(self._keep, key)) \
-            .addCallback(dict)
+        def fetch():
+            return defer.ensureDeferred(patiently(self.clock, self.registry.room, display)).addCallback(self._keep, key)
+        return self.running(key, fetch).addCallback(dict)
 
     def forget(self, room):
         self.cache.pop(canonical_room(room), None)

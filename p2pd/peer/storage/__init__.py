@@ -42,6 +42,7 @@ its own, and in a Storage they share one connection and one write group:
 - :mod:`~p2pd.peer.storage.settings`, :mod:`~p2pd.peer.storage.transfers`, :mod:`~p2pd.peer.storage.hashes`:
   settings, file transfer records, the hash cache of offered files;
 - :mod:`~p2pd.peer.storage.quarantine`: mailbox items that cannot be delivered;
+- :mod:`~p2pd.peer.storage.receipts`: the delivery receipts we owe, and our messages that wait in a mailbox;
 - :mod:`~p2pd.peer.storage.checks` and :mod:`~p2pd.peer.storage.errors`: what input is refused, and how.
 """
 
@@ -54,6 +55,7 @@ from p2pd.peer.storage.hashes import HashCache
 from p2pd.peer.storage.messages import MESSAGE_FIELDS
 from p2pd.peer.storage.outbox import Outbox
 from p2pd.peer.storage.quarantine import Quarantine
+from p2pd.peer.storage.receipts import Receipts
 from p2pd.peer.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from p2pd.peer.storage.settings import Settings
 from p2pd.peer.storage.transfers import TransferRecords
@@ -65,7 +67,7 @@ __all__ = [
 
 
 @implementer(IChatStore, IFileStore)
-class Storage(Outbox, Settings, TransferRecords, HashCache, Quarantine):
+class Storage(Outbox, Settings, TransferRecords, HashCache, Quarantine, Receipts):
     """The daemon's store. Writes join the open transaction; :meth:`commit` makes them durable.
 
     Chat, the outbox, pins and rooms use it as an :class:`~p2pd.peer.interfaces.IChatStore`, file transfers as

@@ -20,9 +20,14 @@ _NEXT_SEQ = (
 _INSERT_OUTBOX = "INSERT INTO outbox VALUES (?, ?, ?)"
 _DELETE_OUTBOX = "DELETE FROM outbox WHERE recipient = ? AND seq = ?"
 # Finds and settles the message in one statement; its outbox row (there is one only if it was pending) goes next.
+# A message that went into a mailbox was delivered "via mailbox", whatever carried its receipt back. Only its
+# recipient may settle it, when one is named (a receipt from another peer must not).
 _SETTLE = (
-    "UPDATE messages SET status = ?, via = coalesce(?, via), mailbox_id = coalesce(?, mailbox_id),"
-    " reason = ?, updated_at = ? WHERE id = ? AND direction = 'out' AND status IN (%s)"
+    "UPDATE messages SET status = ?,"
+    " via = CASE WHEN status IN ('queued', 'failed') AND mailbox_id IS NOT NULL THEN 'mailbox'"
+    " ELSE coalesce(?, via) END,"
+    " mailbox_id = coalesce(?, mailbox_id), reason = ?, updated_at = ?"
+    " WHERE id = ? AND direction = 'out' AND status IN (%s) AND (? IS NULL OR recipient = ?)"
     " RETURNING recipient, seq"
 )
 _SETTLE_FOR = {
@@ -134,11 +139,14 @@ class Outbox(Messages):
 
     # --- delivery ------------------------------------------------------------------------------------------
 
-    def _settle(self, msg_id, allowed, status, via, mailbox_id, reason, now_ms) -> bool:
-        """Move an outgoing message whose status is in *allowed* to *status* and out of the outbox."""
+    def _settle(self, msg_id, allowed, status, via, mailbox_id, reason, now_ms, recipient=None) -> bool:
+        """Move an outgoing message whose status is in *allowed* (and whose recipient is *recipient*, if given)
+        to *status* and out of the outbox."""
         checks.text("msg_id", msg_id)
         checks.integer("now_ms", now_ms)
-        found = self._db.execute(_SETTLE_FOR[allowed], (status, via, mailbox_id, reason, now_ms, msg_id)).fetchone()
+        checks.text("recipient", recipient, optional=True)
+        found = self._db.execute(_SETTLE_FOR[allowed], (status, via, mailbox_id, reason, now_ms, msg_id,
+                                                        recipient, recipient)).fetchone()
         if found is None:
             return False
         if "pending" in allowed and self._db.execute(_DELETE_OUTBOX, found).rowcount:
@@ -147,14 +155,16 @@ class Outbox(Messages):
         return True
 
     @writes
-    def mark_delivered(self, msg_id: str, via: str, now_ms: int) -> bool:
-        """The recipient acknowledged the message (*via* "direct" or "mailbox"): ``delivered``, out of the outbox.
+    def mark_delivered(self, msg_id: str, via: str, now_ms: int, recipient: str | None = None) -> bool:
+        """The recipient acknowledged the message (*via* "direct" or "mailbox"; one that went into a mailbox stays
+        "mailbox"): ``delivered``, out of the outbox. With *recipient*, only a message to that peer.
 
         True if this changed it (it was pending, queued in a mailbox or marked failed); False if the id is
-        unknown or already delivered, so repeated acknowledgements are harmless.
+        unknown, someone else's or already delivered, so repeated acknowledgements are harmless.
         """
         checks.text("via", via)
-        return self._settle(msg_id, ("pending", "queued", "failed"), "delivered", via, None, None, now_ms)
+        return self._settle(msg_id, ("pending", "queued", "failed"), "delivered", via, None, None, now_ms,
+                            recipient)
 
     @writes
     def mark_deposited(self, msg_id: str, mailbox_id: str, now_ms: int) -> bool:

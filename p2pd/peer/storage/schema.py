@@ -87,7 +87,17 @@ def _to_v4(db):
                "WHERE direction = 'in' AND sender IS NOT NULL GROUP BY sender")
 
 
-MIGRATIONS = (_to_v1, _to_v2, _to_v3, _to_v4)  # MIGRATIONS[n] takes the schema from version n to n + 1
+def _to_v5(db):
+    """Delivery receipts: the ones we owe for mailbox items we collected (:mod:`~p2pd.peer.storage.receipts`),
+    and an index of our messages that wait in a mailbox, to count them and to find those whose deposit expired."""
+    db.execute("""CREATE TABLE receipts (
+                      sender TEXT NOT NULL,
+                      id TEXT NOT NULL,
+                      PRIMARY KEY (sender, id)) WITHOUT ROWID""")
+    db.execute("CREATE INDEX messages_in_mailbox ON messages (updated_at) WHERE status = 'queued'")
+
+
+MIGRATIONS = (_to_v1, _to_v2, _to_v3, _to_v4, _to_v5)  # MIGRATIONS[n] takes the schema from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
