@@ -115,3 +115,49 @@ def test_the_fake_link_of_these_tests_is_an_ilink():
     from p2pd.peer.interfaces import ILink
     from tests.chat_fakes import FakeLink
     assert verifyObject(ILink, FakeLink("bob"))
+
+
+@pytest.mark.parametrize("host, observed, own, ok", [
+    ("203.0.113.7", "203.0.113.7", None, True),  # its public address, as the registry saw it
+    ("192.0.2.1", "203.0.113.7", None, False),  # someone else's public address: never
+    ("2001:db8::1", "203.0.113.7", None, False),
+    ("2001:db8::1", "2001:db8::1", None, True),
+    ("10.0.0.5", "203.0.113.7", None, False),  # a LAN address of a peer behind another NAT
+    ("10.0.0.5", "203.0.113.7", "203.0.113.7", True),  # ... behind our NAT: it can be on our LAN
+    ("10.0.0.5", "192.168.1.9", None, True),  # the registry is on a private network: so may the peer be
+    ("127.0.0.3", "127.0.0.2", None, True),  # on the registry's machine
+    ("198.51.100.1", "127.0.0.1", None, False),
+    ("fe80::1", "203.0.113.7", "198.51.100.1", False),
+    ("peer.example", "203.0.113.7", None, True),  # a host name, dialled as published
+    ("192.0.2.1", None, None, True),  # a registry that does not say what it saw
+])
+def test_only_addresses_that_fit_where_the_registry_saw_the_peer_are_dialled(host, observed, own, ok):
+    from p2pd.peer.chat.dialer import dialable
+    assert dialable(host, observed, own) is ok
+
+
+def test_a_name_cannot_aim_our_connections_at_another_host(world):
+    """Issue 12, finding 8 (reflection): mallory registers from 127.0.0.1 but publishes 192.0.2.1:80 (a host it
+    wants hit) before its own address: only its own is dialled, and the refusal says why."""
+    world.peer("mallory", 2)
+    world.registry.records["mallory"].update(observed="127.0.0.1", tcp=["192.0.2.1:80", "127.0.0.1:2"])
+    result(world.dialer.dial("mallory"))
+    assert world.tls.attempts == [("127.0.0.1", 2)]
+    world.registry.records["mallory"]["tcp"] = ["192.0.2.1:80"]
+    world.dialer.links.clear()
+    error = failure(world.dialer.dial("mallory"))
+    assert "not where the registry saw mallory (127.0.0.1), not dialled" in error.message
+    assert world.tls.attempts == [("127.0.0.1", 2)]
+
+
+def test_connection_attempts_are_paced(world):
+    """Dialling 100 peers at once opens dials_per_second of them a second after the first burst, not 100 at once."""
+    for i in range(100):
+        world.peer("peer%03d" % i, 1000 + i)
+    dials = [world.dialer.dial("peer%03d" % i) for i in range(100)]
+    rate = world.dialer.pace.rate
+    assert len(world.tls.attempts) == int(rate * 2)
+    world.clock.advance(1)
+    assert len(world.tls.attempts) <= int(rate * 3) + 1
+    world.run(10)
+    assert len(world.tls.attempts) == 100 and all(d.called for d in dials)

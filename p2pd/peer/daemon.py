@@ -57,7 +57,7 @@ class PeerDaemon:
         self.commits = Commits(storage, reactor)
         self.checkpoints = Checkpoints(storage, reactor, threads)
         self.pins = Pins(storage, registry, self.commits, reactor)
-        self.dialer = Dialer(self.pins, tls, reactor, lambda expected: self.new_link(expected))
+        self.dialer = Dialer(self.pins, tls, reactor, lambda expected: self.new_link(expected), limits=self.limits)
         self.outbox = Outbox(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
                              self.dialer)
         self.directory = Directory(name, registry, self.pins, self.dialer, self.outbox)
@@ -85,18 +85,16 @@ class PeerDaemon:
 
     def start(self):
         self.started = True
-        self.outbox.start()
-        self.receipts.start()
-        self.checkpoints.start()
+        for part in (self.outbox, self.receipts, self.checkpoints):
+            part.start()
         self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
 
     def stop(self):
         self.started = False
         for handler in set(self.handlers.values()):
             handler.stop()
-        self.outbox.stop()
-        self.receipts.stop()
-        self.checkpoints.stop()
+        for part in (self.outbox, self.receipts, self.checkpoints):
+            part.stop()
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
         for link in list(self.dialer.links.values()):
@@ -121,9 +119,11 @@ class PeerDaemon:
                 await self.discover()
             except Exception as e:
                 log.info("could not learn our public address: {error}", error=e)
-        return await self.registry.register(tcp=self.addresses["tcp"], udp=self.addresses["udp"],
-                                            fingerprint=self.identity.fingerprint,
-                                            box=self.identity.box_public_text, version="p2pd/" + __version__)
+        record = await self.registry.register(tcp=self.addresses["tcp"], udp=self.addresses["udp"],
+                                              fingerprint=self.identity.fingerprint,
+                                              box=self.identity.box_public_text, version="p2pd/" + __version__)
+        self.dialer.own_observed = record.get("observed")
+        return record
 
     def register(self):
         return defer.ensureDeferred(self._register())

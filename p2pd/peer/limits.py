@@ -14,6 +14,7 @@ class Limits:
     unverified: int = 256  # connections not yet verified (TLS + hello + registry check), in all
     unverified_per_address: int = 64  # of those, from one source address
     connections_per_second: float = 20.0  # new connections per second from one source address (bursts of 64)
+    dials_per_second: float = 20.0  # connections we open to peers per second, in all (bursts of twice that)
     frames_per_second: float = 20000.0  # frames a link may bring per second, sustained (bursts of 4x that)
     bytes_per_second: float = 8 << 20  # bytes a link may bring per second, sustained (bursts of 4x that)
     stored_per_peer: int = 256 << 20  # bytes of messages kept from one peer (history and room posts)
