@@ -256,6 +256,11 @@ def test_offline_peer_gets_its_messages_from_the_mailbox_when_it_returns(registr
     assert [m["body"] for m in got] == bodies
     assert [m["seq"] for m in got] == [1, 2, 3, 4, 5]
     wait_until(lambda: mailbox(registry, bob) == [], 10, "bob's mailbox to be emptied after receipt")
+    # bob's receipts bring alice's copies from "in the mailbox" to delivered (on a link, or via her mailbox
+    # within a poll of 30 s)
+    wait_until(lambda: alice.ctl("status")["in_mailbox"] == 0, 40, "alice to get bob's receipts")
+    outgoing = [m for m in alice.ctl("history", conversation="bob", limit=50) if m["direction"] == "out"]
+    assert [(m["status"], m["via"]) for m in outgoing[-5:]] == [("delivered", "mailbox")] * 5
 
     bob.stop()
     bob.start()

@@ -1,7 +1,7 @@
 """Delivery receipts for what went through the mailbox, and the report of what expired there unread.
 
 A message we collect from our mailbox is acknowledged to its sender like one that came over a link: with an
-``ack`` frame, sent on the link to the sender if there is one, else sealed into the sender's own mailbox. The
+``ack`` frame, sent on the link to the sender (dialled if it is online), else sealed into the sender's own mailbox. The
 receipt is owed from the commit that stored the message (:mod:`p2pd.peer.storage.receipts`), so a crash
 delays it but never loses it. The sender then shows the message ``delivered`` (via "mailbox").
 
@@ -78,7 +78,7 @@ class Receipts:
             if self.pins.is_blocked(sender):
                 self.storage.receipts_sent(sender, ids)  # a blocked peer hears nothing from us
             else:
-                link = self.dialer.link_to(sender)
+                link = await self._link(sender)
                 if link is not None:
                     for frame in wire.acks(ids):
                         link.send(frame)
@@ -86,6 +86,17 @@ class Receipts:
                     await patiently(self.clock, self.seal_to, sender, {"t": "ack", "ids": ids})
                 self.storage.receipts_sent(sender, ids)
             self.storage.commit()
+
+    async def _link(self, sender):
+        """The link to *sender*: the one that is up, else a new one if it is online and not in its back-off."""
+        link = self.dialer.link_to(sender)
+        if link is not None or self.dialer.wait_before_dialling(sender) > 0:
+            return link
+        try:
+            return await self.dialer.dial(sender)
+        except Exception as e:
+            self.dialer.failed(sender, e)
+            return None
 
     # the receipts we get
 
