@@ -562,11 +562,19 @@ def test_chat_exits_3_when_something_was_queued(run, daemon):
 
 
 def test_chat_with_unknown_peer_stops_and_exits_4(run, daemon):
-    """An unknown peer fails the first line; the rest are not tried; exit 4."""
-    code, out, err = run("chat", "zed", stdin="a\nb\n")
-    assert code == exits.UNKNOWN_PEER
-    assert [r["text"] for r in daemon.requests if r["cmd"] == "msg"] == ["a"]
-    assert "line 1 not sent: unknown peer zed" in err
+    """An unknown peer ends the chat before any line is tried, with exit 4 and the reason, also with no input
+    at all (issue 13, bug 8: `p2pctl chat nosuchpeer </dev/null` exited 0 without a word)."""
+    for stdin in ("a\nb\n", ""):
+        code, out, err = run("chat", "zed", stdin=stdin)
+        assert code == exits.UNKNOWN_PEER
+        assert [r["text"] for r in daemon.requests if r["cmd"] == "msg"] == []
+        assert "unknown peer zed" in err
+
+
+def test_chat_goes_on_when_the_registry_cannot_say_who_the_peer_is(run, daemon):
+    daemon.handlers["whois"] = lambda r: fail("registry_unavailable", "the registry does not answer")
+    code, out, _ = run("chat", "bob", stdin="hi\n")
+    assert code == 0 and out.splitlines() == ["delivered: hi"]
 
 
 def test_chat_prints_what_the_peer_says_meanwhile(run, daemon):
@@ -677,6 +685,55 @@ def test_interactive_chat_prints_incoming_above_the_line_being_typed(daemon, hom
         read_until(master, b"(delivered to bob)")
         assert [r["text"] for r in daemon.requests if r["cmd"] == "msg"] == ["hello " + PERSIAN]
         os.write(master, b"\x04")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_no_command_argument_overwrites_a_global_option():
+    """Issue 13, bug 1: `get`'s PATH was stored as `name`, the global --name, so `p2pctl get bob docs/manual.pdf`
+    looked for the daemon of a peer called docs/manual.pdf. No command's own argument may share a global's dest."""
+    import argparse
+
+    from p2pd.cli.main import build_parser
+    parser = build_parser()
+    globals_ = {a.dest for a in parser._actions if a.dest not in ("help", "command")}
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in subparsers.choices.items():
+        own = {a.dest for a in sub._actions if a.dest != "help" and a.default is not argparse.SUPPRESS}
+        assert not own & globals_, "%s: %s" % (name, own & globals_)
+
+
+def test_get_a_path_without_data_dir_talks_to_the_only_daemon(run, daemon):
+    daemon.handlers["get"] = lambda r: ok({"saved": ["/inbox/manual.pdf"], "sent": 10, "seconds": 1.0})
+    code, out, err = run("get", "bob", "docs/manual.pdf", "--quiet")
+    assert code == 0, err
+    assert daemon.requests[-1]["name"] == "docs/manual.pdf" and daemon.requests[-1]["peer"] == "bob"
+    assert "got docs/manual.pdf from bob" in out
+
+
+def test_interactive_chat_has_help_and_sends_a_slash_line_with_two_slashes(daemon, home):
+    """Issue 13, bug 8: /help inside chat was sent to the peer as a message. It is a command now; an unknown
+    /word says how to send it; //shrug sends "/shrug"."""
+    _, env = home
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(P2PCTL + ["chat", "bob"], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env=dict(os.environ, TERM="dumb", **env))
+    os.close(slave)
+    try:
+        read_until(master, b"you> ")
+        daemon.watching.wait(10)
+        os.write(master, b"/help\r")
+        read_until(master, b"start it with //")
+        os.write(master, b"/shrug\r")
+        read_until(master, b"//shrug sends it as a message")
+        os.write(master, b"//shrug\r")
+        read_until(master, b"(delivered to bob)")
+        assert [r["text"] for r in daemon.requests if r["cmd"] == "msg"] == ["/shrug"]
+        os.write(master, b"/quit\r")
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:

@@ -2,7 +2,8 @@
 
 On a terminal, incoming messages and delivery notices appear above the line being typed: a reader thread saves
 readline's buffer, clears the line (``\\r ESC[K``), prints, and redraws the prompt and the buffer. Ctrl-D or
-``/quit`` ends it.
+``/quit`` ends it; a line starting with ``/`` is a command (``/help`` lists them), and ``//`` sends a line that
+starts with ``/``.
 
 With a pipe or file on stdin each line is one message, sent in order (the next one only once the daemon has
 answered for the previous one, so they are stored in that order); it exits when the last one is acknowledged:
@@ -23,6 +24,19 @@ from p2pd.errors import InvalidName
 # errors after which the remaining lines would fail the same way
 FATAL = ("unknown_peer", "invalid_name", "forbidden")
 PROMPT = "you> "
+HELP = ("/quit (or Ctrl-D) leaves; /help shows this; any other line is sent to %s; "
+        "to send a line that starts with /, start it with // (//shrug sends /shrug)")
+
+
+def check_peer(ctx, peer):
+    """The registry's record of *peer*; an unknown name ends the chat before anything is sent (exit 4), and a
+    registry that cannot answer leaves it to the messages (they are queued)."""
+    try:
+        return ctx.request("whois", name=peer)
+    except exits.DaemonError as e:
+        if e.code in FATAL:
+            raise
+        return None
 
 
 def is_from(event, peer) -> bool:
@@ -41,7 +55,8 @@ def short(text, n=40) -> str:
 @command("chat", "chat with a peer (interactive on a terminal; one message per line otherwise)",
          [arg("peer", metavar="NAME")],
          description="On a terminal: type a line and Enter to send it; messages from NAME appear as they come; "
-                     "Ctrl-D or /quit leaves. Otherwise each line of stdin is a message: p2pctl chat bob < "
+                     "Ctrl-D or /quit leaves, /help lists the commands, and a line starting with // sends "
+                     "the rest starting with /. Otherwise each line of stdin is a message: p2pctl chat bob < "
                      "lines.txt sends them in order and exits when all are acknowledged (0: all delivered, "
                      "3: some queued because bob is offline).")
 def chat(ctx, args):
@@ -72,6 +87,7 @@ def scripted(ctx, peer):
         ctx.stdin.reconfigure(errors="surrogateescape")
     except (AttributeError, ValueError):
         pass
+    check_peer(ctx, peer)
     ctx.request("watch")
     relay = threading.Thread(target=relay_incoming, args=(ctx, peer), name="p2pctl-chat-events", daemon=True)
     relay.start()
@@ -144,17 +160,16 @@ class Interactive:
 
     def run(self):
         ctx, peer = self.ctx, self.peer
-        try:
-            record = ctx.request("whois", name=peer)
+        record = check_peer(ctx, peer)
+        if record is None:
+            state = "the registry cannot say; messages will be queued"
+        else:
             reach = record.get("reachability") or {}
             state = "connected" if reach.get("link") == "connected" else "online" if record.get("online") \
                 else "offline: messages will be queued"
-        except exits.DaemonError as e:
-            if e.code in FATAL:
-                raise
-            state = "unknown (%s); messages will be queued" % clean(e.message)
         ctx.request("watch")
-        self.show("chatting with %s (%s). Enter sends a line; Ctrl-D or /quit leaves." % (clean(peer), state))
+        self.show("chatting with %s (%s). Enter sends a line; /help lists the commands, /quit leaves."
+                  % (clean(peer), state))
         events = threading.Thread(target=self.relay, name="p2pctl-chat-events", daemon=True)
         sender = threading.Thread(target=self.send_all, name="p2pctl-chat-send", daemon=True)
         events.start()
@@ -170,16 +185,33 @@ class Interactive:
                     break
                 finally:
                     self.reading = False
-                if line.strip() == "/quit":
+                if self.command(line) == "quit":
                     break
-                if line.strip():
-                    self.outgoing.put(line)
             self.leaving = True
             self.outgoing.put(None)
             sender.join(ctx.timeout + message_wait(ctx))
         finally:
             self.close(events)
         return self.outcome()
+
+    def command(self, line):
+        """Handle one typed line: "quit" for /quit, else None (a message was queued, help shown, or nothing)."""
+        if not line.strip():
+            return None
+        if line.startswith("//"):
+            self.outgoing.put(line[1:])
+        elif line.startswith("/"):
+            word = line.split()[0].lower()
+            if word == "/quit":
+                return "quit"
+            if word == "/help":
+                self.show(HELP % clean(self.peer))
+            else:
+                self.show("(unknown command %s: /help lists the commands; //%s sends it as a message)"
+                          % (clean(word), clean(line[1:])))
+        else:
+            self.outgoing.put(line)
+        return None
 
     def close(self, events):
         """Leaving: close the daemon connection and let the event thread end."""

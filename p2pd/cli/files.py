@@ -113,18 +113,18 @@ def send(ctx, args):
 
 
 @command("get", "fetch a file or folder from a peer's shared folder",
-         [arg("peer", metavar="NAME"), arg("name", metavar="PATH"),
+         [arg("peer", metavar="NAME"), arg("path", metavar="PATH"),
           arg("-q", "--quiet", action="store_true", help="no progress bar")],
          description="Fetches PATH (as `p2pctl ls NAME` shows it) from NAME's --share folder into your inbox.")
 def get(ctx, args):
     peer = peer_name(args.peer)
-    outcome = follow(ctx, "get", clean(args.name)[-30:], args.quiet, peer=peer, name=args.name)
+    outcome = follow(ctx, "get", clean(args.path)[-30:], args.quiet, peer=peer, name=args.path)
     if ctx.json:
         ctx.emit(dict(outcome, ok=True))
     else:
         saved = [s for s in outcome.get("saved") or [] if s]
         where = clean(saved[0]) if len(saved) == 1 else "%d files" % len(saved)
-        ctx.say("got %s from %s: %s, verified; in your inbox as %s" % (clean(args.name), peer, rate_text(outcome),
+        ctx.say("got %s from %s: %s, verified; in your inbox as %s" % (clean(args.path), peer, rate_text(outcome),
                                                                        where))
     return exits.OK
 
