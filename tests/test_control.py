@@ -123,6 +123,10 @@ COMMANDS = [
     ({"id": 1, "cmd": "ping"}, {"pong": True, "name": "alice"}),
     ({"id": 2, "cmd": "status"}, FakeFacade().status()),
     ({"id": "p", "cmd": "peers"}, [{"name": "bob", "tcp": ["10.0.0.2:4000"]}]),
+    # issue 13, bug 7: users lists us too (the seed's session does), marked
+    ({"id": "u", "cmd": "users"}, [{"name": "alice", "self": True, "online": True, "tcp": ["127.0.0.1:4000"],
+                                    "udp": [], "fingerprint": None, "version": None},
+                                   {"name": "bob", "tcp": ["10.0.0.2:4000"]}]),
     ({"id": 4, "cmd": "whois", "name": "bob"}, {"name": "bob", "reachability": {"link": "none", "direct": False}}),
     ({"id": 5, "cmd": "history"}, [{"id": "m1", "conversation": "bob", "sender": "bob", "body": PERSIAN,
                                     "limit": 100}]),

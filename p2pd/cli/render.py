@@ -142,13 +142,15 @@ def status_lines(status) -> list:
 
 
 def peers_lines(peers) -> list:
+    """The peers table; the entry marked ``self`` (``users`` lists us too) says "(you)"."""
     if not peers:
         return ["no other peer is online"]
     rows = []
     for p in peers:
         if not isinstance(p, dict):
             continue
-        rows.append((clean(p.get("name")), addresses(p.get("tcp")), addresses(p.get("udp")),
+        rows.append((clean(p.get("name")) + (" (you)" if p.get("self") is True else ""),
+                     addresses(p.get("tcp")), addresses(p.get("udp")),
                      short_fingerprint(p.get("fingerprint")), clean(p.get("version")) or "-"))
     rows.sort(key=lambda r: r[0])
     return table(("NAME", "TCP", "UDP", "FINGERPRINT", "VERSION"), rows)

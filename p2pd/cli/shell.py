@@ -137,7 +137,8 @@ class Shell(Interactive):
 
     def do_users(self, rest):
         peers = self.ctx.request("users")
-        names = sorted({clean(p.get("name")) for p in peers} | {clean(self.name)})
+        names = sorted(clean(p.get("name")) + (" (you)" if p.get("self") is True else "")
+                       for p in peers if isinstance(p, dict))
         self.show("\n".join(["online users:"] + names))
 
     def do_public(self, rest):

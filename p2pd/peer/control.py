@@ -30,7 +30,7 @@ leave      ``room``                            the room with its members (Genera
 groups     -                                   every room: ``name``, ``member_count``, ...
 public     ``room``, ``text``                  ``{"id", "room", "recipients", "status": "sent"}`` once stored
 private    ``to``, ``text``                    as ``msg``
-users      -                                   the online peers (as ``peers``)
+users      -                                   everyone online: ``peers`` and ourselves (``"self": true``)
 block      ``name``                            ``{"name", "blocked": true}``: its links, messages, offers refused
 unblock    ``name``                            ``{"name", "blocked": false, "was_blocked"}``
 blocked    -                                   the blocked names

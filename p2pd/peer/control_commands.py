@@ -5,6 +5,8 @@ lines and writes the replies."""
 import json
 import os
 
+from twisted.internet import defer
+
 from p2pd.errors import BadRequest
 
 MAX_WAIT = 300.0
@@ -114,7 +116,13 @@ class Commands:
         return self.facade.rooms()
 
     def do_users(self, request):
-        return self.facade.peers()
+        """Everyone online, ourselves included and marked ``"self": true`` (as the seed's ``users`` lists)."""
+        status = self.facade.status()
+        me = {"name": self.facade.name, "self": True, "online": True, "tcp": status["addresses"].get("tcp", []),
+              "udp": status["addresses"].get("udp", []), "fingerprint": status.get("fingerprint"),
+              "version": status.get("version")}
+        return defer.maybeDeferred(self.facade.peers).addCallback(
+            lambda peers: sorted([me] + [p for p in peers if p.get("name") != me["name"]], key=lambda p: p["name"]))
 
     def _transfers(self):
         transfers = getattr(self.facade, "transfers", None)
