@@ -84,6 +84,8 @@ def test_long_names_are_shortened_in_the_message():
     ("aux.c", "_aux.c"), ("NUL", "_NUL"), ("prn.pdf", "_prn.pdf"), ("COM\u00b9", "_COM\u00b9"),
     ("console", "console"), ("com10", "com10"), ("com0", "com0"), ("lpt", "lpt"), ("xcon", "xcon"),
     ("report.pdf", "report.pdf"),
+    # issue 13, bug 9: a leading '-' would be an option to `rm *` or `tar cf x *` in the inbox (CWE-88)
+    ("-rf", "_-rf"), ("--help.txt", "_--help.txt"), ("a-b", "a-b"), ("-" + "x" * 254, "_-" + "x" * 253),
 ])
 def test_safe_component(name, expected):
     assert safe_component(name) == expected

@@ -543,6 +543,19 @@ def test_directory_arrives_with_its_tree_and_skips_hidden_and_links(tmp_path, sp
     assert landed(bob) == dict(expected, **again)
 
 
+def test_a_dash_name_lands_with_a_prefix_and_a_hidden_one_is_said_to_be_renamed(tmp_path, spawn):
+    """Issue 13, bug 9: `-rf` landed as `-rf` (an option to the next `rm *` in the inbox) and `.bashrc` became
+    `bashrc` with no word to either side."""
+    alice, bob = spawn("alice"), spawn("bob", ["--accept", "auto"])
+    dash, hidden = tmp_path / "-rf", tmp_path / ".bashrc"
+    dash.write_text("not an option")
+    hidden.write_text("alias ll='ls -l'")
+    out = p2pctl(alice, "send", bob.name, str(dash), str(hidden))
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert ".bashrc was sent as bashrc" in out.stderr
+    assert listing(inbox(bob)) == sorted(["_-rf", "bashrc", PARTIAL])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2: consent
 

@@ -101,6 +101,17 @@ def test_collect_renames_a_hidden_argument(tmp_path):
     assert collect([str(tmp_path / ".env")]) == ([("env", str(tmp_path / ".env"))], 0)
 
 
+def test_the_sender_is_told_which_names_it_offers_otherwise(tmp_path):
+    """Issue 13, bug 9: `.bashrc` arrived as `bashrc` without a word to either side."""
+    from p2pd.peer.files.offers import renamed
+    for name in (".bashrc", "plain.txt", "x.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x.txt").write_bytes(b"y")
+    paths = [str(tmp_path / n) for n in (".bashrc", "plain.txt", "x.txt", "dir/x.txt")]
+    assert renamed(paths) == [[".bashrc", "bashrc"], ["x.txt", "x (1).txt"]]
+
+
 def test_collect_missing_file(tmp_path):
     with pytest.raises(FileProblem) as info:
         collect([str(tmp_path / "nope")])

@@ -107,6 +107,9 @@ def send(ctx, args):
         names = outcome.get("names") or []
         what = clean(names[0]) if len(names) == 1 else "%d files" % (outcome.get("files") or len(names))
         ctx.say("sent %s to %s: %s, verified by %s" % (what, peer, rate_text(outcome), peer))
+        for local, offered in outcome.get("renamed") or []:
+            ctx.warn("p2pctl: %s was sent as %s (hidden and unsafe names are not sent as they are)"
+                     % (clean(local), clean(offered)))
         if outcome.get("skipped"):
             ctx.warn("p2pctl: skipped %d hidden, linked or special entries" % outcome["skipped"])
     return exits.OK

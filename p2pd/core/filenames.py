@@ -13,7 +13,7 @@ repairs:
   with a space or ``.`` (Windows strips them), whitespace-only names, components over 255 UTF-8 bytes.
 
 Everything else is kept as sent: ``doc..pdf``, ``résumé.pdf``, ``گزارش.pdf``, emoji. The receiver then
-passes each component through :func:`safe_component` (Windows device names) and, if the name exists,
+passes each component through :func:`safe_component` (Windows device names, a leading ``-``) and, if the name exists,
 tries :func:`numbered` alternatives. A sender uses :func:`sender_name` so that what it offers is accepted,
 and :func:`is_hidden_or_unsafe` to skip (and count) entries when walking a directory.
 """
@@ -112,8 +112,13 @@ def is_hidden_or_unsafe(basename: str) -> bool:
 
 
 def safe_component(name: str) -> str:
-    """*name* with a '_' prefix if Windows would take it for a device (``CON``, ``com1.txt``, ...)."""
-    return "_" + name if name.split(".")[0].rstrip(" ").lower() in RESERVED else name
+    """*name* with a '_' prefix if Windows would take it for a device (``CON``, ``com1.txt``, ...), or if it
+    starts with ``-``: a file called ``-rf`` in the inbox is an option to whoever later runs ``rm *`` or
+    ``tar cf x *`` there (CWE-88)."""
+    if name.startswith("-") or name.split(".")[0].rstrip(" ").lower() in RESERVED:
+        stem, ext = _split_ext("_" + name)
+        return _fit(stem, ext)
+    return name
 
 
 def _split_ext(name: str):

@@ -28,27 +28,42 @@ def view(record, done, rate, eta, elapsed) -> dict:
             "elapsed": elapsed}
 
 
+def tops(paths):
+    """``[(given, absolute path, offered name), ...]``: the name each of *paths* is offered under (what
+    :func:`~p2pd.core.filenames.sender_name` makes of its base name, numbered if two are alike)."""
+    out, seen = [], set()
+    for given in paths:
+        path = os.path.abspath(given)
+        top = filenames.sender_name(os.path.basename(path.rstrip("/")) or "file")
+        n, candidate = 0, top
+        while candidate.casefold() in seen:
+            n += 1
+            candidate = filenames.numbered(top, n)
+        seen.add(candidate.casefold())
+        out.append((given, path, candidate))
+    return out
+
+
+def renamed(paths):
+    """``[[local name, offered name], ...]`` for each of *paths* offered under another name (``.bashrc`` as
+    ``bashrc``: hidden and unsafe names are not offered as they are), so that the sender can say so."""
+    return [[os.path.basename(path.rstrip("/")), top] for _, path, top in tops(paths)
+            if os.path.basename(path.rstrip("/")) != top]
+
+
 def collect(paths):
     """``(entries, skipped)``: entries are ``(offer path, absolute local path)`` for every regular file in
     *paths* (directories walked; their hidden/unsafe names, links and special files skipped and counted)."""
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
         raise BadRequest("'paths' must be a non-empty list of file names")
-    entries, skipped, tops = [], 0, set()
-    for given in paths:
-        path = os.path.abspath(given)
+    entries, skipped = [], 0
+    for given, path, candidate in tops(paths):
         try:
             st = os.stat(path)
         except FileNotFoundError:
             raise FileProblem("no such file or directory: %s" % given, code="file_missing") from None
         except OSError as e:
             raise FileProblem("cannot read %s: %s" % (given, e.strerror), code="file_unreadable") from None
-        top = filenames.sender_name(os.path.basename(path.rstrip("/")) or "file")
-        n = 0
-        candidate = top
-        while candidate.casefold() in tops:
-            n += 1
-            candidate = filenames.numbered(top, n)
-        tops.add(candidate.casefold())
         if stat.S_ISREG(st.st_mode):
             _check_readable(path, given)
             entries.append((candidate, path))

@@ -11,7 +11,7 @@ from p2pd.errors import BadRequest, P2PDError
 from p2pd.peer.files import states
 from p2pd.peer.files.engine import check_have
 from p2pd.peer.files.errors import FileProblem, TransferError
-from p2pd.peer.files.offers import collect, fingerprint, new_id
+from p2pd.peer.files.offers import collect, fingerprint, new_id, renamed
 from p2pd.peer.files.sessions import SendSession
 from p2pd.peer.files.transfer import Outgoing
 
@@ -56,7 +56,8 @@ class Push:
         record = {"tid": new_id(), "direction": "out", "peer": to, "status": states.OFFERED,
                   "fingerprint": fingerprint(items), "items": items, "total": sum(i["size"] for i in items),
                   "local": local, "kind": "pull" if rid else "push", "rid": rid, "saved": None, "error": None,
-                  "created": now_ms(self.m.clock), "hash_seconds": hash_seconds, "skipped": skipped}
+                  "created": now_ms(self.m.clock), "hash_seconds": hash_seconds, "skipped": skipped,
+                  "renamed": renamed(paths)}
         out = Outgoing(self.m, record, local, stats, digests)
         handle["tid"] = out.tid
         out.link = link

@@ -85,7 +85,8 @@ class Transfer:
         s = self.snapshot()
         s.update(saved=self.record.get("saved"), resumed_from=self.record.get("resumed_from", 0),
                  sent=self.bytes_now, seconds=s.pop("elapsed"), hash_seconds=self.record.get("hash_seconds"),
-                 skipped=self.record.get("skipped", 0), error=self.record.get("error"))
+                 skipped=self.record.get("skipped", 0), renamed=self.record.get("renamed") or [],
+                 error=self.record.get("error"))
         return s
 
     def finish(self, status, error=None):
