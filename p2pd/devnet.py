@@ -105,6 +105,18 @@ def wait_until(predicate, timeout, what):
     raise RuntimeError("timed out waiting for " + what)
 
 
+def forget_repeat(saved, first):
+    """The demo leaves the state as it found it: a copy fetched again, identical to the one an earlier run left
+    (*first*), is removed, so that every ``./dev up`` does not add a ``hello (N).txt``."""
+    if saved == first or not os.path.isfile(first):
+        return
+    with open(saved, "rb") as new, open(first, "rb") as old:
+        if new.read() != old.read():
+            return
+    os.remove(saved)
+    print("  (the same as %s from an earlier run, which stays; the new copy is removed)" % shown(first), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="./dev up", description=__doc__.split("\n\n")[1])
     parser.add_argument("--http", default="tcp:8000:interface=127.0.0.1")
@@ -155,8 +167,10 @@ def main(argv=None):
                         if m["direction"] == "in"]
             print("%s's history with %s now ends with: %r" % (b, a, received[-1]["body"]), flush=True)
             got = control(peers[a], "get", peer=b, name="hello.txt", timeout=60)
+            saved = os.path.join(peers[a], "inbox", got["saved"][0])
             print("%s fetched hello.txt from %s's shared folder: %d bytes, verified, saved as %s" % (
-                a, b, got["bytes"], shown(os.path.join(peers[a], "inbox", got["saved"][0]))), flush=True)
+                a, b, got["bytes"], shown(saved)), flush=True)
+            forget_repeat(saved, os.path.join(peers[a], "inbox", "hello.txt"))
         p2pctl = shown(os.path.join(BIN, "p2pctl"))
         print("\nThe network is up. In another terminal, for example:")
         if names:
