@@ -776,6 +776,34 @@ def test_resume_after_the_receiver_is_killed(spawn, big):
     assert result["resumed_from"] > 0 and result["sent"] < BIG, result
 
 
+def test_a_receivers_cancel_is_a_refusal_until_it_accepts_again(spawn, big):
+    """Issue 13, bug 5: after the receiver cancelled, the same send resumed and finished without asking it again,
+    and the sender read only that the data connection closed. Now the sender is told who stopped it, the same
+    send again waits for the receiver's `accept` (even with --accept auto), and then resumes."""
+    alice, bob = spawn("alice"), spawn("bob", ["--accept", "auto"])
+    first = Background(alice.ctl, "send", to=bob.name, paths=[big[0]], timeout=120)
+    t = _running_in(bob, first, 0.2, BIG)
+    os.kill(alice.pid, signal.SIGSTOP)  # the transfer cannot finish before bob's cancel lands
+    try:
+        assert bob.ctl("cancel", tid=t["tid"])["status"] == "cancelled"
+    finally:
+        os.kill(alice.pid, signal.SIGCONT)
+    with pytest.raises(ControlError) as info:
+        first.result(60)
+    assert info.value.code == "cancelled", info.value.reply
+    assert info.value.reply["message"] == "%s cancelled the transfer: sending again asks them to accept it again" \
+        % bob.name
+    again = Background(alice.ctl, "send", to=bob.name, paths=[big[0]], timeout=120)
+    offered = wait_until(lambda: [o for o in transfers(bob, "in") if o["status"] == "offered"], 15,
+                         "the offer to wait for bob's answer")[0]
+    time.sleep(0.5)
+    assert not again.done() and landed(bob) == {}, "it went on without bob's consent"
+    assert bob.ctl("accept", tid=offered["tid"])["status"] == "accepted"
+    result = again.result(120)
+    assert result["status"] == "done" and result["resumed_from"] > 0, result
+    assert landed(bob) == {"big.bin": big[1]}
+
+
 def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
     """RELIABILITY row 35: the receiver is SIGKILLed at a random point of the transfer, 20 times, restarted, and
     the same send run again. Every time: nothing under the final name before the end, the send resumes from what

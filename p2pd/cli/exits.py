@@ -36,6 +36,7 @@ ERROR_EXITS = {
     "store_unavailable": TEMPFAIL,
     "rate_limited": TEMPFAIL,
     "rejected": REFUSED,
+    "cancelled": REFUSED,  # the receiver cancelled: sending again asks it again
     "denied": REFUSED,
     "offer_too_large": REFUSED,
     "no_space": REFUSED,

@@ -86,11 +86,13 @@ class Intake:
         if request is not None:
             request.callback(t)
             return self.accept(t.tid)
-        if record.get("accepted"):
+        if record.get("accepted") and not record.get("cancelled"):
             return self.accept(t.tid)  # the same offer again, which we accepted before: resume it
-        if self.m.policy == "deny":
+        if record.get("cancelled"):
+            pass  # we cancelled it: it waits for `accept` again, whatever the policy
+        elif self.m.policy == "deny":
             return self._refuse(t, "denied", "this peer does not accept files")
-        if self.m.policy == "auto":
+        elif self.m.policy == "auto":
             if self.m.accept_from and peer not in self.m.accept_from:
                 return self._refuse(t, "denied", "this peer accepts files only from some peers")
             if self.m.accept_max is not None and total > self.m.accept_max:
@@ -147,7 +149,7 @@ class Intake:
         if not t.record.get("accepted"):
             t.record["tops"] = self.choose_tops(t)
         secret = datastream.new_secret()
-        t.record.update(accepted=True, resumed_from=sum(t.have))
+        t.record.update(accepted=True, cancelled=False, resumed_from=sum(t.have))
         t.move(states.ACCEPT)  # 'active' once the data path is up
         answer = {"t": "accept", "tid": tid, "secret": base64.urlsafe_b64encode(secret).decode().rstrip("="),
                   "have": list(t.have)}

@@ -28,6 +28,7 @@ from p2pd.peer.interfaces import IFrameHandler
 
 log = Logger()
 
+RECEIVER_CANCELLED = "sending again asks them to accept it again"  # what the sender reads after "bob cancelled ..."
 RECENT = 200  # finished transfers kept in memory for ``transfers``
 
 
@@ -180,10 +181,13 @@ class Transfers:
         if isinstance(t, Outgoing):
             t.cancel("%s cancelled it" % self.name)
         else:
+            # A receiver's cancel is a refusal until it accepts again: the same offer again waits for `accept`.
+            t.record["cancelled"] = True
+            why = TransferError(RECEIVER_CANCELLED, code="cancelled")
             if t.link is not None and not t.link.closed:
-                t.link.send({"t": "cancel", "tid": tid, "code": "cancelled", "message": "receiver cancelled"})
+                t.link.send({"t": "cancel", "tid": tid, "code": "cancelled", "message": why.message})
             if t.session is not None:
-                t.session.end("cancelled")
+                t.session.end("cancelled", tell=why)  # on the data stream too, ahead of its close
             t.fail(TransferError("cancelled", code="cancelled"), resumable=True)
         return {"tid": tid, "status": "cancelled"}
 

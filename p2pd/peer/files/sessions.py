@@ -65,10 +65,13 @@ class Session:
     def _close_timed_out(self):
         self.close(abort=True)
 
-    def end(self, why):
-        """Stop the session from outside (a cancel, the daemon stopping): abort its stream."""
+    def end(self, why, tell=None):
+        """Stop the session from outside (a cancel, the daemon stopping): abort its stream, or with *tell* (a
+        TransferError) send the peer that as a ``fail`` record first and close it after it."""
         self.done = True
-        self.close(abort=True)
+        if tell is not None:
+            self.tell_peer(tell)
+        self.close(abort=tell is None)
 
     # IStreamReceiver
 
@@ -213,9 +216,10 @@ class SendSession(Session):
                 if obj.get("t") == "fail":
                     self.done = True
                     self.close()
-                    self.transfer.fail(TransferError(
-                        "%s stopped the transfer: %s" % (self.transfer.peer, peer_text(obj.get("message"))),
-                        code=peer_code(obj.get("code"))))
+                    code = peer_code(obj.get("code"))
+                    self.transfer.fail(TransferError("%s %s the transfer: %s" % (
+                        self.transfer.peer, "cancelled" if code == "cancelled" else "stopped",
+                        peer_text(obj.get("message"))), code=code))
                     return
         except datastream.StreamError as e:
             self.done = True
