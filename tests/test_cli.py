@@ -215,7 +215,21 @@ def test_no_daemon_says_how_to_start_one(run):
     """With no daemon anywhere: exit 69 and the command that starts one."""
     code, out, err = run("peers")
     assert code == exits.NO_DAEMON == 69
-    assert err == "p2pctl: no p2pd daemon is running; start one with: twistd -n p2pd --role=peer --name=NAME\n"
+    from p2pd.cli.client import start_hint
+    assert err == "p2pctl: no p2pd daemon is running; %s\n" % start_hint()
+
+
+def test_the_start_hint_works_as_typed_with_or_without_the_venv_on_path(tmp_path):
+    """Issue 13, bug 3: the hint said `twistd ...`, which is not on PATH after ./dev (it lives in .venv/bin)."""
+    import shlex
+
+    from p2pd.cli.client import program, start_hint
+    venv_bin = os.path.dirname(sys.executable)
+    assert program("twistd", path=venv_bin) == "twistd"
+    assert program("twistd", path=str(tmp_path)) == shlex.quote(os.path.join(venv_bin, "twistd"))
+    command = shlex.split(start_hint(path=str(tmp_path)).split(": ", 1)[1])
+    out = subprocess.run(command[:3] + ["--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--role" in out.stdout, out.stderr
 
 
 def test_stale_socket_does_not_count_as_a_daemon(run, home):

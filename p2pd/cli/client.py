@@ -5,13 +5,28 @@ put on :attr:`ControlClient.events` (``None`` marks the end of the connection)."
 
 import itertools
 import json
+import os
 import queue
+import shlex
+import shutil
 import socket
+import sys
 import threading
 
 from p2pd.cli.exits import CliError, DaemonError, NoDaemon, Unavailable
 
-START_HINT = "start one with: twistd -n p2pd --role=peer --name=NAME"
+
+def program(name, path=None):
+    """How to run the program *name* (``twistd``, ``p2pctl``) as typed here: its name if it is on PATH, else its
+    full path beside the Python running us (the virtualenv's ``bin``, which ``./dev`` does not put on PATH)."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if shutil.which(name, path=path) or not os.access(beside, os.X_OK):
+        return name
+    return shlex.quote(beside)
+
+
+def start_hint(path=None):
+    return "start one with: %s -n p2pd --role=peer --name=NAME" % program("twistd", path)
 
 
 def encode(obj) -> bytes:
@@ -46,7 +61,7 @@ class ControlClient:
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise NoDaemon("no p2pd daemon is running for %s (nothing listens on %s)" % (self.label, self.path),
-                           hint=START_HINT) from None
+                           hint=start_hint()) from None
         except PermissionError:
             sock.close()
             raise CliError("cannot connect to %s: permission denied (the daemon belongs to another user?)"

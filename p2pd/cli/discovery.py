@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass
 
 from p2pd.cli import exits
-from p2pd.cli.client import START_HINT
+from p2pd.cli.client import start_hint
 from p2pd.cli.sanitize import clean
 from p2pd.core.names import canonical_name
 from p2pd.errors import InvalidName
@@ -83,7 +83,7 @@ def locate(data_dir=None, name=None, env=None) -> Target:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise exits.NoDaemon("no p2pd daemon is running", hint=START_HINT)
+        raise exits.NoDaemon("no p2pd daemon is running", hint=start_hint())
     names = ", ".join(clean(t.label) for t in found)
     raise exits.CliError("several p2pd daemons are running (%s): choose one with --name NAME" % names, exits.USAGE,
                          "several_daemons", "or set P2PD_NAME")
