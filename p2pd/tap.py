@@ -62,7 +62,7 @@ class Options(usage.Options):
         ["accept-from", None, None, "peer: with --accept auto, accept only from these peers (comma-separated)"],
         ["accept-max", None, None, "peer: with --accept auto, accept only offers up to this size (e.g. 2G)"],
         ["inbox", None, None, "peer: where received files land (default: DATA_DIR/inbox)"],
-        ["limits", None, None, "peer: change limits against hostile peers, NAME=VALUE,... (see the README)"],
+        ["limits", None, None, "both: change limits against hostile peers, NAME=VALUE,... (see the README)"],
     ]
 
     def parseOptions(self, options=None):
@@ -118,6 +118,12 @@ class Options(usage.Options):
         if not self["lease-ttl"].isdigit() or not 5 <= int(self["lease-ttl"]) <= 86400:
             raise usage.UsageError("--lease-ttl must be a whole number of seconds from 5 to 86400")
         self["lease-ttl"] = int(self["lease-ttl"])
+        from p2pd.core.limits import LimitsError
+        from p2pd.registry.limits import parse_registry_limits
+        try:
+            self["limits"] = parse_registry_limits(self["limits"])
+        except LimitsError as e:
+            raise usage.UsageError("--limits: %s" % (e,))
         if self["redis"]:
             from p2pd.registry.redis_client import parse_redis_url
 
