@@ -82,6 +82,12 @@ class TooManyRequests(P2PDError):
         self.retry_after = retry_after
 
 
+class TooManyClaims(TooManyRequests):
+    """The registry took as many new names from this client address as it takes in an hour."""
+
+    code = "too_many_claims"
+
+
 class DataDirInUse(P2PDError):
     """Another process holds the data dir's lock (:mod:`p2pd.datadir`)."""
 
@@ -112,6 +118,18 @@ class NotMember(Conflict):
 
 class MailboxFull(Conflict):
     code = "mailbox_full"
+
+
+class TooManyNames(Forbidden):
+    """One key may own only so many names (the registry's ``names-per-key``)."""
+
+    code = "too_many_names"
+
+
+class TooManyRooms(Forbidden):
+    """One name may own only so many rooms (the registry's ``rooms-per-owner``)."""
+
+    code = "too_many_rooms"
 
 
 # -- peers and links ---------------------------------------------------------------------------------------------

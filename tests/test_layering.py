@@ -11,11 +11,7 @@ PACKAGE = ROOT / "p2pd"
 
 MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 250
-SIZE_EXCEPTIONS = {
-    # the registry's Klein app: one method per route of the documented API, each a few lines; splitting the
-    # routes across classes would scatter the API's one table of routes
-    "p2pd/registry/api.py:RegistryAPI": 300,
-}
+SIZE_EXCEPTIONS = {}
 
 
 def modules():

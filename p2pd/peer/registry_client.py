@@ -116,6 +116,15 @@ class RegistryClient:
     def room(self, room):
         return self.request("GET", "/v1/rooms/" + quote(room, safe=""))
 
+    def room_online(self, room):
+        """The room's view with ``members`` only those online now (``member_count`` counts them all): whom a post
+        to the room can reach."""
+        return self.request("GET", "/v1/rooms/" + quote(room, safe=""), query={"online": "true"})
+
+    def delete_room(self, room):
+        """Delete a room we own, with all its memberships: ``{"id": ..., "deleted": true}``."""
+        return self.request("DELETE", "/v1/rooms/" + quote(room, safe=""), signed=True)
+
     def create_room(self, room, join=True):
         return self.request("POST", "/v1/rooms", {"name": room} if join else {"name": room, "join": False},
                             signed=True)

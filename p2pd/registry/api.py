@@ -1,36 +1,42 @@
 """The registry's HTTP API v1 (JSON over Klein). The OpenAPI document is ``openapi.json`` beside this module.
 
-The app is a class with its store and clock injected; domain errors (:mod:`p2pd.errors`) map to HTTP codes in
-one place, :meth:`RegistryAPI.p2pd_error`. Every write for a name is signed by the key that owns it
+The app is a class with its store, clock and limits injected; domain errors (:mod:`p2pd.errors`) map to HTTP
+codes in one place, :meth:`RegistryAPI.p2pd_error`. Every write for a name is signed by the key that owns it
 (:mod:`p2pd.core.signing`); nonces are remembered in the store so that a captured request cannot be replayed.
+The peer routes are here, the room and mailbox routes in :mod:`p2pd.registry.rooms_api` and
+:mod:`p2pd.registry.mailbox_api`: one Klein app (:mod:`p2pd.registry.views`).
+
+A new name costs one of its key's ``names-per-key`` and one of its address's ``claims-per-address-per-hour``
+(:mod:`p2pd.registry.claims`). It is on probation until its owner renews it (:mod:`p2pd.registry.store`).
+Updating one's own name costs none of that.
 """
 
 import ipaddress
 import itertools
-import os
 import pathlib
 import re
 
-from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from p2pd.core import signing
-from p2pd.core.names import canonical_name, canonical_room, room_display
+from p2pd.core.names import canonical_name
 from p2pd.core.ratelimit import RateLimiter
-from p2pd.errors import BadRequest, Forbidden, NoSuchPeer, NoSuchRoom, NotFound, P2PDError, StoreUnavailable, \
-    TooManyRequests
+from p2pd.errors import BadRequest, Forbidden, NoSuchPeer, P2PDError, StoreUnavailable, TooManyRequests
 from p2pd.registry import schema
+from p2pd.registry.claims import ClaimQuota
+from p2pd.registry.limits import RegistryLimits
+from p2pd.registry.mailbox_api import MailboxRoutes
 from p2pd.registry.requests import RequestChecks, client_host, signer_name
-from p2pd.registry.store import GENERAL
+from p2pd.registry.rooms_api import RoomRoutes
+from p2pd.registry.views import app, page_args, peer_view
 
 log = Logger()
 
 OPENAPI = pathlib.Path(__file__).with_name("openapi.json")
 MAX_ADDRESSES = 8
-MAX_PAGE = 200
 FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -62,42 +68,21 @@ def address_list(body, field):
     return [parse_address(a) for a in value]
 
 
-def page_args(request):
-    """``after`` cursor and ``limit`` from the query string."""
-    after = request.args.get(b"after", [b""])[0].decode("utf-8", "replace")
-    raw = request.args.get(b"limit", [b"50"])[0]
-    if not re.fullmatch(rb"[0-9]{1,3}", raw) or not 1 <= int(raw) <= MAX_PAGE:
-        raise BadRequest("limit must be an integer from 1 to %d" % MAX_PAGE)
-    return after, int(raw)
-
-
-def peer_view(entry, now_ms) -> dict:
-    view = {"name": entry.name, "key": entry.key, "online": entry.online(now_ms),
-            "lease_expires": entry.lease if entry.online(now_ms) else None}
-    view.update(entry.record)
-    return view
-
-
-def room_view(entry, with_members=True) -> dict:
-    view = {"id": entry.name, "name": entry.record["name"], "creator": entry.record.get("creator"),
-            "created_at": entry.record.get("created_at"), "member_count": len(entry.members)}
-    if with_members:
-        view["members"] = entry.members
-    return view
-
-
-class RegistryAPI(RequestChecks):
+class RegistryAPI(RoomRoutes, MailboxRoutes, RequestChecks):
     """HTTP API v1 of the registry over an injected store and clock (request checks: :class:`RequestChecks`)."""
 
-    app = Klein()
+    app = app
 
-    def __init__(self, store, clock, lease_ttl=schema.LEASE_TTL, read_rate=100, write_rate=20):
+    def __init__(self, store, clock, lease_ttl=schema.LEASE_TTL, read_rate=100, write_rate=20,
+                 limits=RegistryLimits()):
         self.store = store
         self.clock = clock
         self.stun_port = None  # set by the service once the STUN responder listens
         self.lease_ttl = lease_ttl
+        self.limits = limits
         self.reads = RateLimiter(read_rate, read_rate * 2)
         self.writes = RateLimiter(write_rate, write_rate * 2)
+        self.claims = ClaimQuota(limits.claims_per_address_per_hour)
         self.deposits = itertools.count()
 
     def resource(self):
@@ -205,7 +190,10 @@ class RegistryAPI(RequestChecks):
         else:
             record["registered_at"] = now
         yield self.use_nonce(name, sig)
-        created = yield self.store.register(name, key_text, record, now, self.lease_ttl)
+        if existing is None:  # a new claim; updating one's own name, or trying another's, costs no quota
+            self.claims.admit(record["observed"], self.clock.seconds())
+        created = yield self.store.register(name, key_text, record, now, self.lease_ttl,
+                                            max_names=self.limits.names_per_key)
         entry = yield self.store.get_peer(name)
         if created:
             log.info("peer {name} registered from {addr}", name=name, addr=record["observed"])
@@ -214,6 +202,7 @@ class RegistryAPI(RequestChecks):
     @app.route("/v1/peers/<string:name>/heartbeat", methods=["POST"])
     @defer.inlineCallbacks
     def heartbeat(self, request, name):
+        """Renew the lease; the first heartbeat of a new name also ends its probation."""
         self.limit(request, self.writes)
         name = canonical_name(name)
         yield self.authenticate(request, request.content.read(), as_name=name)
@@ -235,128 +224,7 @@ class RegistryAPI(RequestChecks):
         self.limit(request, self.writes)
         name = canonical_name(name)
         yield self.authenticate(request, request.content.read(), as_name=name)
-        yield self.store.release(name)
+        yield self.store.release(name, self.now_ms())
         log.info("peer {name} released its name", name=name)
         return self.reply(request, {"name": name, "released": True})
 
-    # rooms
-
-    @app.route("/v1/rooms", methods=["GET"])
-    @defer.inlineCallbacks
-    def list_rooms(self, request):
-        self.limit(request, self.reads)
-        after, limit = page_args(request)
-        page, cursor = yield self.store.list_rooms(after, limit)
-        return self.reply(request, {"rooms": [room_view(r, with_members=False) for r in page], "next": cursor})
-
-    @app.route("/v1/rooms", methods=["POST"])
-    @defer.inlineCallbacks
-    def create_room(self, request):
-        self.limit(request, self.writes)
-        raw, body = self.read_body(request)
-        entry = yield self.authenticate(request, raw)
-        if set(body) - {"name", "join"}:
-            raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"name", "join"})))
-        join = body.get("join", True)
-        if not isinstance(join, bool):
-            raise BadRequest("'join' must be true or false")
-        display = room_display(body.get("name"))
-        room = canonical_room(display)
-        yield self.store.create_room(room, {"name": display, "creator": entry.name, "created_at": self.now_ms()})
-        if join:
-            yield self.store.join_room(room, entry.name)
-        created = yield self.store.get_room(room)
-        return self.reply(request, room_view(created), 201)
-
-    @app.route("/v1/rooms/<string:room>", methods=["GET"])
-    @defer.inlineCallbacks
-    def get_room(self, request, room):
-        self.limit(request, self.reads)
-        entry = yield self.store.get_room(canonical_room(room))
-        if entry is None:
-            raise NoSuchRoom("room %s does not exist" % room)
-        return self.reply(request, room_view(entry))
-
-    @defer.inlineCallbacks
-    def _membership(self, request, room, name, change):
-        self.limit(request, self.writes)
-        room, name = canonical_room(room), canonical_name(name)
-        yield self.authenticate(request, request.content.read(), as_name=name)
-        yield change(room, name)
-        entry = yield self.store.get_room(room)
-        return self.reply(request, room_view(entry))
-
-    @app.route("/v1/rooms/<string:room>/members/<string:name>", methods=["PUT"])
-    def join_room(self, request, room, name):
-        return self._membership(request, room, name, self.store.join_room)
-
-    @app.route("/v1/rooms/<string:room>/members/<string:name>", methods=["DELETE"])
-    def leave_room(self, request, room, name):
-        if canonical_room(room) == GENERAL:
-            raise Forbidden("everyone stays in General")
-        return self._membership(request, room, name, self.store.leave_room)
-
-    # mailbox
-
-    @app.route("/v1/mailbox/<string:name>", methods=["POST"])
-    @defer.inlineCallbacks
-    def deposit(self, request, name):
-        """Leave a message for *name*; the sender is any registered peer, signing the request."""
-        self.limit(request, self.writes)
-        name = canonical_name(name)
-        raw, body = self.read_body(request)
-        sender = yield self.authenticate(request, raw)
-        payload = body.get("payload")
-        if not isinstance(payload, str):
-            raise BadRequest("payload must be a string")
-        if len(payload.encode("utf-8")) > schema.MAILBOX_MAX_BYTES:
-            raise BadRequest("payload larger than %d bytes" % schema.MAILBOX_MAX_BYTES)
-        if set(body) - {"payload"}:
-            raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"payload"})))
-        if (yield self.store.get_peer(name)) is None:
-            raise NoSuchPeer("unknown peer %s" % name)
-        now = self.now_ms()
-        # ids sort in deposit order, also within one millisecond: a sender's queue comes back in its seq order
-        message = {"id": "%013x%06x%s" % (now, next(self.deposits) & 0xffffff, os.urandom(3).hex()),
-                   "from": sender.name, "payload": payload,
-                   "deposited_at": now, "expires_at": now + schema.MAILBOX_TTL * 1000}
-        yield self.store.deposit(name, message, now, schema.MAILBOX_TTL, schema.MAILBOX_MAX_MESSAGES,
-                                 schema.MAILBOX_MAX_PER_SENDER)
-        return self.reply(request, {"id": message["id"], "expires_at": message["expires_at"]}, 201)
-
-    @app.route("/v1/mailbox/<string:name>", methods=["GET"])
-    @defer.inlineCallbacks
-    def fetch(self, request, name):
-        self.limit(request, self.reads)
-        name = canonical_name(name)
-        _, limit = page_args(request)
-        yield self.authenticate(request, request.content.read(), as_name=name)
-        messages = yield self.store.fetch(name, self.now_ms(), limit)
-        return self.reply(request, {"messages": messages})
-
-    @app.route("/v1/mailbox/<string:name>", methods=["DELETE"])
-    @defer.inlineCallbacks
-    def ack_many(self, request, name):
-        """Acknowledge (delete) up to 200 messages at once: ``?ids=ID,ID,...``; ids no longer there count 0."""
-        self.limit(request, self.writes)
-        name = canonical_name(name)
-        raw = request.args.get(b"ids", [b""])[0].decode("ascii", "replace")
-        ids = raw.split(",") if raw else []
-        if not 1 <= len(ids) <= MAX_PAGE or not all(re.fullmatch(r"[0-9a-f]{1,64}", i) for i in ids):
-            raise BadRequest("ids must be 1 to %d comma-separated message ids" % MAX_PAGE)
-        yield self.authenticate(request, request.content.read(), as_name=name)
-        deleted = yield self.store.ack(name, ids)
-        return self.reply(request, {"deleted": deleted})
-
-    @app.route("/v1/mailbox/<string:name>/<string:msg_id>", methods=["DELETE"])
-    @defer.inlineCallbacks
-    def ack(self, request, name, msg_id):
-        self.limit(request, self.writes)
-        name = canonical_name(name)
-        if not re.fullmatch(r"[0-9a-f]{1,64}", msg_id):
-            raise BadRequest("invalid message id")
-        yield self.authenticate(request, request.content.read(), as_name=name)
-        deleted = yield self.store.ack(name, [msg_id])
-        if not deleted:
-            raise NotFound("no message %s in the mailbox of %s" % (msg_id, name))
-        return self.reply(request, {"deleted": deleted})

@@ -1,7 +1,7 @@
 """The registry's store on Redis, through our own client (:mod:`p2pd.registry.redis_client`).
 
-Each store call is one round trip, and each operation that reads and writes several keys is one Lua script (sent
-by EVALSHA), so it is atomic: 50 concurrent claims of one name leave exactly one owner. Every call is bounded by the
+Each store call is one round trip, and each operation that reads and writes several keys is one Lua script
+(:mod:`p2pd.registry.redis_scripts`, sent by EVALSHA), so it is atomic: 50 concurrent claims of one name leave exactly one owner. Every call is bounded by the
 client's timeout: while Redis is away the registry answers 503 within it instead of hanging, and the client's
 connections come back within a second or so of Redis. Key names come from :mod:`p2pd.registry.schema` only.
 """
@@ -16,166 +16,17 @@ from p2pd.errors import (AlreadyMember, MailboxFull, NameTaken, NoSuchPeer, NotM
                          StoreUnavailable)
 from p2pd.registry import schema
 from p2pd.registry.redis_client import DEFAULT_POOLSIZE, DEFAULT_TIMEOUT, RedisPool, ResponseError
+from p2pd.registry.redis_scripts import (
+    ACK, CREATE_ROOM, DELETE_ROOM, DEPOSIT, FETCH, GET_ROOM, HEARTBEAT, JOIN, LEAVE, LIST_ONLINE, LIST_ROOMS, OFFLINE,
+    PRUNE, PRUNE_ROOMS, REGISTER, RELEASE,
+)
 from p2pd.registry.store import (
-    GENERAL, PeerEntry, RoomEntry, general_record, room_not_found,
+    GENERAL, PeerEntry, RoomEntry, general_record, not_room_owner, room_not_found, too_many_names, too_many_rooms,
 )
 
 log = Logger()
 
-REGISTER = """
-local owner = redis.call('HGET', KEYS[1], 'key')
-if owner and owner ~= ARGV[2] then return -1 end
-redis.call('HSET', KEYS[1], 'key', ARGV[2], 'record', ARGV[3], 'lease', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('ZADD', KEYS[4], 0, ARGV[1])
-if owner then return 0 end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[1])
-redis.call('SADD', KEYS[6], ARGV[5])
-return 1
-"""
-
-HEARTBEAT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'lease', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-return 1
-"""
-
-OFFLINE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'lease', 0) end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
-"""
-
-RELEASE = """
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  redis.call('SREM', ARGV[2] .. 'members:' .. room, ARGV[1])
-end
-for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
-  redis.call('DEL', KEYS[5] .. ':' .. id)
-end
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1])
-return 1
-"""
-
-# Online peers after a name, in name order: walk the lexicographic online index, skip leases that ran out
-# (the pruner removes them from the index), return name, key, record, lease for up to limit+1 peers.
-LIST_ONLINE = """
-local out, start, found = {}, '-', 0
-if ARGV[1] ~= '' then start = '(' .. ARGV[1] end
-local want = tonumber(ARGV[3]) + 1
-while found < want do
-  local batch = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, 100)
-  if #batch == 0 then break end
-  for _, name in ipairs(batch) do
-    local v = redis.call('HMGET', ARGV[4] .. 'peer:' .. name, 'key', 'record', 'lease')
-    if v[1] and tonumber(v[3]) > tonumber(ARGV[2]) then
-      table.insert(out, name); table.insert(out, v[1]); table.insert(out, v[2]); table.insert(out, v[3])
-      found = found + 1
-      if found >= want then break end
-    end
-    start = '(' .. name
-  end
-end
-return out
-"""
-
-# JOIN, LEAVE: -1 no such room, 1 done, or the room's record (JSON) when the name already was (was not) a member.
-JOIN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return redis.call('HGET', KEYS[1], 'record') end
-redis.call('SADD', KEYS[3], ARGV[2])
-return 1
-"""
-
-LEAVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return redis.call('HGET', KEYS[1], 'record') end
-redis.call('SREM', KEYS[3], ARGV[2])
-return 1
-"""
-
-# 1 when created, else the existing room's record (JSON).
-CREATE_ROOM = """
-local existing = redis.call('HGET', KEYS[1], 'record')
-if existing then return existing end
-redis.call('HSET', KEYS[1], 'record', ARGV[2])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1
-"""
-
-# The room's record and members, or nil.
-GET_ROOM = """
-local record = redis.call('HGET', KEYS[1], 'record')
-if not record then return false end
-return {record, redis.call('SMEMBERS', KEYS[2])}
-"""
-
-LIST_ROOMS = """
-local start = '-'
-if ARGV[1] ~= '' then start = '(' .. ARGV[1] end
-local names = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, tonumber(ARGV[2]) + 1)
-local out = {}
-for _, name in ipairs(names) do
-  table.insert(out, name)
-  table.insert(out, redis.call('HGET', ARGV[3] .. 'room:' .. name, 'record'))
-  table.insert(out, redis.call('SMEMBERS', ARGV[3] .. 'members:' .. name))
-end
-return out
-"""
-
-DEPOSIT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return -1 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[3], ARGV[6])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[6])
-return 1
-"""
-
-FETCH = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for _, id in ipairs(ids) do
-  local m = redis.call('GET', KEYS[1] .. ':' .. id)
-  if m then table.insert(out, m) end
-end
-return out
-"""
-
-ACK = """
-local n = 0
-for _, id in ipairs(ARGV) do
-  local m = redis.call('GET', KEYS[1] .. ':' .. id)
-  if m then
-    local ok, message = pcall(cjson.decode, m)
-    if ok and type(message['from']) == 'string' then
-      redis.call('ZREM', KEYS[1] .. ':from:' .. message['from'], id)
-    end
-  end
-  if redis.call('ZREM', KEYS[1], id) == 1 then n = n + 1 end
-  redis.call('DEL', KEYS[1] .. ':' .. id)
-end
-return n
-"""
-
-PRUNE = """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-for _, name in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], name)
-  redis.call('ZREM', KEYS[2], name)
-end
-return #gone
-"""
+PROBATION_BATCH = 500  # names one prune call releases at most: one script must not hold Redis long
 
 
 def _peer_entry(reply, name):
@@ -188,8 +39,9 @@ def _peer_entry(reply, name):
 def _room_entry(reply, room):
     if reply is None:
         return None
-    record, members = reply
-    return RoomEntry(room, json.loads(record), sorted(m.decode() for m in members))
+    record, members, owner, count = reply
+    return RoomEntry(room, json.loads(record), sorted(m.decode() for m in members), owner and owner.decode(),
+                     count)
 
 
 def _unavailable(failure):
@@ -251,22 +103,23 @@ class RedisStore:
         return self._call("PING")
 
     def ensure_general(self, now_ms):
-        return self._eval(CREATE_ROOM, [schema.room(GENERAL), schema.ROOMS],
-                          [GENERAL, jsonbody.dumps(general_record(now_ms))])
+        return self._eval(CREATE_ROOM, [schema.room(GENERAL), schema.ROOMS, schema.owned("")],
+                          [GENERAL, jsonbody.dumps(general_record(now_ms)), "", "", now_ms])
 
     def flush_all_for_tests(self):
         return self._call("FLUSHDB")
 
     # peers
 
-    def register(self, name, key, record, now_ms, ttl):
+    def register(self, name, key, record, now_ms, ttl, max_names=None):
         d = self._eval(
             REGISTER,
             [schema.peer(name), schema.NAMES, schema.ONLINE, schema.ONLINE_NAMES, schema.members(GENERAL),
-             schema.memberof(name)],
-            [name, key, jsonbody.dumps(record), now_ms + ttl * 1000, GENERAL],
+             schema.memberof(name), schema.owner_key(key), schema.PROBATION],
+            [name, key, jsonbody.dumps(record), now_ms + ttl * 1000, GENERAL, now_ms,
+             "" if max_names is None else max_names],
         )
-        return d.addCallback(_registered, name)
+        return d.addCallback(_registered, name, max_names)
 
     def get_peer(self, name):  # the hot path: one command, one callback pair
         if self.redis is None:
@@ -276,19 +129,15 @@ class RedisStore:
 
     def heartbeat(self, name, now_ms, ttl):
         lease = now_ms + ttl * 1000
-        d = self._eval(HEARTBEAT, [schema.peer(name), schema.ONLINE, schema.ONLINE_NAMES], [name, lease])
+        d = self._eval(HEARTBEAT, [schema.peer(name), schema.ONLINE, schema.ONLINE_NAMES, schema.PROBATION],
+                       [name, lease])
         return d.addCallback(_refreshed, name, lease)
 
     def set_offline(self, name):
         return self._eval(OFFLINE, [schema.peer(name), schema.ONLINE, schema.ONLINE_NAMES], [name])
 
-    def release(self, name):
-        return self._eval(
-            RELEASE,
-            [schema.peer(name), schema.NAMES, schema.ONLINE, schema.memberof(name), schema.mailbox(name),
-             schema.ONLINE_NAMES],
-            [name, schema.PREFIX],
-        )
+    def release(self, name, now_ms):
+        return self._eval(RELEASE, [schema.peer(name)], [name, schema.PREFIX, now_ms])
 
     def list_online(self, now_ms, after, limit):
         d = self._eval(LIST_ONLINE, [schema.ONLINE_NAMES], [after or "", now_ms, limit, schema.PREFIX])
@@ -300,12 +149,26 @@ class RedisStore:
 
     # rooms
 
-    def create_room(self, room, record):
-        d = self._eval(CREATE_ROOM, [schema.room(room), schema.ROOMS], [room, jsonbody.dumps(record)])
-        return d.addCallback(_created, room)
+    def create_room(self, room, record, max_rooms=None):
+        owner = record.get("creator") or ""
+        d = self._eval(CREATE_ROOM, [schema.room(room), schema.ROOMS, schema.owned(owner)],
+                       [room, jsonbody.dumps(record), owner, "" if max_rooms is None else max_rooms,
+                        record["created_at"]])
+        return d.addCallback(_created, room, owner, max_rooms)
 
-    def get_room(self, room):
-        return self._eval(GET_ROOM, [schema.room(room), schema.members(room)], []).addCallback(_room_entry, room)
+    def get_room(self, room, online_at=None):
+        d = self._eval(GET_ROOM, [schema.room(room), schema.members(room), schema.ONLINE],
+                       ["" if online_at is None else online_at, "1" if room == GENERAL else ""])
+        return d.addCallback(_room_entry, room)
+
+    def delete_room(self, room, owner=None):
+        d = self._eval(DELETE_ROOM, [schema.room(room)], [room, owner or "", schema.PREFIX])
+        return d.addCallback(_room_deleted, room)
+
+    def prune_rooms(self, now_ms, after, limit, empty_expiry, idle_expiry):
+        d = self._eval(PRUNE_ROOMS, [schema.ROOMS], [after or "", limit, now_ms, int(empty_expiry * 1000),
+                                                     int(idle_expiry * 1000), schema.PREFIX, GENERAL])
+        return d.addCallback(lambda reply: ([r.decode() for r in reply[1]], reply[0] and reply[0].decode()))
 
     def list_rooms(self, after, limit):
         d = self._eval(LIST_ROOMS, [schema.ROOMS], [after or "", limit, schema.PREFIX])
@@ -315,8 +178,8 @@ class RedisStore:
         d = self._eval(JOIN, [schema.room(room), schema.members(room), schema.memberof(name)], [name, room])
         return d.addCallback(_membership_changed, room, AlreadyMember, "%s is already a member of %s", name)
 
-    def leave_room(self, room, name):
-        d = self._eval(LEAVE, [schema.room(room), schema.members(room), schema.memberof(name)], [name, room])
+    def leave_room(self, room, name, now_ms):
+        d = self._eval(LEAVE, [schema.room(room), schema.members(room), schema.memberof(name)], [name, room, now_ms])
         return d.addCallback(_membership_changed, room, NotMember, "%s is not a member of %s", name)
 
     # mailbox
@@ -340,14 +203,18 @@ class RedisStore:
             return defer.succeed(0)
         return self._eval(ACK, [schema.mailbox(recipient)], list(ids))
 
-    def prune(self, now_ms):
-        return self._eval(PRUNE, [schema.ONLINE, schema.ONLINE_NAMES], [now_ms])
+    def prune(self, now_ms, probation=None):
+        deadline = "" if probation is None else now_ms - int(probation * 1000)
+        return self._eval(PRUNE, [schema.ONLINE, schema.ONLINE_NAMES, schema.PROBATION],
+                          [now_ms, deadline, schema.PREFIX, PROBATION_BATCH])
 
 
 # reply -> result (or domain error) of each call
 
 
-def _registered(result, name):
+def _registered(result, name, max_names):
+    if result == -2:
+        raise too_many_names(max_names)
     if result < 0:
         raise NameTaken("name %s is owned by another key" % name)
     return result == 1
@@ -368,19 +235,29 @@ def _online_page(flat, limit):
     return page, (page[-1].name if len(entries) > limit else None)
 
 
-def _created(result, room):
+def _created(result, room, owner, max_rooms):
+    if result == -2:
+        raise too_many_rooms(owner, max_rooms)
     if result != 1:
         raise RoomExists("room %s already exists" % json.loads(result)["name"])
 
 
+def _room_deleted(result, room):
+    if result == -1:
+        raise room_not_found(room)
+    if result != 1:
+        raise not_room_owner(json.loads(result)["name"])
+
+
 def _rooms_page(flat, limit):
     rooms = [
-        RoomEntry(flat[i].decode(), json.loads(flat[i + 1]), sorted(m.decode() for m in flat[i + 2]))
-        for i in range(0, len(flat), 3)
+        RoomEntry(flat[i].decode(), json.loads(flat[i + 1]), sorted(m.decode() for m in flat[i + 2]),
+                  flat[i + 3] and flat[i + 3].decode())
+        for i in range(0, len(flat), 4)
         if flat[i + 1] is not None
     ]
     page = rooms[:limit]
-    return page, (page[-1].name if len(flat) // 3 > limit else None)
+    return page, (page[-1].name if len(flat) // 4 > limit else None)
 
 
 def _membership_changed(result, room, error, message, name):

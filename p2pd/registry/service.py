@@ -8,33 +8,50 @@ from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2pd.datadir import write_info
 from p2pd.errors import P2PDError, StoreUnavailable
+from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_service
 from p2pd.registry.api import RegistryAPI
 from p2pd.registry.http import make_site
-from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_service
+from p2pd.registry.limits import RegistryLimits
 from p2pd.registry.redis_store import RedisStore
 
 log = Logger()
 
 PRUNE_INTERVAL = 15
+ROOMS_PER_TICK = 200  # rooms the pruner looks at per tick: one page, so a tick stays short however many exist
 
 
 class Pruner(TimerService):
-    """Removes expired presence every few seconds; an error is logged and the next tick still runs."""
+    """Every few seconds: removes expired presence, releases names whose probation ran out, and looks at the next
+    page of rooms (a cursor walks them all, page by page) for idle ones. An error is logged and the next tick
+    still runs."""
 
-    def __init__(self, store, clock, interval=PRUNE_INTERVAL):
+    def __init__(self, store, clock, limits=RegistryLimits(), interval=PRUNE_INTERVAL, rooms_per_tick=ROOMS_PER_TICK):
         super().__init__(interval, self.tick)
         self.store = store
         self.clock = clock  # TimerService runs its LoopingCall on self.clock too
+        self.limits = limits
+        self.rooms_per_tick = rooms_per_tick
+        self.cursor = None  # the last room looked at; None: start from the first
 
+    @defer.inlineCallbacks
     def tick(self):
         now = int(self.clock.seconds() * 1000)
-        d = defer.maybeDeferred(self.store.prune, now)
-        d.addCallback(lambda _: self.store.ensure_general(now))  # General comes back even if Redis lost it
-        d.addErrback(self.failed)
-        return d
+        limits = self.limits
+        try:
+            released = yield self.store.prune(now, limits.probation)
+            if released:
+                log.info("released {n} names that were never renewed after their claim", n=released)
+            deleted, self.cursor = yield self.store.prune_rooms(now, self.cursor, self.rooms_per_tick,
+                                                                limits.room_empty_expiry, limits.room_idle_expiry)
+            if deleted:
+                log.info("deleted idle rooms: {rooms}", rooms=", ".join(deleted))
+            yield self.store.ensure_general(now)  # General comes back even if Redis lost it
+        except Exception:
+            self.failed(Failure())
 
     def failed(self, failure):
         if failure.check(StoreUnavailable):
@@ -61,6 +78,7 @@ class RegistryService(service.MultiService):
         self.reactor = reactor
         self.data_dir = options["data-dir"]
         self.embedded = None
+        limits = options.get("limits") or RegistryLimits()
         redis_url = options["redis"]
         if not redis_url:
             from p2pd.registry.embedded_redis import EmbeddedRedis
@@ -73,8 +91,8 @@ class RegistryService(service.MultiService):
         if self.embedded is None:
             self.store.connect(redis_url)
         StoreService(self.store).setServiceParent(self)
-        self.api = RegistryAPI(self.store, reactor, lease_ttl=options["lease-ttl"],
-                               read_rate=options["read-rate"], write_rate=options["write-rate"])
+        self.api = RegistryAPI(self.store, reactor, lease_ttl=options["lease-ttl"], read_rate=options["read-rate"],
+                               write_rate=options["write-rate"], limits=limits)
         self.http = stream_service(reactor, options["http"], make_site(self.api.resource()))
         self.http.setServiceParent(self)
         self.stun = None
@@ -84,7 +102,7 @@ class RegistryService(service.MultiService):
             self.stun = udp_service(reactor, options["stun-port"], StunResponder(reactor),
                                     options["stun-interface"])
             self.stun.setServiceParent(self)
-        Pruner(self.store, reactor).setServiceParent(self)
+        Pruner(self.store, reactor, limits).setServiceParent(self)
 
     def startService(self):
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
