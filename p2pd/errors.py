@@ -73,19 +73,30 @@ class UnsupportedMediaType(P2PDError):
     status = 415
 
 
-class TooManyRequests(P2PDError):
-    code = "rate_limited"
-    status = 429
+class RetryLater(P2PDError):
+    """A refusal that passes: the edges send ``retry_after`` (whole seconds) as Retry-After and in the body."""
 
     def __init__(self, message: str, retry_after: int, **details):
         super().__init__(message, retry_after=retry_after, **details)
         self.retry_after = retry_after
 
 
+class TooManyRequests(RetryLater):
+    code = "rate_limited"
+    status = 429
+
+
 class TooManyClaims(TooManyRequests):
     """The registry took as many new names from this client address as it takes in an hour."""
 
     code = "too_many_claims"
+
+
+class RegistryFull(RetryLater):
+    """The registry's store is near its memory limit: what would grow it (deposits first) waits."""
+
+    code = "registry_full"
+    status = 507
 
 
 class DataDirInUse(P2PDError):

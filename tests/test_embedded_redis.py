@@ -79,6 +79,32 @@ def test_config_is_private_and_durable(tmp_path):
     assert not [line for line in lines if line.startswith("bind")]
 
 
+def test_config_bounds_memory_without_ever_evicting(tmp_path):
+    """Issue 12, item 7: the embedded Redis grew without bound. Its config now has the registry's maxmemory and
+    the policy that never evicts a key (a claim) to stay under it; 0 means no maximum."""
+    lines = render_config(str(tmp_path), 256 << 20).splitlines()
+    assert {"maxmemory 268435456", "maxmemory-policy noeviction"} <= set(lines)
+    assert "maxmemory 0" in render_config(str(tmp_path)).splitlines()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_running_embedded_redis_has_the_maxmemory_it_was_given(tmp_path):
+    """The server started with maxmemory= runs with it (CONFIG GET), and refuses writes past it."""
+    from twisted.internet import reactor
+
+    service = EmbeddedRedis(str(tmp_path / "data"), reactor, maxmemory=8 << 20)
+    service.startService()
+    try:
+        yield service.whenReady()
+        settings = client(service).config_get("maxmemory*")
+        assert (settings["maxmemory"], settings["maxmemory-policy"]) == (str(8 << 20), "noeviction")
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(200):
+                client(service).set("filler:%d" % i, "x" * 100_000)
+    finally:
+        yield service.stopService()
+
+
 def test_restart_backoff_doubles_to_ten_seconds_and_resets_after_a_long_run():
     """Restart delays go 0.5, 1, 2, 4, 8, 10, 10 s for quick crashes and back to 0.5 s after a 30 s run."""
     backoff = RestartBackoff()

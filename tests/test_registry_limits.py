@@ -1,17 +1,24 @@
 """The registry's limits against hostile peers (issue 12, items 7 and 8) as a specification: the limits and their
-option, quotas on names and rooms, the probation of new names, idle rooms and a room's online members. In
-process: the Klein resource through StubTreq over a MemoryStore and a Clock."""
+option, quotas on names and rooms, the probation of new names, idle rooms, a room's online members, and what a
+nearly full store refuses. In process (the Klein resource through StubTreq over a MemoryStore and a Clock), but
+for one end-to-end test that fills a real registry's small embedded Redis."""
+
+import json
+import time
 
 import pytest
 import pytest_twisted
+import requests
+from twisted.internet.defer import succeed
 
 from p2pd import errors, tap
-from p2pd.core import signing
+from p2pd.core import jsonbody, signing
 from p2pd.core.limits import parse_limits
 from p2pd.peer.presence import Presence
 from p2pd.registry.claims import ClaimQuota, address_group
 from p2pd.registry.limits import RegistryLimits
 from p2pd.registry.service import Pruner
+from tests.registry_process import RegistryProcess
 from tests.test_registry_api import World, fails_with, signed_put
 
 
@@ -309,3 +316,124 @@ async def test_room_online_lists_only_the_members_online_now(world):
     assert (await alice.room("Lobby"))["members"] == ["alice", "bob", "carol"]
     response = await world.raw("GET", "/v1/rooms/Lobby?online=yes")
     assert response.code == 400 and (await response.json())["error"] == "bad_request"
+
+
+# -- a nearly full store -------------------------------------------------------------------------------------------
+
+async def filled(world, used, maximum=1_000_000):
+    """The store reports *used* of *maximum* bytes and the API's memory watch has polled it."""
+    world.store.used_memory, world.store.max_memory = used, maximum
+    await world.api.memory.poll()
+
+
+@pytest_twisted.ensureDeferred
+async def test_above_the_mailbox_share_deposits_wait_and_the_rest_is_served(world):
+    """Issue 12, item 7: deposits could fill Redis until claims and heartbeats failed. Above 75% of maxmemory a
+    deposit is 507 registry_full with Retry-After; heartbeats, updates, new claims, rooms, fetches and acks go on."""
+    alice, bob = await registered(world, "alice", "bob")
+    receipt = await alice.deposit("bob", "before")
+    await filled(world, 760_000)
+    error = await refused(alice.deposit("bob", "hello"), 507, "registry_full")
+    assert "nearly full" in error.message and "no mailbox deposits" in error.message
+    await alice.heartbeat()
+    await alice.register(tcp=["10.0.0.1:1"])
+    await registered(world, "carol")
+    await alice.create_room("Lobby")
+    assert [m["payload"] for m in (await bob.fetch())["messages"]] == ["before"]
+    assert (await bob.ack(receipt["id"]))["deleted"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_above_the_claims_share_new_names_and_rooms_wait_too(world):
+    """Above 90% new names and new rooms are 507 too; a heartbeat, an update of one's own name and a join are still
+    served."""
+    alice, bob = await registered(world, "alice", "bob")
+    await alice.create_room("Lobby")
+    await filled(world, 950_000)
+    await refused(world.client("carol").register(), 507, "registry_full")
+    await refused(alice.create_room("Other"), 507, "registry_full")
+    await alice.heartbeat()
+    await alice.register(tcp=["10.0.0.1:1"])
+    await bob.join("Lobby")
+    dave = world.client("dave")
+    response = await signed_put(world, dave, {"key": dave.identity.public_text})
+    assert response.code == 507 and response.headers.getRawHeaders("Retry-After") == ["60"]
+    assert (await response.json())["retry_after"] == 60
+
+
+@pytest_twisted.ensureDeferred
+async def test_deposits_between_two_polls_count_against_the_share(world):
+    """What was let in since the last poll counts: a burst of deposits cannot run far past the share before the
+    next poll; the next poll's figure replaces the estimate."""
+    alice, _ = await registered(world, "alice", "bob")
+    await filled(world, 700_000)
+    for _ in range(3):
+        await alice.deposit("bob", "x" * 20_000)
+    await refused(alice.deposit("bob", "x" * 20_000), 507, "registry_full")
+    await filled(world, 700_000)
+    await alice.deposit("bob", "x" * 20_000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_maxmemory_nothing_is_refused(world):
+    """A Redis without maxmemory (an external one) refuses nothing for memory, whatever it holds."""
+    alice, _ = await registered(world, "alice", "bob")
+    await filled(world, 10 << 30, maximum=0)
+    await alice.deposit("bob", "hello")
+    await registered(world, "carol")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_would_evict_or_has_no_maximum_is_said_once(world):
+    """An external Redis without maxmemory, or with a policy that evicts, is logged once (not at every poll)."""
+    from twisted.logger import capturedLogs
+
+    with capturedLogs() as events:
+        for _ in range(3):
+            await world.api.memory.poll()
+        world.api.memory.store.memory = lambda: succeed({"used": 0, "max": 1 << 30, "policy": "allkeys-lru"})
+        for _ in range(3):
+            await world.api.memory.poll()
+    said = [e["message"] for e in events if "message" in e]
+    assert len(said) == 2 and "no maxmemory" in said[0] and "allkeys-lru" in said[1]
+
+
+def signed(base, identity, name, method, path, body=None):
+    data = b"" if body is None else jsonbody.dumps(body)
+    headers = signing.sign_request(identity, name, method, path, data, time.time())
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return requests.request(method, base + path, data=data or None, headers=headers, timeout=10)
+
+
+def test_a_full_embedded_redis_refuses_deposits_but_serves_heartbeats_and_updates(tmp_path):
+    """End to end, item 7: a registry whose embedded Redis has 8 MiB (noeviction) is filled with 60 KB deposits.
+    They get 507 registry_full (Retry-After) from about 6 MiB on, while a heartbeat, a re-registration and a
+    fetch still succeed."""
+    import redis
+
+    with RegistryProcess(tmp_path / "registry", stun=False, args=["--limits", "redis-maxmemory=8M"]) as registry:
+        base = registry.http
+        peers = {name: signing.Identity.generate() for name in ("alice", "bob")}
+        for name, identity in peers.items():
+            assert signed(base, identity, name, "PUT", "/v1/peers/" + name, {"key": identity.public_text}).ok
+        server = redis.Redis(unix_socket_path=str(tmp_path / "registry" / "redis.sock"))
+        assert server.config_get("maxmemory*")["maxmemory"] == str(8 << 20)
+        assert server.config_get("maxmemory*")["maxmemory-policy"] == "noeviction"
+        payload = "x" * 60_000
+        codes = []
+        for _ in range(150):
+            reply = signed(base, peers["alice"], "alice", "POST", "/v1/mailbox/bob", {"payload": payload})
+            codes.append(reply.status_code)
+            if reply.status_code == 507:
+                break
+        assert codes[-1] == 507 and set(codes[:-1]) == {201}, codes
+        assert reply.json()["error"] == "registry_full" and int(reply.headers["Retry-After"]) > 0
+        assert "nearly full" in reply.json()["message"]  # the registry's refusal, not Redis' own at its maxmemory
+        used = server.info("memory")["used_memory"]
+        assert 0.6 * (8 << 20) < used < 0.85 * (8 << 20), used
+        assert signed(base, peers["alice"], "alice", "POST", "/v1/peers/alice/heartbeat").status_code == 200
+        again = signed(base, peers["bob"], "bob", "PUT", "/v1/peers/bob", {"key": peers["bob"].public_text})
+        assert again.status_code == 200, again.text
+        fetched = signed(base, peers["bob"], "bob", "GET", "/v1/mailbox/bob?limit=5")
+        assert fetched.status_code == 200 and len(json.loads(fetched.content)["messages"]) == 5

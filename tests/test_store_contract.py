@@ -4,7 +4,7 @@ import pytest
 import pytest_twisted
 
 from p2pd.errors import (AlreadyMember, Forbidden, MailboxFull, NameTaken, NoSuchPeer, NoSuchRoom, NotMember,
-                         RoomExists, TooManyNames, TooManyRooms)
+                         RegistryFull, RoomExists, TooManyNames, TooManyRooms)
 from p2pd.registry.store import GENERAL, MemoryStore
 
 NOW = 1_700_000_000_000
@@ -470,6 +470,29 @@ async def test_room_pruning_walks_the_rooms_a_page_at_a_time(store):
     gone, cursor = await store.prune_rooms(NOW + 3601 * 1000, cursor, 2, 3600, 86400)
     assert gone == ["r3", "r4"] and cursor is None
 
+
+@pytest_twisted.ensureDeferred
+async def test_memory_reports_use_and_maximum(store):
+    """memory() says how many bytes the store holds, its maximum (0: none) and its policy."""
+    info = await store.memory()
+    assert set(info) == {"used", "max", "policy"}
+    assert info["used"] >= 0 and info["max"] >= 0
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_redis_refuses_at_its_maxmemory_is_registry_full(redis_store):
+    """At its maxmemory (noeviction) Redis answers OOM to writes: that is RegistryFull (507, retry later), not a
+    store outage; reads still work."""
+    await redis_store.register("alice", "KEY-A", record(), NOW, TTL)
+    await redis_store._call("CONFIG", "SET", "maxmemory", "1")
+    try:
+        error = await failure_of(redis_store.deposit("alice", {"id": "m", "from": "x", "payload": ""}, NOW, 100, 10),
+                                 RegistryFull)
+        assert error.status == 507 and error.retry_after > 0
+        assert (await redis_store.get_peer("alice")).key == "KEY-A"
+    finally:
+        await redis_store._call("CONFIG", "SET", "maxmemory", "0")
 
 
 @pytest_twisted.ensureDeferred

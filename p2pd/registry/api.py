@@ -6,9 +6,9 @@ codes in one place, :meth:`RegistryAPI.p2pd_error`. Every write for a name is si
 The peer routes are here, the room and mailbox routes in :mod:`p2pd.registry.rooms_api` and
 :mod:`p2pd.registry.mailbox_api`: one Klein app (:mod:`p2pd.registry.views`).
 
-A new name costs one of its key's ``names-per-key`` and one of its address's ``claims-per-address-per-hour``
-(:mod:`p2pd.registry.claims`). It is on probation until its owner renews it (:mod:`p2pd.registry.store`).
-Updating one's own name costs none of that.
+A new name costs: one of its key's ``names-per-key``, one of its address's ``claims-per-address-per-hour``
+(:mod:`p2pd.registry.claims`), and room in a store that is not nearly full (:mod:`p2pd.registry.memory`). It is
+on probation until its owner renews it (:mod:`p2pd.registry.store`). Updating one's own name costs none of that.
 """
 
 import ipaddress
@@ -24,11 +24,12 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from p2pd.core import signing
 from p2pd.core.names import canonical_name
 from p2pd.core.ratelimit import RateLimiter
-from p2pd.errors import BadRequest, Forbidden, NoSuchPeer, P2PDError, StoreUnavailable, TooManyRequests
+from p2pd.errors import BadRequest, Forbidden, NoSuchPeer, P2PDError, RetryLater, StoreUnavailable
 from p2pd.registry import schema
 from p2pd.registry.claims import ClaimQuota
 from p2pd.registry.limits import RegistryLimits
 from p2pd.registry.mailbox_api import MailboxRoutes
+from p2pd.registry.memory import MemoryWatch
 from p2pd.registry.requests import RequestChecks, client_host, signer_name
 from p2pd.registry.rooms_api import RoomRoutes
 from p2pd.registry.views import app, page_args, peer_view
@@ -69,12 +70,15 @@ def address_list(body, field):
 
 
 class RegistryAPI(RoomRoutes, MailboxRoutes, RequestChecks):
-    """HTTP API v1 of the registry over an injected store and clock (request checks: :class:`RequestChecks`)."""
+    """HTTP API v1 of the registry over an injected store and clock (request checks: :class:`RequestChecks`).
+
+    *memory* is the :class:`MemoryWatch` the service polls; by default one that is never polled, which refuses
+    nothing."""
 
     app = app
 
     def __init__(self, store, clock, lease_ttl=schema.LEASE_TTL, read_rate=100, write_rate=20,
-                 limits=RegistryLimits()):
+                 limits=RegistryLimits(), memory=None):
         self.store = store
         self.clock = clock
         self.stun_port = None  # set by the service once the STUN responder listens
@@ -83,6 +87,7 @@ class RegistryAPI(RoomRoutes, MailboxRoutes, RequestChecks):
         self.reads = RateLimiter(read_rate, read_rate * 2)
         self.writes = RateLimiter(write_rate, write_rate * 2)
         self.claims = ClaimQuota(limits.claims_per_address_per_hour)
+        self.memory = memory or MemoryWatch(store, limits.mailbox_memory_share, limits.claims_memory_share)
         self.deposits = itertools.count()
 
     def resource(self):
@@ -93,7 +98,7 @@ class RegistryAPI(RoomRoutes, MailboxRoutes, RequestChecks):
     @app.handle_errors(P2PDError)
     def p2pd_error(self, request, failure):
         error = failure.value
-        if isinstance(error, TooManyRequests):
+        if isinstance(error, RetryLater):
             request.setHeader(b"Retry-After", str(error.retry_after).encode())
         if isinstance(error, StoreUnavailable):
             request.setHeader(b"Retry-After", b"1")
@@ -191,6 +196,7 @@ class RegistryAPI(RoomRoutes, MailboxRoutes, RequestChecks):
             record["registered_at"] = now
         yield self.use_nonce(name, sig)
         if existing is None:  # a new claim; updating one's own name, or trying another's, costs no quota
+            self.memory.admit_claim()
             self.claims.admit(record["observed"], self.clock.seconds())
         created = yield self.store.register(name, key_text, record, now, self.lease_ttl,
                                             max_names=self.limits.names_per_key)

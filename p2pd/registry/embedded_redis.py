@@ -12,6 +12,10 @@ When the registry runs without ``--redis URL`` it owns a data dir and runs its o
   is still running on a very slow disk, redis keeps new writes in memory for up to 2 s, and those are lost on any
   crash.) ``appendfsync always`` would close that window at a large throughput cost (one fsync per write), which
   a rendezvous registry of soft state does not need. RDB snapshots are off (``save ""``); the AOF is the only copy.
+* **Bounded.** ``maxmemory`` is the registry's ``redis-maxmemory`` limit (256 MiB by default, 0 for none) with
+  ``maxmemory-policy noeviction``: at the limit Redis refuses writes rather than evict keys, because any evicted
+  key could be someone's claim. The registry refuses deposits, then new claims, well before it
+  (:mod:`p2pd.registry.memory`), so that heartbeats and updates always fit.
 * **Single instance.** The data dir is locked with ``flock`` on ``<datadir>/registry.lock`` (which holds our pid)
   for the service's whole life; a second registry on the same dir fails with :class:`DataDirInUse`. The lock fd is
   close-on-exec and ``spawnProcess`` closes every fd not in ``childFDs`` anyway, so redis-server never holds it.
@@ -96,8 +100,9 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_config(data_dir: str) -> str:
-    """The redis.conf for a private server in ``data_dir`` (an absolute path)."""
+def render_config(data_dir: str, maxmemory: int = 0) -> str:
+    """The redis.conf for a private server in ``data_dir`` (an absolute path), holding at most *maxmemory* bytes
+    (0: no maximum) and never evicting a key to stay under it."""
     def path(name):
         return _quote(os.path.join(data_dir, name))
 
@@ -114,6 +119,8 @@ def render_config(data_dir: str) -> str:
         "appendonly yes",
         "appendfsync everysec",
         'save ""',
+        f"maxmemory {int(maxmemory)}",
+        "maxmemory-policy noeviction",
         "",
     ])
 
@@ -226,8 +233,9 @@ class EmbeddedRedis(Service):
     """Runs and supervises a private redis-server in ``data_dir``; see the module docstring."""
 
     def __init__(self, data_dir: str, reactor, redis_server: str | None = None, *,
-                 ready_timeout: float = 10.0, stop_timeout: float = 10.0):
+                 ready_timeout: float = 10.0, stop_timeout: float = 10.0, maxmemory: int = 0):
         self.data_dir = os.path.abspath(data_dir)
+        self.maxmemory = maxmemory
         self._reactor = reactor
         self._redis_server = redis_server
         self._ready_timeout = ready_timeout
@@ -343,7 +351,7 @@ class EmbeddedRedis(Service):
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             os.fchmod(fd, 0o600)
-            f.write(render_config(self.data_dir))
+            f.write(render_config(self.data_dir, self.maxmemory))
 
     def _spawn(self, binary):
         for stale in (self.socket_path, self.pid_path):

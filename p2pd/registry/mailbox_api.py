@@ -3,7 +3,9 @@
 
 Any registered peer may leave a message for another (signed); only the owner of a mailbox reads and acknowledges
 it. A mailbox holds at most :data:`schema.MAILBOX_MAX_MESSAGES`, of them :data:`schema.MAILBOX_MAX_PER_SENDER`
-from one sender, each for :data:`schema.MAILBOX_TTL`.
+from one sender, each for :data:`schema.MAILBOX_TTL`. Deposits are the first thing refused (507
+``registry_full``) while the store is nearly full (:mod:`p2pd.registry.memory`); fetches and acks, which free
+memory, never are.
 """
 
 import os
@@ -40,6 +42,7 @@ class MailboxRoutes:
             raise BadRequest("unknown fields: %s" % ", ".join(sorted(set(body) - {"payload"})))
         if (yield self.store.get_peer(name)) is None:
             raise NoSuchPeer("unknown peer %s" % name)
+        self.memory.admit_deposit(size)
         now = self.now_ms()
         # ids sort in deposit order, also within one millisecond: a sender's queue comes back in its seq order
         message = {"id": "%013x%06x%s" % (now, next(self.deposits) & 0xffffff, os.urandom(3).hex()),

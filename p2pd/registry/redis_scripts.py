@@ -240,15 +240,18 @@ if #names > limit then cursor = names[limit] end
 return {cursor, deleted}
 """
 
+# 0 mailbox full, -1 the sender's share full, 1 stored. Reads first, and the first write is the SET of the message:
+# Redis (before 7) refuses a script at its maxmemory only at its first write, and only if that write is one that
+# grows memory; starting with the ZREMRANGEBYSCORE clean-up would let every deposit past maxmemory.
 DEPOSIT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return -1 end
+if redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[4], '+inf') >= tonumber(ARGV[5]) then return 0 end
+if redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[4], '+inf') >= tonumber(ARGV[7]) then return -1 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[6])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
 return 1
 """
 

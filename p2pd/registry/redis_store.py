@@ -12,8 +12,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from p2pd.core import jsonbody
-from p2pd.errors import (AlreadyMember, MailboxFull, NameTaken, NoSuchPeer, NotMember, P2PDError, RoomExists,
-                         StoreUnavailable)
+from p2pd.errors import (AlreadyMember, MailboxFull, NameTaken, NoSuchPeer, NotMember, P2PDError, RegistryFull,
+                         RoomExists, StoreUnavailable)
 from p2pd.registry import schema
 from p2pd.registry.redis_client import DEFAULT_POOLSIZE, DEFAULT_TIMEOUT, RedisPool, ResponseError
 from p2pd.registry.redis_scripts import (
@@ -26,6 +26,7 @@ from p2pd.registry.store import (
 
 log = Logger()
 
+FULL_RETRY_AFTER = 60  # seconds a client waits after a write Redis refused at its maxmemory
 PROBATION_BATCH = 500  # names one prune call releases at most: one script must not hold Redis long
 
 
@@ -44,10 +45,20 @@ def _room_entry(reply, room):
                      count)
 
 
+def _memory_info(raw):
+    fields = dict(line.split(":", 1) for line in raw.decode("utf-8", "replace").splitlines() if ":" in line)
+    return {"used": int(fields.get("used_memory", 0)), "max": int(fields.get("maxmemory", 0)),
+            "policy": fields.get("maxmemory_policy", "unknown").strip()}
+
+
 def _unavailable(failure):
-    """Every Redis problem becomes StoreUnavailable (the client's connection errors already are one)."""
+    """Every Redis problem becomes StoreUnavailable (the client's connection errors already are one), but a
+    write refused at Redis' maxmemory, which is RegistryFull."""
     if failure.check(P2PDError):
         return failure
+    if failure.check(ResponseError) and "OOM command not allowed" in str(failure.value):  # in a script, too
+        log.warn("Redis is at its maxmemory and refused a write: {error}", error=failure.getErrorMessage())
+        raise RegistryFull("the registry is full; retry later", retry_after=FULL_RETRY_AFTER)
     if failure.check(ResponseError):
         log.error("Redis error: {error}", error=failure.getErrorMessage())
     else:
@@ -105,6 +116,11 @@ class RedisStore:
     def ensure_general(self, now_ms):
         return self._eval(CREATE_ROOM, [schema.room(GENERAL), schema.ROOMS, schema.owned("")],
                           [GENERAL, jsonbody.dumps(general_record(now_ms)), "", "", now_ms])
+
+    def memory(self):
+        """{"used": used_memory, "max": maxmemory (0: none), "policy": maxmemory_policy} from INFO memory, which
+        also answers where CONFIG is disabled (as on many hosted Redis)."""
+        return self._call("INFO", "memory").addCallback(_memory_info)
 
     def flush_all_for_tests(self):
         return self._call("FLUSHDB")

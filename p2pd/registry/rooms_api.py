@@ -2,7 +2,8 @@
 
 A room is owned by the peer that created it (``owner`` in its view) until that peer releases its name; then by
 nobody, and it lives on until the pruner finds it idle. Only the owner may delete it (``DELETE /v1/rooms/{room}``);
-General is nobody's and cannot be deleted or left. One name owns at most ``rooms-per-owner`` rooms.
+General is nobody's and cannot be deleted or left. One name owns at most ``rooms-per-owner`` rooms, and new rooms
+are refused while the store is nearly full (:mod:`p2pd.registry.memory`).
 """
 
 from twisted.internet import defer
@@ -37,6 +38,7 @@ class RoomRoutes:
             raise BadRequest("'join' must be true or false")
         display = room_display(body.get("name"))
         room = canonical_room(display)
+        self.memory.admit_claim("new rooms")
         yield self.store.create_room(room, {"name": display, "creator": entry.name, "created_at": self.now_ms()},
                                      max_rooms=self.limits.rooms_per_owner)
         if join:

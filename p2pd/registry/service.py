@@ -1,5 +1,5 @@
-"""The registry process: HTTP API, STUN responder, store (embedded or external Redis) and the pruner, as
-child services of one MultiService built from the parsed options."""
+"""The registry process: HTTP API, STUN responder, store (embedded or external Redis), the pruner and the
+memory watch, as child services of one MultiService built from the parsed options."""
 
 import gc
 import os
@@ -16,6 +16,7 @@ from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_s
 from p2pd.registry.api import RegistryAPI
 from p2pd.registry.http import make_site
 from p2pd.registry.limits import RegistryLimits
+from p2pd.registry.memory import POLL_INTERVAL, MemoryWatch
 from p2pd.registry.redis_store import RedisStore
 
 log = Logger()
@@ -83,7 +84,7 @@ class RegistryService(service.MultiService):
         if not redis_url:
             from p2pd.registry.embedded_redis import EmbeddedRedis
 
-            self.embedded = EmbeddedRedis(self.data_dir, reactor)
+            self.embedded = EmbeddedRedis(self.data_dir, reactor, maxmemory=limits.redis_maxmemory)
             self.embedded.setServiceParent(self)
             redis_url = self.embedded.url()
         self.redis_url = redis_url
@@ -91,8 +92,12 @@ class RegistryService(service.MultiService):
         if self.embedded is None:
             self.store.connect(redis_url)
         StoreService(self.store).setServiceParent(self)
+        self.memory = MemoryWatch(self.store, limits.mailbox_memory_share, limits.claims_memory_share)
+        memory_poll = TimerService(POLL_INTERVAL, self.memory.poll)
+        memory_poll.clock = reactor
+        memory_poll.setServiceParent(self)
         self.api = RegistryAPI(self.store, reactor, lease_ttl=options["lease-ttl"], read_rate=options["read-rate"],
-                               write_rate=options["write-rate"], limits=limits)
+                               write_rate=options["write-rate"], limits=limits, memory=self.memory)
         self.http = stream_service(reactor, options["http"], make_site(self.api.resource()))
         self.http.setServiceParent(self)
         self.stun = None
@@ -111,18 +116,23 @@ class RegistryService(service.MultiService):
         except P2PDError as e:
             raise SystemExit("p2pd: " + e.message)
         if self.embedded is None:
-            self._ensure_general().addCallback(lambda _: self.announce())
+            self._ensure_general().addCallback(self._ready)
         else:
             self.embedded.whenReady().addCallbacks(self._redis_ready, self._redis_failed)
 
     def _redis_ready(self, url):
         """Connect only once the embedded Redis answers: never to a leftover server that is shutting down."""
         self.store.connect(url)
-        return self._ensure_general().addCallback(lambda _: self.announce())
+        return self._ensure_general().addCallback(self._ready)
 
     def _redis_failed(self, failure):
         log.critical("p2pd: the embedded Redis did not start: {error}", error=failure.getErrorMessage())
         self.reactor.stop()
+
+    def _ready(self, _):
+        """The store answers: learn its memory figures before announcing (the memory watch's first poll came too
+        early, and until its next one nothing would be refused), then announce."""
+        return self.memory.poll().addCallback(lambda _: self.announce())
 
     def _ensure_general(self):
         """Deferred that fires once room General exists, retrying every 0.5 s while Redis does not answer, so

@@ -210,6 +210,7 @@ class MemoryStore(MemoryRooms):
         self.members = {GENERAL: set()}
         self.mailboxes = {}  # name -> {id: (expiry, message)}
         self.available = True
+        self.used_memory = self.max_memory = 0  # what memory() reports; tests set them
 
     def _check(self):
         if not self.available:
@@ -218,6 +219,12 @@ class MemoryStore(MemoryRooms):
     @_deferred
     def ping(self):
         self._check()
+
+    @_deferred
+    def memory(self):
+        """{"used": bytes in use, "max": the maximum (0: none), "policy": what happens at the maximum}."""
+        self._check()
+        return {"used": self.used_memory, "max": self.max_memory, "policy": "noeviction"}
 
     # peers
 
