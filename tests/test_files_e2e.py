@@ -804,6 +804,49 @@ def test_a_receivers_cancel_is_a_refusal_until_it_accepts_again(spawn, big):
     assert landed(bob) == {"big.bin": big[1]}
 
 
+def test_the_senders_progress_says_hashing_then_waiting_then_shows_the_bytes(spawn, big):
+    """Issue 13: the bar sat at 0% through hashing and consent, and its rate counted from the offer. On a
+    terminal the sender now reads `hashing big.bin (1 of 1)`, then `waiting for bob to accept big.bin`, and only
+    once bob accepted a bar of bytes, whose rate starts at the first byte."""
+    import pty
+    import select
+    alice, bob = spawn("alice"), spawn("bob")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([P2PCTL, "--data-dir", alice.data_dir, "send", bob.name, big[0]], stdin=slave,
+                            stdout=slave, stderr=slave, close_fds=True, env=dict(os.environ, TERM="dumb"))
+    os.close(slave)
+    seen = b""
+
+    def read_until(needle, timeout=60):
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None or needle in seen, seen[-500:]
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return seen
+
+    try:
+        read_until(b"hashing big.bin (1 of 1)")
+        read_until(("waiting for %s to accept big.bin" % bob.name).encode())
+        offer = wait_until(lambda: [o for o in transfers(bob, "in") if o["status"] == "offered"], 30,
+                           "bob to see the offer")[0]
+        assert b"B/s" not in seen.split(b"waiting for")[-1], "a bar before bob accepted"
+        bob.ctl("accept", tid=offer["tid"])
+        read_until(b"verified by " + bob.name.encode())
+        assert proc.wait(30) == 0
+        tail = seen.split(b"waiting for")[-1]
+        assert b"%|" in tail and b"B/s" in tail, tail[-500:]  # tqdm's bar, from the first byte
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
 def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
     """RELIABILITY row 35: the receiver is SIGKILLed at a random point of the transfer, 20 times, restarted, and
     the same send run again. Every time: nothing under the final name before the end, the send resumes from what

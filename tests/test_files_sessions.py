@@ -331,12 +331,12 @@ def fds_open_to(path):
     return found
 
 
-def half_received(manager):
+def half_received(manager, keys_too=False):
     t, outcome, keys, conn, transport, sealer = receive_one(manager, A)
     conn.dataReceived(file_records(sealer, 0, A[:300], digests=digests_of(A), end=False))
     part = os.path.join(manager.inbox.path, PARTIAL_DIR, t.part_name(0))
     assert len(fds_open_to(part)) == 1
-    return t, outcome, conn, part
+    return (t, outcome, conn, part, keys) if keys_too else (t, outcome, conn, part)
 
 
 def receiver_cancels(manager, t):
@@ -356,9 +356,14 @@ def test_stopping_a_receive_session_closes_the_partial_file(world, stop):
     """However a running receive ends (cancel on either side, daemon stop), the partial file is closed once the
     connection is gone, and the transfer is over."""
     daemon, manager = world
-    t, outcome, conn, part = half_received(manager)
+    t, outcome, conn, part, keys = half_received(manager, keys_too=True)
     stop(manager, t)
-    assert conn.transport.aborted
+    if stop is receiver_cancels:  # the sender is told on the data stream, then it closes behind that
+        assert conn.transport.disconnecting
+        assert replies(keys, conn.transport)[-1] == {"t": "fail", "code": "cancelled",
+                                                     "message": "sending again asks them to accept it again"}
+    else:
+        assert conn.transport.aborted
     conn.connectionLost(Failure(Exception("aborted")))
     assert len(outcome) == 1 and isinstance(outcome[0], Failure)
     assert manager.live == {}

@@ -28,22 +28,50 @@ def peer_name(text):
 
 
 class Progress:
-    """A tqdm bar on stderr when it is a terminal and not --quiet/--json; nothing otherwise."""
+    """What a send or get is doing, on stderr when it is a terminal and not --quiet/--json (nothing otherwise):
+    ``hashing a.bin (1 of 3)``, then ``waiting for bob to accept ...``, then a tqdm bar of bytes whose rate is
+    measured from the first byte (not from the offer)."""
 
-    def __init__(self, ctx, label, quiet):
+    def __init__(self, ctx, label, quiet, peer=None):
         self.bar = None
         self.label = label
+        self.peer = peer
         self.enabled = not quiet and not ctx.json and ctx.stderr.isatty()
         self.ctx = ctx
+        self.phase = None
+
+    def line(self, text):
+        """Show *text* in place of the previous phase's line."""
+        self.ctx.stderr.write("\r\x1b[K" + text[:200])
+        self.ctx.stderr.flush()
 
     def update(self, p):
         if not self.enabled:
             return
+        phase = p.get("phase")
+        if phase == "hashing":
+            self.line("hashing %s (%s of %s)" % (clean(p.get("name"))[-60:], p.get("file"), p.get("files")))
+            return
+        if phase == "waiting":
+            if self.phase != "waiting":
+                self.phase = "waiting"
+                self.line("waiting for %s to accept %s (%s) ..." % (
+                    clean(self.peer or p.get("peer")), self.label, human(p.get("bytes"))))
+            return
+        if p.get("status") not in ("active", None) and phase != "moving":
+            return
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=p.get("bytes") or 0, initial=0, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc=self.label, file=self.ctx.stderr, dynamic_ncols=True, leave=False)
+            self.line("")
+            try:  # a terminal that does not say its size (0 x 0, as a bare pty) would get no bar at all
+                size = os.get_terminal_size(self.ctx.stderr.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except (AttributeError, OSError, ValueError):
+                sized = False
+            shape = {"dynamic_ncols": True} if sized else {"ncols": 80, "nrows": 24}
+            self.bar = tqdm(total=p.get("bytes") or 0, initial=p.get("done") or 0, unit="B", unit_scale=True,
+                            unit_divisor=1024, desc=self.label, file=self.ctx.stderr, leave=False, **shape)
         done = p.get("done") or 0
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
@@ -52,11 +80,13 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        elif self.enabled:
+            self.line("")
 
 
 def follow(ctx, cmd, label, quiet, **args):
     """Run a send/get request to its end, with a progress bar; returns the outcome."""
-    progress = Progress(ctx, label, quiet)
+    progress = Progress(ctx, label, quiet, peer=args.get("to") or args.get("peer"))
     waiter = None
     try:
         waiter = ctx.client.send(cmd, on_progress=progress.update, **args)

@@ -33,8 +33,11 @@ class Push:
         entries, skipped = collect(paths)
         t0 = self.m.clock.seconds()
         items, local, stats, digests = [], [], [], []
-        for offer_path, path in entries:
+        for number, (offer_path, path) in enumerate(entries, 1):
             st = os.stat(path)
+            if progress is not None:  # what the sender waits for before the offer goes: "hashing a.bin (3 of 9)"
+                progress({"phase": "hashing", "name": offer_path, "file": number, "files": len(entries),
+                          "done": sum(i["size"] for i in items), "bytes": None})
             cached = self.m.storage.cached_hash(path, st)
             if cached is None:
                 try:
@@ -63,6 +66,7 @@ class Push:
         out.link = link
         if progress is not None:
             out.watchers.append(progress)
+            progress(dict(out.snapshot(), phase="waiting"))  # for the receiver's answer
         self.m.live[out.tid] = out
         out.save()
         self.m.event(out)

@@ -55,6 +55,7 @@ class Transfer:
     def started_data(self):
         self.t0 = self.clock.seconds()
         self.move(states.START, started=now_ms(self.clock))
+        self.tell(dict(self.snapshot(), phase="moving"))  # the first byte: the rate is measured from here
 
     def progress(self, n):
         self.bytes_now += n
