@@ -136,6 +136,13 @@ class FakeRegistry:
     def room(self, room):
         return self._answer("room", (room,), lambda: dict(self._view(room)))
 
+    def room_online(self, room):
+        def compute():
+            view = dict(self._view(room))
+            view["members"] = [m for m in view["members"] if self.records.get(m, {}).get("online")]
+            return view
+        return self._answer("room_online", (room,), compute)
+
     def create_room(self, room, join=True):
         def compute():
             self.room_views[room] = {"name": room, "members": []}

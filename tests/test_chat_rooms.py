@@ -157,3 +157,21 @@ def test_a_member_announcing_a_join_gets_the_next_post(world):
     d = world.rooms.post_room("G1", "welcome dave")
     world.run()
     assert "dave" in result(d)["recipients"]
+
+
+def test_a_post_to_general_goes_to_the_members_online_only(world):
+    """Issue 12, finding 8: every name is in General, so a post there went to every name ever registered (631
+    outbox copies, 428 dials for one post from a squatter's 630 names). Now: to those online, like IRC."""
+    world.peer("dave", 4, online=False)
+    for i in range(50):
+        world.peer("squat%02d" % i, 100 + i, reachable=False, online=False)
+    world.registry.room_views["General"] = {"name": "General",
+                                            "members": sorted(["alice", "bob", "carol", "dave"] +
+                                                              ["squat%02d" % i for i in range(50)])}
+    d = world.rooms.post_room("General", "hello everyone")
+    world.run()
+    assert sorted(result(d)["recipients"]) == ["bob", "carol"]
+    assert [c[0] for c in world.registry.calls].count("room_online") == 1
+    world.run(5)
+    assert {port for _, port in world.tls.attempts} <= {2, 3}
+    assert not world.registry.deposits

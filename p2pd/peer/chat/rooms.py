@@ -88,7 +88,10 @@ class RoomMembers:
 class RoomViews:
     """The member lists that posts are fanned out to: posts to one room share the lookup that is running, and the
     answer for POST_VIEW_TTL seconds after it, so a burst of posts costs the registry one request a second, not
-    one each; a lookup the registry answers 429 is made again after its ``Retry-After``."""
+    one each; a lookup the registry answers 429 is made again after its ``Retry-After``.
+
+    General, which every name is in, is fanned out to its members who are online (as IRC does): a post there is
+    not a message to every name ever registered, queued and dialled or deposited for each."""
 
     def __init__(self, registry, clock, ttl=POST_VIEW_TTL):
         self.registry = registry
@@ -103,8 +106,10 @@ class RoomViews:
         cached = self.cache.get(key)
         if cached is not None and self.clock.seconds() - cached[0] < self.ttl:
             return defer.succeed(dict(cached[1]))
+        lookup = self.registry.room_online if key == canonical_room(GENERAL) else self.registry.room
+
         def fetch():
-            return defer.ensureDeferred(patiently(self.clock, self.registry.room, display)).addCallback(self._keep, key)
+            return defer.ensureDeferred(patiently(self.clock, lookup, display)).addCallback(self._keep, key)
         return self.running(key, fetch).addCallback(dict)
 
     def forget(self, room):
@@ -259,7 +264,7 @@ class Rooms:
                 stored.chainDeferred(result)
 
     def _store_post(self, view, text):
-        if self.name not in view.get("members", []):
+        if self.name not in view.get("members", []) and canonical_room(view["name"]) != canonical_room(GENERAL):
             raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
         recipients = [m for m in view["members"] if m != self.name and not self.dialer.pins.is_blocked(m)]
         post, copies = self.storage.add_room_post(view["name"], text, recipients, now_ms(self.clock))
