@@ -26,6 +26,7 @@ import time
 
 import pytest
 
+from p2pd.cli import exits
 from p2pd.core import datastream, filehash, wire
 from p2pd.peer import identity as identity_mod
 from p2pd.peer.files import sessions as tmod
@@ -409,7 +410,8 @@ class DataSession:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    reg = RegistryProcess(tmp_path_factory.mktemp("registry"))
+    # every peer of the module claims its name from 127.0.0.1: more than the default 30 new names an hour
+    reg = RegistryProcess(tmp_path_factory.mktemp("registry"), args=["--limits", "claims-per-address-per-hour=100000"])
     with reg:
         yield reg
 
@@ -560,6 +562,73 @@ def test_a_dash_name_lands_with_a_prefix_and_a_hidden_one_is_said_to_be_renamed(
 # 2: consent
 
 
+class Pty:
+    """A command on a pseudo-terminal: ``expect(text)`` reads until *text* shows, ``type(line)`` types a line."""
+
+    def __init__(self, argv):
+        import pty
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                     env=dict(os.environ, TERM="dumb"))
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text, timeout=30):
+        import select
+        needle = text.encode()
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen:
+            assert time.monotonic() < deadline, "no %r in %r" % (text, self.seen[-400:])
+            if select.select([self.master], [], [], 0.2)[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:
+                    assert needle in self.seen, "no %r in %r" % (text, self.seen[-400:])
+
+    def type(self, line):
+        os.write(self.master, line.encode() + b"\r")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+def test_accept_without_an_id_asks_on_the_terminal_like_wormhole_receive(tmp_path, spawn):
+    """Issue 13: `p2pctl accept` with no ID waits for the next offer, shows its names and sizes and asks
+    `Accept ... from alice into INBOX? [y/N]`; y accepts (the file lands), anything else rejects it."""
+    alice, bob = spawn("alice"), spawn("bob")
+    first, second = tmp_path / "report.pdf", tmp_path / "other.bin"
+    digest = random_file(first, 5000)
+    random_file(second, 10)
+    shell = Pty([P2PCTL, "--data-dir", bob.data_dir, "accept"])
+    try:
+        shell.expect("waiting for an offer")
+        sending = p2pctl_start(alice, "send", bob.name, str(first))
+        shell.expect("%s offers report.pdf (4.9 KiB, application/pdf)" % alice.name)
+        shell.expect("Accept report.pdf (4.9 KiB) from %s into %s? [y/N] " % (alice.name, inbox(bob)))
+        shell.type("y")
+        shell.expect("saving into %s" % inbox(bob))
+        assert shell.proc.wait(10) == 0
+        assert sending.wait(30) == 0 and landed(bob) == {"report.pdf": digest}
+    finally:
+        shell.close()
+    sending = p2pctl_start(alice, "send", bob.name, str(second))
+    wait_until(lambda: [t for t in transfers(bob, "in") if t["status"] == "offered"], 15, "the second offer")
+    shell = Pty([P2PCTL, "--data-dir", bob.data_dir, "accept"])  # an offer waits already: no waiting
+    try:
+        shell.expect("[y/N] ")
+        shell.type("")
+        shell.expect("rejected")
+        assert shell.proc.wait(10) == 0
+        assert sending.wait(30) == 5 and "other.bin" not in os.listdir(inbox(bob))
+    finally:
+        shell.close()
+    out = p2pctl(bob, "accept")  # no terminal, no ID: says what to do instead
+    assert out.returncode == exits.USAGE and "give the offer's ID" in out.stderr
+
+
 def test_ask_offer_waits_for_accept_or_reject(tmp_path, spawn):
     """--accept ask: the offer shows in the receiver's watch stream and `p2pctl transfers`; `p2pctl accept ID`
     (a prefix) lets the sender's `send` finish; `p2pctl reject ID` makes it fail with `rejected`, exit 5 and
@@ -582,14 +651,17 @@ def test_ask_offer_waits_for_accept_or_reject(tmp_path, spawn):
         assert landed(bob) == {}
         shown = p2pctl(bob, "transfers")
         assert shown.returncode == 0, shown.stderr
-        assert "p2pctl accept %s" % tid in shown.stdout and "waiting for an answer" in shown.stdout, shown.stdout
+        assert "p2pctl accept %s" % tid[:8] in shown.stdout and "waiting for an answer" in shown.stdout, shown.stdout
+        assert "first.bin (120.6 KiB, application/octet-stream)" in shown.stdout, shown.stdout  # what, not "1 file"
         answer = p2pctl(bob, "accept", tid[:8])
-        assert answer.returncode == 0 and answer.stdout.strip() == "accepted %s" % tid, (answer.stdout,
-                                                                                          answer.stderr)
+        assert answer.returncode == 0 and answer.stdout.strip() == "accepted %s: first.bin (120.6 KiB) from %s, " \
+            "saving into %s" % (tid[:8], alice.name, inbox(bob)), (answer.stdout, answer.stderr)
         stdout, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 0, (stdout, stderr)
         assert json.loads(stdout)["saved"] == ["first.bin"]
         assert landed(bob) == {"first.bin": digest}
+        shown = p2pctl(bob, "transfers")
+        assert "saved as %s" % os.path.join(inbox(bob), "first.bin") in shown.stdout, shown.stdout
 
         proc = p2pctl_start(alice, "send", bob.name, str(second))
         offered = watch.wait(lambda e: e["event"] == "transfer" and e["status"] == "offered"

@@ -9,7 +9,7 @@ it resumes), 1 anything else.
 
 import os
 
-from p2pd.cli import exits
+from p2pd.cli import exits, render
 from p2pd.cli.command import arg, command
 from p2pd.core.sizes import human_size as human
 from p2pd.cli.sanitize import clean
@@ -155,10 +155,8 @@ def get(ctx, args):
     if ctx.json:
         ctx.emit(dict(outcome, ok=True))
     else:
-        saved = [s for s in outcome.get("saved") or [] if s]
-        where = clean(saved[0]) if len(saved) == 1 else "%d files" % len(saved)
-        ctx.say("got %s from %s: %s, verified; in your inbox as %s" % (clean(args.path), peer, rate_text(outcome),
-                                                                       where))
+        ctx.say("got %s from %s: %s, verified; saved as %s" % (clean(args.path), peer, rate_text(outcome),
+                                                               render.saved_where(outcome) or "nothing"))
     return exits.OK
 
 
@@ -199,18 +197,20 @@ def transfers(ctx, args):
         if t.get("status") == "replaced":
             continue
         arrow = "to" if t.get("direction") == "out" else "from"
-        names = t.get("names") or []
-        what = clean(names[0]) if len(names) == 1 else "%d files" % (t.get("files") or len(names))
-        line = "%s  %s %s %s  %s  %s/%s" % (t["tid"][:8], arrow, clean(t.get("peer")), what,
-                                           STATUS_WORDS.get(t.get("status"), clean(t.get("status"))),
-                                           human(t.get("done")), human(t.get("bytes")))
+        offered = t.get("status") == "offered" and t.get("direction") == "in"
+        line = "%s  %s %s: %s  %s  %s/%s" % (t["tid"][:8], arrow, clean(t.get("peer")),
+                                            render.offer_summary(t, types=offered),
+                                            STATUS_WORDS.get(t.get("status"), clean(t.get("status"))),
+                                            human(t.get("done")), human(t.get("bytes")))
         if t.get("rate"):
             line += "  %s/s" % human(t["rate"])
         if t.get("error"):
             line += "  (%s)" % clean((t["error"] or {}).get("message"))
         ctx.say(line)
-        if t.get("status") == "offered" and t.get("direction") == "in":
-            ctx.say("          p2pctl accept %s   |   p2pctl reject %s" % (t["tid"], t["tid"]))
+        if offered:
+            ctx.say("          p2pctl accept %s   |   p2pctl reject %s" % (t["tid"][:8], t["tid"][:8]))
+        elif t.get("status") == "done" and render.saved_where(t):
+            ctx.say("          saved as %s" % render.saved_where(t))
     return exits.OK
 
 
@@ -242,8 +242,66 @@ def _answer(cmd, verb):
     return run
 
 
-command("accept", "accept files a peer offered (p2pctl transfers lists the offers)",
-        [arg("tid", metavar="ID")])(_answer("accept", "accepted"))
+def waiting_offers(ctx):
+    """The offers waiting for our answer, oldest first."""
+    offers = [t for t in ctx.request("transfers", limit=1000)
+              if t.get("direction") == "in" and t.get("status") == "offered"]
+    return sorted(offers, key=lambda t: t.get("created") or 0)
+
+
+def next_offer(ctx):
+    """The oldest offer waiting for an answer, or (saying so) the next one to come."""
+    ctx.request("watch")
+    offers = waiting_offers(ctx)
+    if offers:
+        return offers[0]
+    ctx.warn("p2pctl: waiting for an offer (Ctrl-C to stop) ...")
+    while True:
+        event = ctx.client.events.get()
+        if event is None:
+            raise exits.Unavailable("the daemon closed the connection", hint="is it still running? p2pctl status")
+        if event.get("event") == "transfer" and event.get("direction") == "in" and event.get("status") == "offered":
+            return event
+
+
+def accept(ctx, args):
+    """``accept ID``; or, without one, the oldest waiting offer (or the next to come), asked on the terminal
+    like ``wormhole receive``: ``Accept 3 files (12.4 MiB) from alice into ~/inbox? [y/N]``."""
+    if args.tid:
+        tid = full_tid(ctx, args.tid)
+        offer = next((t for t in ctx.request("transfers", limit=1000) if t["tid"] == tid), {})
+    else:
+        if not args.yes and not ctx.stdin.isatty():
+            raise exits.CliError("no terminal to ask on: give the offer's ID (p2pctl transfers lists them), or "
+                                 "--yes to accept the oldest", exits.USAGE, "bad_request")
+        offer = next_offer(ctx)
+        tid = offer["tid"]
+        ctx.say("%s offers %s" % (clean(offer.get("peer")), render.offer_summary(offer, types=True)))
+        if not args.yes:
+            ctx.stdout.write("Accept %s from %s into %s? [y/N] " % (
+                render.offer_summary(dict(offer, names=[]) if (offer.get("files") or 0) > 1 else offer),
+                clean(offer.get("peer")), clean(offer.get("inbox") or "the inbox")))
+            ctx.stdout.flush()
+            if ctx.stdin.readline().strip().lower() not in ("y", "yes"):
+                ctx.request("reject", tid=tid)
+                ctx.say("rejected %s: %s was told" % (tid[:8], clean(offer.get("peer"))))
+                return exits.OK
+    result = ctx.request("accept", tid=tid)
+    if ctx.json:
+        ctx.emit(result)
+    elif result.get("status") == "rejected":
+        raise exits.CliError("could not accept: %s" % clean(result.get("error")), exits.REFUSED, "no_space")
+    else:
+        ctx.say("accepted %s: %s from %s, saving into %s" % (
+            tid[:8], render.offer_summary(offer) if offer else "the files", clean(offer.get("peer") or "the peer"),
+            clean(offer.get("inbox") or "the inbox")))
+    return exits.OK
+
+
+command("accept", "accept files a peer offered: by ID, or the next offer, asked on the terminal",
+        [arg("tid", metavar="ID", nargs="?", help="the offer (p2pctl transfers lists them); without it, the "
+                                                   "oldest waiting offer or the next to come, and you are asked"),
+         arg("-y", "--yes", action="store_true", help="without ID: accept without asking")])(accept)
 command("reject", "refuse files a peer offered", [arg("tid", metavar="ID")])(_answer("reject", "rejected"))
 command("cancel", "stop a running transfer (it can be resumed later)",
         [arg("tid", metavar="ID")])(_answer("cancel", "cancelled"))

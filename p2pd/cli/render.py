@@ -1,6 +1,8 @@
 """How daemon results and events look to people. Every string that came from the network goes through
 :func:`~p2pd.cli.sanitize.clean`; these functions never print, they return lines."""
 
+import mimetypes
+import os
 import time
 
 from p2pd.cli.sanitize import clean, table
@@ -73,6 +75,47 @@ def event_line(event, now_ms) -> str:
     return "%s %s %s" % (stamp, clean(kind), rest)
 
 
+SHOWN_NAMES = 3  # names an offer shows before "and N more"
+
+
+def offer_summary(t, types=False) -> str:
+    """What a transfer holds, for people deciding on it: ``report.pdf (2.1 MiB)``, or ``a.txt (10 B), b.png
+    (3.0 MiB), c.pdf (1.2 MiB) and 2 more: 5 files, 12.4 MiB``; with *types*, each file's type too."""
+    names = [n for n in (t.get("names") or []) if isinstance(n, str)]
+    sizes = t.get("sizes") or []
+    count = t.get("files") or len(names)
+    shown = []
+    for i, name in enumerate(names[:SHOWN_NAMES]):
+        about = [human_size(sizes[i])] if i < len(sizes) and isinstance(sizes[i], int) else []
+        if types:
+            about.append(mimetypes.guess_type(name)[0] or "data")
+        shown.append("%s (%s)" % (clean(name), ", ".join(about)) if about else clean(name))
+    if not shown:
+        return "%d files, %s" % (count, human_size(t.get("bytes")))
+    text = ", ".join(shown)
+    if count > len(shown):
+        text += " and %d more" % (count - len(shown))
+    if count > 1:
+        text += ": %d files, %s" % (count, human_size(t.get("bytes")))
+    return text
+
+
+def saved_where(t) -> str:
+    """Where an incoming transfer's files are, as full paths: ``/home/bob/inbox/report.pdf``, or ``3 files in
+    /home/bob/inbox (report (1).pdf, ...)``; "" if nothing is saved yet."""
+    saved = [s for s in (t.get("saved") or []) if isinstance(s, str) and s]
+    inbox = t.get("inbox")
+    if not saved:
+        return ""
+    full = [os.path.join(inbox, s) if isinstance(inbox, str) else s for s in saved]
+    if len(full) == 1:
+        return clean(full[0])
+    tops = sorted({s.split("/")[0] for s in saved})
+    where = clean(inbox) if isinstance(inbox, str) else "the inbox"
+    return "%d files in %s (%s)" % (len(saved), where, ", ".join(clean(x) for x in tops[:SHOWN_NAMES])
+                                    + (", ..." if len(tops) > SHOWN_NAMES else ""))
+
+
 def transfer_line(event) -> str:
     """A transfer event: an offer waiting for consent, or a change of a transfer's state."""
     names = event.get("names") or []
@@ -82,17 +125,13 @@ def transfer_line(event) -> str:
     status = event.get("status")
     incoming = event.get("direction") == "in"
     if incoming and status == "offered":
-        types = sorted(set(event.get("types") or []))
-        kind = (", " + clean(", ".join(types[:3]))) if types else ""
-        return "%s offers %s (%s%s): p2pctl accept %s, or p2pctl reject %s" % (
-            peer, what, human_size(event.get("bytes")), kind, tid, tid)
+        return "%s offers %s: p2pctl accept %s, or p2pctl reject %s" % (
+            peer, offer_summary(event, types=True), tid[:8], tid[:8])
     if status == "refused":
         return "refused an offer from %s: %s" % (peer, clean((event.get("error") or {}).get("message")))
     line = "%s %s %s: %s" % (what, "from" if incoming else "to", peer, clean(status))
-    if status == "done":
-        saved = event.get("saved") or []
-        if incoming and len(saved) == 1:
-            line += ", saved as %s" % clean(saved[0])
+    if status == "done" and incoming and saved_where(event):
+        line += ", saved as %s" % saved_where(event)
     if event.get("error"):
         line += " (%s)" % clean((event.get("error") or {}).get("message"))
     return line

@@ -106,7 +106,6 @@ class Transfers:
         snapshot = transfer.snapshot()
         snapshot["event"] = "transfer"
         if transfer.record["status"] == states.OFFERED and transfer.direction == "in":
-            snapshot["sizes"] = [i["size"] for i in transfer.items][:20]
             snapshot["types"] = [mimetypes.guess_type(i["path"])[0] or "application/octet-stream"
                                  for i in transfer.items][:20]
         if transfer.record.get("error"):
@@ -146,7 +145,7 @@ class Transfers:
                 done = sum(record.get("have") or []) if record["direction"] == "in" else \
                     record["total"] if record["status"] == states.DONE else \
                     record.get("resumed_from", 0) + record.get("sent", 0)
-                entry = view(record, done, record.get("rate", 0), None, record.get("seconds"))
+                entry = view(record, done, record.get("rate", 0), None, record.get("seconds"), self.inbox.path)
             entry.update(error=record.get("error"), saved=(record.get("saved") or [])[:20],
                          created=record.get("created"), finished=record.get("finished"))
             out.append(entry)

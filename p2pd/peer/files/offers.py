@@ -20,12 +20,17 @@ def fingerprint(items) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def view(record, done, rate, eta, elapsed) -> dict:
-    """What the control socket shows of a transfer (running: :meth:`Transfer.snapshot`; finished: its record)."""
-    return {"tid": record["tid"], "direction": record["direction"], "peer": record["peer"],
-            "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
-            "files": len(record["items"]), "bytes": record["total"], "done": done, "rate": rate, "eta": eta,
-            "elapsed": elapsed}
+def view(record, done, rate, eta, elapsed, inbox=None) -> dict:
+    """What the control socket shows of a transfer (running: :meth:`Transfer.snapshot`; finished: its record):
+    the first 20 names and sizes, and for an incoming one the *inbox* its ``saved`` names are relative to."""
+    shown = {"tid": record["tid"], "direction": record["direction"], "peer": record["peer"],
+             "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
+             "sizes": [i["size"] for i in record["items"]][:20],
+             "files": len(record["items"]), "bytes": record["total"], "done": done, "rate": rate, "eta": eta,
+             "elapsed": elapsed}
+    if inbox is not None and record["direction"] == "in":
+        shown["inbox"] = inbox
+    return shown
 
 
 def tops(paths):

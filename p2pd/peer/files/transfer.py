@@ -80,7 +80,8 @@ class Transfer:
         rate = self.bytes_now / elapsed if elapsed > 0 else 0.0
         done = min(self.done_bytes(), r["total"])
         left = (r["total"] - done) / rate if rate > 0 else None
-        return view(r, done, round(rate), None if left is None else round(left, 1), round(elapsed, 3))
+        return view(r, done, round(rate), None if left is None else round(left, 1), round(elapsed, 3),
+                    self.manager.inbox.path)
 
     def outcome(self):
         s = self.snapshot()
