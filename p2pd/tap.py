@@ -79,6 +79,18 @@ class Options(usage.Options):
         if role not in ROLES:
             raise usage.UsageError("--role must be one of: %s" % ", ".join(ROLES))
         getattr(self, "check_" + role)()
+        self.pidfile_in_data_dir()
+
+    def pidfile_in_data_dir(self):
+        """twistd's pid file goes in the data dir unless given (``--pidfile``): a registry and a peer started in
+        the same directory, as the README does, would both want ``./twistd.pid`` ("Another twistd server is
+        running") and leave it in the working tree. twistd reads the option after this; it writes the file
+        before the service starts, so the data dir is made here."""
+        parent = getattr(self, "parent", None)
+        if parent is None or parent.get("pidfile") != "twistd.pid":
+            return
+        os.makedirs(self["data-dir"], mode=0o700, exist_ok=True)
+        parent["pidfile"] = os.path.join(self["data-dir"], "twistd.pid")
 
     def apply_config(self, path):
         parser = configparser.ConfigParser()

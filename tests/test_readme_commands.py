@@ -1,0 +1,81 @@
+"""The README's commands as a new user types them (issue 13, bug 2): a registry and a peer started by hand in the
+same directory, then p2pctl, with nothing but HOME pointing at a fresh home. Only the ports differ (free ones on
+127.0.0.1 instead of :8000 and :3478, which this machine may be using)."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.twistd_process import TWISTD
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def readme_block(marker):
+    """The commands of the README's sh block that holds *marker*, without their comments."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        if marker in block:
+            return [line.split("#")[0].strip().rstrip("&").strip() for line in block.splitlines()
+                    if line.split("#")[0].strip()]
+    raise AssertionError("no README block with %r" % marker)
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_registry_and_a_peer_started_by_hand_side_by_side(tmp_path):
+    registry_cmd, peer_cmd, status_cmd = readme_block("--role=peer --name=alice &")
+    assert registry_cmd == "twistd -n p2pd --role=registry" and peer_cmd.startswith("twistd -n p2pd --role=peer")
+    http = free_port()
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("XDG_DATA_HOME", None)
+    work = tmp_path / "work"
+    work.mkdir()
+    url = "http://127.0.0.1:%d" % http
+    commands = [registry_cmd.split() + ["--http", "tcp:%d:interface=127.0.0.1" % http, "--stun", "127.0.0.1:0"],
+                peer_cmd.split() + ["--registry", url, "--listen", "tcp:0:interface=127.0.0.1", "--udp",
+                                    "127.0.0.1:0", "--advertise", "127.0.0.1"]]
+    procs = []
+    try:
+        for command in commands:
+            procs.append(subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            time.sleep(1)
+        data = tmp_path / "home" / ".local" / "share" / "p2pd"
+        deadline = time.monotonic() + 60
+        while True:
+            out = subprocess.run(status_cmd.split() + ["--json"], cwd=work, env=env, capture_output=True,
+                                 text=True, timeout=30)
+            if out.returncode == 0 and json.loads(out.stdout)["registry"]["state"] == "online":
+                break
+            for proc in procs:
+                assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            assert time.monotonic() < deadline, out.stderr
+            time.sleep(0.5)
+        assert json.loads(out.stdout)["name"] == "alice"
+        assert os.listdir(work) == [], "left in the working directory: %s" % os.listdir(work)
+        pids = {role: int((data / role / "twistd.pid").read_text()) for role in ("registry", "alice")}
+        assert pids == {"registry": procs[0].pid, "alice": procs[1].pid}
+        assert subprocess.run([TWISTD, "--version"], capture_output=True).returncode == 0
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            proc.stdout.close()
