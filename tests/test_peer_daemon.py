@@ -468,3 +468,23 @@ def test_a_deposit_nobody_collects_is_reported_expired(net):
     assert out["status"] == "failed" and "7 days" in out["reason"]
     assert seen == [{"event": "failed", "id": msg_id, "to": "bob", "reason": out["reason"]}]
     assert alice.status()["in_mailbox"] == 0
+
+
+def test_watch_shows_a_peer_we_talk_to_going_offline_and_coming_back(net):
+    """Issue 13: `watch` showed links opening and closing, not presence. The peers of our conversations are
+    looked at on each round while somebody watches."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(alice)
+    net.online(bob)
+    net.result(alice.send_message("bob", "hi"))
+    seen = []
+    alice.subscribe(lambda e: seen.append((e["name"], e["state"])) if e["event"] == "peer" else None)
+    net.run(31)  # the first look learns who is online: nothing to tell yet
+    net.offline(bob)
+    net.run(31)
+    bob.start()
+    net.result(bob.register())
+    net.up.add(bob)
+    net.run(31)
+    presence = [s for s in seen if s[1] in ("online", "offline")]
+    assert presence == [("bob", "offline"), ("bob", "online")], seen

@@ -19,6 +19,7 @@ from p2pd.peer.chat.directory import Directory
 from p2pd.peer.chat.events import Events
 from p2pd.peer.chat.outbox import Outbox
 from p2pd.peer.chat.pins import Pins
+from p2pd.peer.chat.presence_watch import PresenceWatch
 from p2pd.peer.chat.receipts import Receipts
 from p2pd.peer.chat.receive import Receiver
 from p2pd.peer.chat.rooms import Rooms
@@ -67,6 +68,7 @@ class PeerDaemon:
                                  self.outbox.depositor.deposit_frame)
         self.receiver = Receiver(name, identity, storage, registry, reactor, self.commits, self.events, self.pins,
                                  self.rooms_part, self.receipts, self.limits)
+        self.presence_watch = PresenceWatch(name, storage, self.pins, self.events)
         self._poll = None
 
     def new_link(self, expected=None):
@@ -109,6 +111,7 @@ class PeerDaemon:
         if self.registry_state["state"] == "online":
             self.receiver.mailbox.fetch()
             self.receipts.send_all()
+            self.presence_watch.poll()
         self.outbox.pump_all()
 
     # IPresenceHost
