@@ -109,9 +109,8 @@ class PeerDaemon:
             return
         self._poll = self.clock.callLater(MAILBOX_POLL, self._periodic)
         if self.registry_state["state"] == "online":
-            self.receiver.mailbox.fetch()
-            self.receipts.send_all()
-            self.presence_watch.poll()
+            for look in (self.receiver.mailbox.fetch, self.receipts.send_all, self.presence_watch.poll):
+                look()
         self.outbox.pump_all()
 
     # IPresenceHost
@@ -259,8 +258,7 @@ class PeerDaemon:
 
     def unblock(self, name):
         name = canonical_name(name)
-        was = self.pins.unblock(name)
-        return {"name": name, "blocked": False, "was_blocked": was}
+        return {"name": name, "blocked": False, "was_blocked": self.pins.unblock(name)}
 
     def blocked(self):
         return self.pins.blocked_names()
