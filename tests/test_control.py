@@ -807,3 +807,17 @@ def test_a_finished_send_replies_and_is_forgotten():
     assert proto.running == {}
     proto.connectionLost(None)
     assert facade.transfers.cancelled == []
+
+
+def test_history_with_a_peer_shows_the_files_exchanged_with_it_by_time():
+    """Issue 13: sent and received files are part of the conversation."""
+    from p2pd.peer.control_commands import with_files
+    messages = [{"id": "m1", "ts": 100, "body": "here it comes"}, {"id": "m2", "ts": 300, "body": "got it?"}]
+    transfers = [{"tid": "t1", "peer": "bob", "direction": "out", "status": "done", "finished": 200},
+                 {"tid": "t2", "peer": "bob", "direction": "in", "status": "failed", "finished": 250},
+                 {"tid": "t3", "peer": "carol", "direction": "in", "status": "done", "finished": 260},
+                 {"tid": "t4", "peer": "bob", "direction": "in", "status": "offered", "created": 400}]
+    merged = with_files(messages, "bob", transfers, 100)
+    assert [e.get("id") or e["tid"] for e in merged] == ["m1", "t1", "m2", "t4"]
+    assert merged[1]["kind"] == "file" and merged[1]["ts"] == 200
+    assert [e.get("id") or e["tid"] for e in with_files(messages, "bob", transfers, 2)] == ["m2", "t4"]

@@ -662,6 +662,11 @@ def test_ask_offer_waits_for_accept_or_reject(tmp_path, spawn):
         assert landed(bob) == {"first.bin": digest}
         shown = p2pctl(bob, "transfers")
         assert "saved as %s" % os.path.join(inbox(bob), "first.bin") in shown.stdout, shown.stdout
+        shown = p2pctl(bob, "history", alice.name)  # files are part of the conversation
+        assert "%s sent you first.bin (120.6 KiB), saved as %s" % (
+            alice.name, os.path.join(inbox(bob), "first.bin")) in shown.stdout, shown.stdout
+        shown = p2pctl(alice, "history", bob.name)
+        assert "you sent %s first.bin (120.6 KiB)" % bob.name in shown.stdout, shown.stdout
 
         proc = p2pctl_start(alice, "send", bob.name, str(second))
         offered = watch.wait(lambda e: e["event"] == "transfer" and e["status"] == "offered"

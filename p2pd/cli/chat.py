@@ -269,3 +269,5 @@ class Interactive:
                                                           clean(event.get("reason"))))
             elif kind == "peer" and event.get("name") == self.peer:
                 self.show("(%s is %s)" % (clean(self.peer), clean(event.get("state"))))
+            elif kind == "transfer" and event.get("peer") == self.peer and render.file_line(event):
+                self.show("(%s)" % render.file_line(event))

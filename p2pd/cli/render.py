@@ -27,6 +27,9 @@ def message_line(msg, date=False, recipient=False) -> str:
     """``[time] sender: text``; with *recipient*, ``[time] sender -> recipient: text`` (or ``#room``)."""
     if not isinstance(msg, dict):
         return clean(msg)
+    if msg.get("kind") == "file":
+        return "[%s] %s" % (clock(msg.get("ts"), date), file_line(msg) or "%s: %s" % (
+            clean(msg.get("peer")), clean(msg.get("status"))))
     who = clean(msg.get("sender"))
     if msg.get("room"):
         who = "#%s %s" % (clean(msg["room"]), who)
@@ -114,6 +117,21 @@ def saved_where(t) -> str:
     where = clean(inbox) if isinstance(inbox, str) else "the inbox"
     return "%d files in %s (%s)" % (len(saved), where, ", ".join(clean(x) for x in tops[:SHOWN_NAMES])
                                     + (", ..." if len(tops) > SHOWN_NAMES else ""))
+
+
+def file_line(t, me="you") -> str:
+    """A file transfer as the conversation shows it, once it is done or waits for us: ``alice sent you
+    report.pdf (2.1 MiB), saved as /home/bob/inbox/report.pdf``, ``you sent bob report.pdf (2.1 MiB)``,
+    ``alice offers report.pdf (2.1 MiB): p2pctl accept 3f2a``; "" for other states."""
+    peer, status, incoming = clean(t.get("peer")), t.get("status"), t.get("direction") == "in"
+    if status == "done":
+        if incoming:
+            where = saved_where(t)
+            return "%s sent %s %s%s" % (peer, me, offer_summary(t), ", saved as " + where if where else "")
+        return "%s sent %s %s" % (me, peer, offer_summary(t))
+    if status == "offered" and incoming:
+        return "%s offers %s: p2pctl accept %s" % (peer, offer_summary(t, types=True), clean(t.get("tid"))[:8])
+    return ""
 
 
 def transfer_line(event) -> str:

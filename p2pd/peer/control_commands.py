@@ -13,6 +13,17 @@ MAX_WAIT = 300.0
 MAX_HISTORY = 10000
 
 
+def with_files(messages, peer, transfers, limit):
+    """The conversation with *peer*, its file transfers (done, or waiting for our answer) in it by time as
+    entries ``{"kind": "file", "ts": ..., ...the transfer}``: files are part of a conversation, as in chat apps."""
+    files = [dict(t, kind="file", ts=t.get("finished") or t.get("created") or 0) for t in transfers
+             if t.get("peer") == peer and (t.get("status") == "done" or
+                                           (t.get("status") == "offered" and t.get("direction") == "in"))]
+    if not files:
+        return messages
+    return sorted(messages + files, key=lambda entry: entry.get("ts") or 0)[-limit:]
+
+
 class UnknownCommand(BadRequest):
     code = "unknown_command"
 
@@ -70,7 +81,11 @@ class Commands:
         limit = _arg(request, "limit", int, required=False, default=100)
         if not 1 <= limit <= MAX_HISTORY:
             raise BadRequest("limit must be between 1 and %d" % MAX_HISTORY)
-        return self.facade.history(conversation, limit=limit)
+        messages = self.facade.history(conversation, limit=limit)
+        transfers = getattr(self.facade, "transfers", None)
+        if conversation is None or transfers is None:
+            return messages
+        return with_files(messages, self.facade.conversation_key(conversation), transfers.list(limit=1000), limit)
 
     def do_block(self, request):
         return self.facade.block(_arg(request, "name", str))

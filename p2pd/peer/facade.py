@@ -61,6 +61,9 @@ class DaemonFacade(Protocol):
     def history(self, conversation: str | None = None, limit: int = 100) -> list:
         """Stored messages, oldest first (the newest *limit*)."""
 
+    def conversation_key(self, name: str) -> str:
+        """The conversation *name* stands for: a peer's name, or ``#`` and a room."""
+
     def block(self, name: str) -> dict:
         """{"name", "blocked": true}: *name*'s links, messages, offers and deposits are refused from now on."""
 
