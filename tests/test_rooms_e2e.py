@@ -349,3 +349,30 @@ def test_pipelined_room_posts_keep_their_order(trio):
         wait_for(lambda m=member: len(room_history(m, "Burst")) == 60, "%s to get the burst" % member.name)
         assert room_history(member, "Burst") == [("george", b) for b in bodies]
     assert room_history(george, "Burst") == [("george", b) for b in bodies]
+
+
+def test_a_file_sent_to_a_room_is_offered_to_each_member_who_decides_for_itself(trio, tmp_path):
+    """Issue 13: `p2pctl send G1 FILE` offers it to every other member, each with its own consent; the sender
+    reads one line per member and exits with the first refusal's code (5)."""
+    jim, george, michael = trio
+    assert p2pctl(jim, "create", "Files1").returncode == 0
+    for peer in trio:
+        assert p2pctl(peer, "join", "Files1").returncode == 0
+    note = tmp_path / "agenda.txt"
+    note.write_text("1. rooms\n2. files\n")
+    sending = subprocess.Popen([P2PCTL, "--data-dir", jim.data_dir, "send", "#Files1", str(note)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+    def offer(peer):
+        found = [t for t in peer.ctl("transfers") if t["direction"] == "in" and t["status"] == "offered"]
+        return found[0] if found else None
+
+    wait_for(lambda: offer(george) and offer(michael), "both members to be offered the file")
+    george.ctl("accept", tid=offer(george)["tid"])
+    michael.ctl("reject", tid=offer(michael)["tid"])
+    out, err = sending.communicate(timeout=60)
+    assert sending.returncode == 5, (out, err)
+    lines = out.splitlines()
+    assert lines[0] == "offering to 2 member(s) of Files1: george, michael", lines
+    assert "george: sent, " in out and "michael: not sent: michael refused the files" in out, out
+    assert os.path.exists(os.path.join(george.data_dir, "inbox", "agenda.txt"))

@@ -118,17 +118,69 @@ def rate_text(outcome):
     return text
 
 
-@command("send", "send files or folders to a peer (it must accept them)",
+def room_target(ctx, target):
+    """The room *target* names (``#G1``; ``G1`` when no peer has that name but a room does), or None for a peer."""
+    if target.startswith("#"):
+        return target[1:]
+    try:
+        canonical_name(target)
+    except InvalidName:
+        return target
+    try:
+        ctx.request("whois", name=target)
+        return None
+    except exits.DaemonError as e:
+        if e.code != "unknown_peer":
+            return None
+        rooms = {clean(r.get("name")).casefold() for r in ctx.request("groups") if isinstance(r, dict)}
+        if target.casefold() in rooms:
+            return target
+        raise
+
+
+def send_to_room(ctx, room, paths):
+    """Offer *paths* to every other member of *room*, each with its own consent and policy, at the same time;
+    one line per member. Exit 0 if every member took them, else the first refusal's or failure's code."""
+    members = ctx.request("members", room=room)
+    if not members:
+        ctx.say("nobody else in %s to send to" % clean(room))
+        return exits.OK
+    ctx.say("offering to %d member(s) of %s: %s" % (len(members), clean(room), ", ".join(map(clean, members))))
+    waiters = [(m, ctx.client.send("send", to=m, paths=paths)) for m in members]
+    code = exits.OK
+    for member, waiter in waiters:
+        try:
+            outcome = ctx.client.wait(waiter, timeout=NO_TIMEOUT)
+        except exits.DaemonError as e:
+            code = code or (exits.TEMPFAIL if e.code in ("peer_offline", "link_failed") else e.exit_code)
+            if ctx.json:
+                ctx.emit({"to": member, "ok": False, "error": e.code, "message": e.message})
+            else:
+                ctx.say("%s: not sent: %s" % (clean(member), clean(e.message)))
+            continue
+        if ctx.json:
+            ctx.emit(dict(outcome, to=member, ok=True))
+        else:
+            ctx.say("%s: sent, %s, verified" % (clean(member), rate_text(outcome)))
+    return code
+
+
+@command("send", "send files or folders to a peer, or to every member of a room (each must accept them)",
          [arg("peer", metavar="NAME"), arg("paths", metavar="FILE", nargs="+"),
           arg("-q", "--quiet", action="store_true", help="no progress bar")],
          description="Offers the files (folders with their tree) to NAME, waits for its answer and sends them. "
-                     "The receiver verifies every byte; if the transfer breaks, the same command resumes it.")
+                     "The receiver verifies every byte; if the transfer breaks, the same command resumes it. "
+                     "NAME may be a room (#G1, or G1 when no peer is called that): each other member is offered "
+                     "the files and decides for itself; one line per member.")
 def send(ctx, args):
-    peer = peer_name(args.peer)
     paths = [os.path.abspath(p) for p in args.paths]
     for given, path in zip(args.paths, paths):
         if not os.path.exists(path):
             raise exits.CliError("no such file or directory: %s" % clean(given), exits.NOINPUT, "file_missing")
+    room = room_target(ctx, args.peer)
+    if room is not None:
+        return send_to_room(ctx, room, paths)
+    peer = peer_name(args.peer)
     label = os.path.basename(paths[0].rstrip("/")) + (" +%d" % (len(paths) - 1) if len(paths) > 1 else "")
     outcome = follow(ctx, "send", clean(label)[:30], args.quiet, to=peer, paths=paths)
     if ctx.json:

@@ -31,6 +31,7 @@ groups     -                                   every room: ``name``, ``member_co
 public     ``room``, ``text``                  ``{"id", "room", "recipients", "status": "sent"}`` once stored
 private    ``to``, ``text``                    as ``msg``
 users      -                                   everyone online: ``peers`` and ourselves (``"self": true``)
+members    ``room``                            the other members of a room a post reaches (General: those online)
 block      ``name``                            ``{"name", "blocked": true}``: its links, messages, offers refused
 unblock    ``name``                            ``{"name", "blocked": false, "was_blocked"}``
 blocked    -                                   the blocked names

@@ -130,6 +130,9 @@ class Commands:
     def do_groups(self, request):
         return self.facade.rooms()
 
+    def do_members(self, request):
+        return self.facade.room_members(_arg(request, "room", str))
+
     def do_users(self, request):
         """Everyone online, ourselves included and marked ``"self": true`` (as the seed's ``users`` lists)."""
         status = self.facade.status()

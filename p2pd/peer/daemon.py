@@ -33,6 +33,20 @@ MAILBOX_POLL = 30.0
 REFUSALS = frozenset(("blocked", "identity_mismatch", "handshake", "unsupported_version"))  # of a whole link
 
 
+def conversation_key(storage, name):
+    """The conversation *name* stands for: ``#G1`` a room, a peer's name a peer, and ``G1`` the room when we
+    have a conversation in that room and none with such a peer."""
+    if name.startswith("#"):
+        return "#" + canonical_room(name[1:])
+    try:
+        peer = canonical_name(name)
+    except P2PDError:
+        return "#" + canonical_room(name)
+    known = {c["conversation"] for c in storage.conversations()}
+    room = "#" + canonical_room(name) if wire.ROOM_RE.fullmatch(name) else None
+    return room if room in known and peer not in known else peer
+
+
 @implementer(ILinkHost, IPresenceHost)
 class PeerDaemon:
     """Chat, links and the outbox of one peer. *tls* has ``client_endpoint(reactor, host, port, timeout)`` and
@@ -274,12 +288,8 @@ class PeerDaemon:
         return self.storage.history(conversation, limit=limit)
 
     def conversation_key(self, name):
-        if name.startswith("#"):
-            return "#" + canonical_room(name[1:])
-        try:
-            peer = canonical_name(name)
-        except P2PDError:
-            return "#" + canonical_room(name)
-        known = {c["conversation"] for c in self.storage.conversations()}
-        room = "#" + canonical_room(name) if wire.ROOM_RE.fullmatch(name) else None
-        return room if room in known and peer not in known else peer
+        return conversation_key(self.storage, name)
+
+    def room_members(self, room):
+        """Deferred[the other members of *room*] (General: those online), whom ``send ROOM`` offers files to."""
+        return self.rooms_part.members_to_reach(room)

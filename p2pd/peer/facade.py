@@ -61,6 +61,9 @@ class DaemonFacade(Protocol):
     def history(self, conversation: str | None = None, limit: int = 100) -> list:
         """Stored messages, oldest first (the newest *limit*)."""
 
+    def room_members(self, room: str):
+        """Deferred[the other members of *room* a post reaches]; NoSuchRoom, NotMember."""
+
     def conversation_key(self, name: str) -> str:
         """The conversation *name* stands for: a peer's name, or ``#`` and a room."""
 

@@ -263,6 +263,21 @@ class Rooms:
             else:
                 stored.chainDeferred(result)
 
+    def members_to_reach(self, room):
+        """Deferred[the members of *room* other than us, as a post would reach them] (NotMember if we are not in
+        it; NoSuchRoom if it does not exist): whom ``send ROOM FILE`` offers the files to."""
+        display = room_display(room)
+
+        def others(view):
+            if self.name not in view.get("members", []) and canonical_room(view["name"]) != canonical_room(GENERAL):
+                raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
+            return sorted(m for m in view["members"] if m != self.name and not self.dialer.pins.is_blocked(m))
+
+        def missing(failure):
+            failure.trap(NotFound)
+            raise NoSuchRoom("room %s does not exist" % display)
+        return self.views.get(display).addCallbacks(others, missing)
+
     def _store_post(self, view, text):
         if self.name not in view.get("members", []) and canonical_room(view["name"]) != canonical_room(GENERAL):
             raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
