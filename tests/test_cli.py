@@ -754,3 +754,11 @@ def test_interactive_chat_has_help_and_sends_a_slash_line_with_two_slashes(daemo
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_a_hint_the_message_says_already_is_not_said_twice(run, daemon):
+    """Issue 13: `... did not answer (X); try again later; try again later`."""
+    daemon.handlers["peers"] = lambda r: fail("unavailable", "the registry or the network did not answer (X); "
+                                                             "try again later")
+    code, _, err = run("peers")
+    assert code == exits.TEMPFAIL and err.count("try again later") == 1, err

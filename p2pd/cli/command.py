@@ -113,5 +113,6 @@ class Context:
             if isinstance(error, exits.DaemonError):
                 body.update({k: v for k, v in error.reply.items() if k not in body and k != "id"})
             self.emit(body)
-        self.warn("p2pctl: " + clean(error.message) + ("" if not error.hint else "; " + clean(error.hint)))
+        hint = error.hint if error.hint and error.hint not in error.message else None  # never said twice
+        self.warn("p2pctl: " + clean(error.message) + ("" if not hint else "; " + clean(hint)))
         return error.exit_code

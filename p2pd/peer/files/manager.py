@@ -29,6 +29,7 @@ from p2pd.peer.interfaces import IFrameHandler
 log = Logger()
 
 RECEIVER_CANCELLED = "sending again asks them to accept it again"  # what the sender reads after "bob cancelled ..."
+SENDER_CANCELLED = "the same send again resumes it"  # what the receiver reads after "alice cancelled the transfer: "
 RECENT = 200  # finished transfers kept in memory for ``transfers``
 
 
@@ -178,7 +179,7 @@ class Transfers:
         if t is None:
             raise NotFound("no transfer %s is running" % tid)
         if isinstance(t, Outgoing):
-            t.cancel("%s cancelled it" % self.name)
+            t.cancel(SENDER_CANCELLED)
         else:
             # A receiver's cancel is a refusal until it accepts again: the same offer again waits for `accept`.
             t.record["cancelled"] = True
@@ -220,8 +221,9 @@ class Transfers:
         out = self.live.get(frame["tid"])
         if isinstance(out, Outgoing) and out.peer == link.peer and not out.answer.called:
             code = frame["code"] if frame["code"] in REFUSALS else "rejected"
-            out.answer.errback(TransferError("%s refused the files: %s" % (link.peer, peer_text(frame["message"])),
-                                             code=code))
+            why = "%s rejected the files" % link.peer if code == "rejected" else \
+                "%s refused the files: %s" % (link.peer, peer_text(frame["message"]))
+            out.answer.errback(TransferError(why, code=code))
 
     def _on_cancel(self, link, frame):
         t = self.live.get(frame["tid"])
