@@ -37,9 +37,17 @@ def check_endpoint(description: str, what: str) -> str:
     return description
 
 
+USER_HELP = ("Runs one part of p2pd: a registry, where peers find each other by name (twistd -n p2pd "
+             "--role=registry), or a peer daemon, which claims a name and talks to other peers (twistd -n p2pd "
+             "--role=peer --name=alice --registry http://127.0.0.1:8000; p2pctl drives it, see p2pctl --help). "
+             "Options marked 'registry:' or 'peer:' belong to that role. Every option can also come from an INI "
+             "file (--config FILE, section [registry] or [peer], keys named like the long options; see conf/); "
+             "the command line wins. The pid file goes in the data dir unless --pidfile is given.")
+
+
 class Options(usage.Options):
     synopsis = "--role=registry|peer [options]"
-    longdesc = __doc__
+    longdesc = USER_HELP
 
     optParameters = [
         ["role", None, None, "registry or peer"],

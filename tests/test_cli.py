@@ -313,7 +313,7 @@ def test_help_documents_the_exit_codes(run):
     code, out, _ = run("--help")
     assert code == 0
     for line in ("0   ok", "1   other error", "2   usage", "3   peer offline", "4   unknown peer",
-                 "69  no p2pd daemon", "75  the daemon or the registry is temporarily unavailable"):
+                 "69  no p2pd daemon", "75  the daemon, the registry or the peer is unavailable right now"):
         assert line in out
 
 
@@ -762,3 +762,16 @@ def test_a_hint_the_message_says_already_is_not_said_twice(run, daemon):
                                                              "try again later")
     code, _, err = run("peers")
     assert code == exits.TEMPFAIL and err.count("try again later") == 1, err
+
+
+def test_help_lists_the_exit_codes_once_and_each_command_only_its_own(run):
+    """Issue 13: every subcommand's --help repeated the whole table; `twistd p2pd --help` ended with a docstring."""
+    code, out, _ = run("--help")
+    assert code == 0 and out.count("exit codes:") == 1 and "  66  " in out and "  3   " in out
+    _, out, _ = run("send", "--help")
+    assert "  66  " in out and "  5   " in out and "  3   " not in out
+    _, out, _ = run("status", "--help")
+    assert "  4   " not in out and "  66  " not in out and "  69  " in out
+    twistd = subprocess.run([os.path.join(os.path.dirname(sys.executable), "twistd"), "p2pd", "--help"],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "``" not in twistd and "makeService" not in twistd and "--role=peer --name=alice" in twistd

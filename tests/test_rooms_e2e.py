@@ -374,5 +374,5 @@ def test_a_file_sent_to_a_room_is_offered_to_each_member_who_decides_for_itself(
     assert sending.returncode == 5, (out, err)
     lines = out.splitlines()
     assert lines[0] == "offering to 2 member(s) of Files1: george, michael", lines
-    assert "george: sent, " in out and "michael: not sent: michael refused the files" in out, out
+    assert "george: sent, " in out and "michael: not sent: michael rejected the files" in out, out
     assert os.path.exists(os.path.join(george.data_dir, "inbox", "agenda.txt"))

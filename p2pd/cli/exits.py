@@ -10,20 +10,29 @@ NOINPUT = 66  # EX_NOINPUT: a file to send is missing or unreadable
 NO_DAEMON = 69  # EX_UNAVAILABLE
 TEMPFAIL = 75  # EX_TEMPFAIL: the daemon or the registry is busy or unreachable right now
 
-EPILOG = """\
-exit codes:
-  0   ok (messages delivered)
-  1   other error
-  2   usage error (bad arguments, or several daemons run: pick one with --name)
-  3   peer offline: the message is queued and will be delivered when the peer is back
-  4   unknown peer
-  5   the receiver refused the files (rejected, denied, too large, not enough space, unsafe name)
-  66  a file to send is missing or unreadable
-  69  no p2pd daemon is running (start one with: twistd -n p2pd --role=peer --name=NAME)
-  75  the daemon or the registry is temporarily unavailable: try again later
-
-finding the daemon: --data-dir DIR, else --name NAME ($XDG_DATA_HOME or ~/.local/share, then p2pd/NAME),
+CODE_LINES = {
+    OK: "ok (a message: delivered)",
+    ERROR: "other error",
+    USAGE: "usage error (bad arguments, or several daemons run: pick one with --name)",
+    QUEUED: "peer offline: the message is queued and will be delivered when the peer is back",
+    UNKNOWN_PEER: "unknown peer",
+    REFUSED: "the receiver refused the files (rejected, cancelled, denied, too large, not enough space, unsafe name)",
+    NOINPUT: "a file to send is missing or unreadable",
+    NO_DAEMON: "no p2pd daemon is running (p2pctl says how to start one)",
+    TEMPFAIL: "the daemon, the registry or the peer is unavailable right now: try again later",
+}
+COMMON_CODES = (OK, ERROR, USAGE, NO_DAEMON, TEMPFAIL)  # what any command may end with
+FINDING = """finding the daemon: --data-dir DIR, else --name NAME ($XDG_DATA_HOME or ~/.local/share, then p2pd/NAME),
 else $P2PD_DATA_DIR, else $P2PD_NAME, else the one daemon running under ~/.local/share/p2pd/."""
+
+
+def epilog(codes=None) -> str:
+    """The exit codes (all, or those of one command, *codes*) and how the daemon is found, for ``--help``."""
+    shown = sorted(CODE_LINES if codes is None else set(codes) | set(COMMON_CODES))
+    return "exit codes:\n%s\n\n%s" % ("\n".join("  %-3d %s" % (c, CODE_LINES[c]) for c in shown), FINDING)
+
+
+EPILOG = epilog()
 
 # daemon error codes (p2pd.errors and p2pd.peer.control) -> exit code; anything else is ERROR
 ERROR_EXITS = {

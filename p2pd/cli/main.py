@@ -22,6 +22,15 @@ def load_commands():
     return COMMANDS
 
 
+# the exit codes a command may end with besides exits.COMMON_CODES (its --help lists those only)
+COMMAND_CODES = {
+    "msg": (exits.QUEUED, exits.UNKNOWN_PEER), "private": (exits.QUEUED, exits.UNKNOWN_PEER),
+    "chat": (exits.QUEUED, exits.UNKNOWN_PEER), "whois": (exits.UNKNOWN_PEER,), "ls": (exits.UNKNOWN_PEER,),
+    "send": (exits.UNKNOWN_PEER, exits.REFUSED, exits.NOINPUT), "get": (exits.UNKNOWN_PEER, exits.REFUSED),
+    "accept": (exits.REFUSED,),
+}
+
+
 def positive(text):
     try:
         value = float(text)
@@ -55,7 +64,8 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     subparsers.required = True
     for cmd in load_commands().values():
-        sub = subparsers.add_parser(cmd.name, help=cmd.help, parents=[common], epilog=exits.EPILOG,
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, parents=[common],
+                                    epilog=exits.epilog(COMMAND_CODES.get(cmd.name, ())),
                                     description=textwrap.fill(cmd.description or cmd.help, 100),
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         for names, options in cmd.args:

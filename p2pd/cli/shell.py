@@ -1,4 +1,4 @@
-"""``p2pctl shell``: the chatroom session of the seed, on top of the peer daemon.
+"""``p2pctl shell``: a chatroom session (the one the project's first design shows), on top of the peer daemon.
 
 It greets you, shows events as they arrive (room messages, private messages, who joined or left a room) above
 the line you are typing, and accepts exactly these commands::
@@ -9,6 +9,7 @@ the line you are typing, and accepts exactly these commands::
 terminal each line is a command, run in order, and the shell ends at the end of the input.
 """
 
+import re
 import threading
 
 from p2pd.cli import exits, render
@@ -97,9 +98,9 @@ class Shell(Interactive):
         try:
             return handler(rest)
         except exits.DaemonError as e:
-            self.show(clean(e.message))
+            self.show(in_shell(clean(e.message)))
         except exits.CliError as e:
-            self.show(clean(e.message))
+            self.show(in_shell(clean(e.message)))
             if e.exit_code in (exits.NO_DAEMON, exits.TEMPFAIL):
                 return False
         return True
@@ -165,8 +166,14 @@ class Shell(Interactive):
                 self.show(text)
 
 
+def in_shell(text):
+    """A hint as the shell says it: its own commands (``join G1``), not the command line's (``p2pctl join G1``)."""
+    return re.sub(r"\bp2pctl (?=(create|join|leave|groups|users|public|private)\b)", "", text)
+
+
 @command("shell", "an interactive chatroom session (create, join, leave, groups, users, public, private, exit)",
-         description="The seed's chatroom client on top of your daemon: events appear as they arrive while you "
+         description="A chatroom session on top of your daemon: type create, join, leave, groups, users, public "
+                     "ROOM TEXT, private USER TEXT or exit; what happens (messages, people joining) appears as you "
                      "type. With stdin not a terminal, each line is a command.")
 def shell(ctx, args):
     return Shell(ctx).run()
