@@ -775,3 +775,9 @@ def test_help_lists_the_exit_codes_once_and_each_command_only_its_own(run):
     twistd = subprocess.run([os.path.join(os.path.dirname(sys.executable), "twistd"), "p2pd", "--help"],
                             capture_output=True, text=True, timeout=60).stdout
     assert "``" not in twistd and "makeService" not in twistd and "--role=peer --name=alice" in twistd
+
+
+def test_the_shell_names_its_own_commands_in_hints():
+    from p2pd.cli.shell import in_shell
+    assert in_shell("you are not a member of G1: p2pctl join G1") == "you are not a member of G1: join G1"
+    assert in_shell("p2pctl status lists it") == "p2pctl status lists it"  # not a shell command: as it is
