@@ -211,12 +211,14 @@ def test_width_and_table_alignment_count_columns_not_code_points():
 
 # --- finding the daemon -----------------------------------------------------------------------------------------
 
-def test_no_daemon_says_how_to_start_one(run):
+def test_no_daemon_says_how_to_start_one(run, home):
     """With no daemon anywhere: exit 69 and the command that starts one."""
     code, out, err = run("peers")
     assert code == exits.NO_DAEMON == 69
     from p2pd.cli.client import start_hint
-    assert err == "p2pctl: no p2pd daemon is running; %s\n" % start_hint()
+    top = home[0] if isinstance(home, tuple) else home
+    assert err.startswith("p2pctl: no p2pd daemon is running (looked in %s/p2pd" % top), err
+    assert err.endswith("--data-dir DIR names another); %s\n" % start_hint()), err
 
 
 def test_the_start_hint_works_as_typed_with_or_without_the_venv_on_path(tmp_path):
@@ -781,3 +783,20 @@ def test_the_shell_names_its_own_commands_in_hints():
     from p2pd.cli.shell import in_shell
     assert in_shell("you are not a member of G1: p2pctl join G1") == "you are not a member of G1: join G1"
     assert in_shell("p2pctl status lists it") == "p2pctl status lists it"  # not a shell command: as it is
+
+
+def test_inside_the_checkout_the_dev_up_daemons_are_found(run, home, monkeypatch):
+    """Issue 13: with ./dev up running, `p2pctl peers` in the checkout said no daemon was running (they live in
+    var/). It looks there too: by name, and when there is just one."""
+    top, _ = home
+    checkout = os.path.join(top, "co")
+    os.makedirs(os.path.join(checkout, "var", "alice"))
+    monkeypatch.chdir(checkout)
+    daemon = FakeDaemon(os.path.join(checkout, "var", "alice", "control.sock"))
+    try:
+        code, out, err = run("peers")
+        assert code == 0 and "bob" in out, err
+        code, out, err = run("--name", "alice", "status")
+        assert code == 0, err
+    finally:
+        daemon.close()

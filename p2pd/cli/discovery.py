@@ -2,7 +2,8 @@
 
 ``--data-dir`` wins, then ``--name`` (``$XDG_DATA_HOME`` or ``~/.local/share``, then ``p2pd/NAME``), then
 ``$P2PD_DATA_DIR``, then ``$P2PD_NAME``; with none of them, every ``p2pd/*/control.sock`` that accepts a
-connection is a candidate and exactly one must exist."""
+connection is a candidate and exactly one must exist. The daemons ``./dev up`` runs live in the checkout's
+``var/`` (or ``$P2PD_DEVNET_DIR``): run inside the checkout, p2pctl looks there too, by name and when searching."""
 
 import glob
 import os
@@ -31,12 +32,24 @@ def base_dir(env) -> str:
     return os.path.join(root, "p2pd")
 
 
+def places(env) -> list:
+    """The directories whose ``NAME/control.sock`` are daemons: the base directory, then the ``./dev up``
+    network's (``$P2PD_DEVNET_DIR``, or ``var/`` of the directory p2pctl runs in, if there is one)."""
+    found = [base_dir(env)]
+    devnet = env.get("P2PD_DEVNET_DIR") or os.path.join(os.getcwd(), "var")
+    if os.path.isdir(devnet) and os.path.abspath(devnet) not in found:
+        found.append(os.path.abspath(devnet))
+    return found
+
+
 def by_name(name, env) -> Target:
     try:
         name = canonical_name(name)
     except InvalidName as e:
         raise exits.CliError(clean(e.message), exits.USAGE) from None
-    return Target(os.path.join(base_dir(env), name, SOCKET_NAME), name, True, name)
+    paths = [os.path.join(place, name, SOCKET_NAME) for place in places(env)]
+    live = next((path for path in paths if is_live(path)), paths[0])
+    return Target(live, name, True, name)
 
 
 def by_data_dir(data_dir) -> Target:
@@ -62,10 +75,11 @@ def is_live(path, timeout=1.0) -> bool:
 def running(env) -> list:
     """Targets of every daemon that answers under the base directory, by name."""
     found = []
-    for path in sorted(glob.glob(os.path.join(glob.escape(base_dir(env)), "*", SOCKET_NAME))):
-        if is_live(path):
-            name = os.path.basename(os.path.dirname(path))
-            found.append(Target(path, name, False, name))
+    for place in places(env):
+        for path in sorted(glob.glob(os.path.join(glob.escape(place), "*", SOCKET_NAME))):
+            if is_live(path):
+                name = os.path.basename(os.path.dirname(path))
+                found.append(Target(path, name, False, name))
     return found
 
 
@@ -83,7 +97,8 @@ def locate(data_dir=None, name=None, env=None) -> Target:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise exits.NoDaemon("no p2pd daemon is running", hint=start_hint())
+        raise exits.NoDaemon("no p2pd daemon is running (looked in %s; --data-dir DIR names another)"
+                             % " and ".join(clean(p) for p in places(env)), hint=start_hint())
     names = ", ".join(clean(t.label) for t in found)
     raise exits.CliError("several p2pd daemons are running (%s): choose one with --name NAME" % names, exits.USAGE,
                          "several_daemons", "or set P2PD_NAME")
