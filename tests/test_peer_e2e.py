@@ -609,3 +609,14 @@ def test_line_flood_from_one_peer_does_not_slow_the_others(tmp_path, registry, s
     assert p95 < 0.2, "alice's p95 latency during the flood was %.0f ms" % (p95 * 1000)
     grown = rss_kb(bob.pid) - rss_before
     assert grown < 10 * 1024, "bob's RSS grew by %d kB" % grown
+
+
+def test_a_running_peer_does_not_log_a_line_per_registry_request(tmp_path, spawn):
+    """Issue 13: the foreground daemon logged `Starting factory _HTTP11ClientFactory` on every heartbeat."""
+    reg = RegistryProcess(tmp_path / "registry", args=SHORT_LEASE)
+    with reg:
+        alice = spawn("alice", reg)
+        wait_until(lambda: alice.ctl("status")["registry"]["state"] == "online", 20, "alice online")
+        time.sleep(5)  # two or three heartbeats
+        log = open(alice.log_path, errors="replace").read()
+        assert "_HTTP11ClientFactory" not in log, log[-2000:]

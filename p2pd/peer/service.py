@@ -13,7 +13,7 @@ from twisted.application import internet, service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from p2pd.datadir import DataDirLock, write_info
 from p2pd.errors import P2PDError
@@ -50,6 +50,12 @@ def local_address_towards(host):
 def host_port(host, port):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
+
+
+class QuietHTTPClientFactory(_HTTP11ClientFactory):
+    """The pool's connection factory, without its log line per connection (a heartbeat made one every 20 s)."""
+
+    noisy = False
 
 class TLSAdapter:
     """How the daemon dials with TLS and reads the key a peer proved in the handshake."""
@@ -151,6 +157,7 @@ class PeerService(service.MultiService):
         self.storage = Storage(db_path(self.data_dir), name=self.name)
         pool = HTTPConnectionPool(reactor)
         pool.maxPersistentPerHost = 16  # room posts each ask the registry for the member list
+        pool._factory = QuietHTTPClientFactory  # no "Starting factory ..." in the log for every request
         self.registry = RegistryClient(options["registry"], reactor, _TreqWithPool(pool), self.identity.signing,
                                        self.name)
         self.daemon = PeerDaemon(self.name, self.identity, self.storage, self.registry, reactor,
