@@ -43,7 +43,7 @@ class Child:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip()
+                err = self.proc.stderr.read().decode(errors="replace").strip() or self.reason_in_log()
                 raise RuntimeError("%s stopped: %s (log: %s)" % (self.label, err or "see the log", self.log_path))
             try:
                 with open(self.info_path) as f:
@@ -54,6 +54,15 @@ class Child:
                 pass
             time.sleep(0.1)
         raise RuntimeError("%s did not start within %d s (log: %s)" % (self.label, timeout, self.log_path))
+
+    def reason_in_log(self):
+        """The last ``p2pd: ...`` line of the log (twistd puts what a failed start says there, not on stderr)."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = [line.split("] ", 1)[-1].strip() for line in f if "p2pd: " in line]
+        except OSError:
+            return ""
+        return lines[-1][len("p2pd: "):] if lines and lines[-1].startswith("p2pd: ") else (lines[-1] if lines else "")
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:

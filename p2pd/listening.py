@@ -2,7 +2,8 @@
 not give, the port they are bound to (a role publishes it: ``tcp:0`` takes a free one).
 
 Both listen synchronously when started (``strports.service`` raises a busy port from ``startService``, as
-``UDPServer`` does), so :func:`start_or_exit` turns a port that cannot be had into one clear line and exit 1.
+``UDPServer`` does; under twistd already from ``privilegedStartService``), so :func:`start_or_exit`, around
+either, turns a port that cannot be had into one clear line and exit 1.
 """
 
 from twisted.application import internet, strports

@@ -79,3 +79,39 @@ def test_a_registry_and_a_peer_started_by_hand_side_by_side(tmp_path):
                     proc.kill()
                     proc.wait()
             proc.stdout.close()
+
+
+def redis_servers_of(path):
+    """Pids of processes whose command line mentions *path* and redis-server (looked up in /proc, never killed)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if pid.isdigit() and "redis-server" in cmdline and str(path) in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_a_registry_whose_port_is_taken_says_so_and_leaves_nothing_running(tmp_path):
+    """Issue 13, bug 4: a registry that could not bind its port left its redis-server orphaned, and ./dev up
+    said only `registry stopped: see the log`. Now the reason is on the terminal, by hand and under ./dev up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([TWISTD, "-n", "--pidfile=", "p2pd", "--role=registry", "--data-dir",
+                              str(tmp_path / "reg"), "--http", "tcp:%d:interface=127.0.0.1" % port, "--stun",
+                              "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1
+        assert "p2pd: cannot listen on 127.0.0.1:%d: [Errno 98] Address already in use" % port in out.stdout + out.stderr
+        assert "Traceback" not in out.stdout + out.stderr
+        env = dict(os.environ, P2PD_DEVNET_DIR=str(tmp_path / "net"))
+        out = subprocess.run([sys.executable, "-m", "p2pd.devnet", "--http", "tcp:%d:interface=127.0.0.1" % port,
+                              "--stun", "127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+        assert out.returncode == 1
+        assert "registry stopped: cannot listen on 127.0.0.1:%d" % port in out.stderr, out.stderr
+    time.sleep(0.5)
+    assert redis_servers_of(tmp_path) == []

@@ -109,6 +109,11 @@ class RegistryService(service.MultiService):
             self.stun.setServiceParent(self)
         Pruner(self.store, reactor, limits).setServiceParent(self)
 
+    def privilegedStartService(self):
+        """twistd binds the listeners here, before any startService (so before redis-server is spawned): a busy
+        port ends the process with one line, ``p2pd: cannot listen on ...``, and leaves nothing behind."""
+        start_or_exit(super().privilegedStartService)
+
     def startService(self):
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         try:
