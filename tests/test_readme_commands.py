@@ -115,3 +115,14 @@ def test_a_registry_whose_port_is_taken_says_so_and_leaves_nothing_running(tmp_p
         assert "registry stopped: cannot listen on 127.0.0.1:%d" % port in out.stderr, out.stderr
     time.sleep(0.5)
     assert redis_servers_of(tmp_path) == []
+
+
+def test_a_normal_registry_start_logs_no_warning(tmp_path):
+    """Issue 13: every start warned `pruning skipped: Redis is not connected yet` (the first prune came before
+    the embedded Redis answered)."""
+    from tests.registry_process import RegistryProcess
+    with RegistryProcess(tmp_path / "registry") as registry:
+        registry.wait_healthy()
+        time.sleep(1)
+        log = open(registry.log_path, errors="replace").read()
+    assert "pruning skipped" not in log and "#warn" not in log, log[-2000:]

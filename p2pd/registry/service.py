@@ -37,6 +37,7 @@ class Pruner(TimerService):
         self.limits = limits
         self.rooms_per_tick = rooms_per_tick
         self.cursor = None  # the last room looked at; None: start from the first
+        self.worked = False  # a tick has reached the store: until then, at start, an unready store is no news
 
     @defer.inlineCallbacks
     def tick(self):
@@ -51,12 +52,14 @@ class Pruner(TimerService):
             if deleted:
                 log.info("deleted idle rooms: {rooms}", rooms=", ".join(deleted))
             yield self.store.ensure_general(now)  # General comes back even if Redis lost it
+            self.worked = True
         except Exception:
             self.failed(Failure())
 
     def failed(self, failure):
         if failure.check(StoreUnavailable):
-            log.warn("pruning skipped: {error}", error=failure.value.message)
+            if self.worked:  # the first ticks of a start come before the embedded Redis answers: not a warning
+                log.warn("pruning skipped: {error}", error=failure.value.message)
         else:
             log.failure("pruning expired registry state failed; the next tick will retry", failure)
 
