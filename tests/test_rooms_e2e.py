@@ -376,3 +376,17 @@ def test_a_file_sent_to_a_room_is_offered_to_each_member_who_decides_for_itself(
     assert lines[0] == "offering to 2 member(s) of Files1: george, michael", lines
     assert "george: sent, " in out and "michael: not sent: michael rejected the files" in out, out
     assert os.path.exists(os.path.join(george.data_dir, "inbox", "agenda.txt"))
+
+
+def test_a_room_is_deleted_by_its_owner_only(trio):
+    """Issue 12, finding 8: rooms have an owner, who may delete them; nobody else can, and General stays."""
+    jim, george, michael = trio
+    assert p2pctl(jim, "create", "Del1").returncode == 0
+    assert p2pctl(george, "join", "Del1").returncode == 0
+    out = p2pctl(george, "delete", "Del1")
+    assert out.returncode == 1 and out.stderr == "p2pctl: only the owner of room Del1 may delete it\n", out.stderr
+    out = p2pctl(jim, "delete", "del1")
+    assert out.returncode == 0 and out.stdout.strip() == "deleted room del1", (out.stdout, out.stderr)
+    assert "Del1" not in {r["name"] for r in jim.ctl("groups")}
+    out = p2pctl(jim, "delete", "General")
+    assert out.returncode != 0 and "General" in out.stderr

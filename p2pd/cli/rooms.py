@@ -48,6 +48,16 @@ command("join", "join a chat room", [ROOM])(_change("join", "joined"))
 command("leave", "leave a chat room (everyone stays in General)", [ROOM])(_change("leave", "left"))
 
 
+@command("delete", "delete a chat room you created, with its member list (not General)", [ROOM])
+def delete(ctx, args):
+    result = ctx.request("delete", room=room_name(args.room))
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        ctx.say("deleted room %s" % clean(args.room))
+    return exits.OK
+
+
 def groups_lines(rooms) -> list:
     if not rooms:
         return ["no rooms"]

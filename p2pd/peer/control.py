@@ -32,6 +32,7 @@ public     ``room``, ``text``                  ``{"id", "room", "recipients", "s
 private    ``to``, ``text``                    as ``msg``
 users      -                                   everyone online: ``peers`` and ourselves (``"self": true``)
 members    ``room``                            the other members of a room a post reaches (General: those online)
+delete     ``room``                            delete a room we own: ``{"id", "deleted": true}``
 block      ``name``                            ``{"name", "blocked": true}``: its links, messages, offers refused
 unblock    ``name``                            ``{"name", "blocked": false, "was_blocked"}``
 blocked    -                                   the blocked names

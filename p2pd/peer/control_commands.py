@@ -121,6 +121,9 @@ class Commands:
     def do_leave(self, request):
         return self.facade.leave_room(_arg(request, "room", str))
 
+    def do_delete(self, request):
+        return self.facade.delete_room(_arg(request, "room", str))
+
     def do_public(self, request):
         return self.facade.post_room(_arg(request, "room", str), _arg(request, "text", str))
 

@@ -256,6 +256,9 @@ class PeerDaemon:
     def leave_room(self, room):
         return self.rooms_part.leave_room(room)
 
+    def delete_room(self, room):
+        return self.rooms_part.delete_room(room)
+
     def post_room(self, room, text):
         return self.rooms_part.post_room(room, text)
 

@@ -61,6 +61,9 @@ class DaemonFacade(Protocol):
     def history(self, conversation: str | None = None, limit: int = 100) -> list:
         """Stored messages, oldest first (the newest *limit*)."""
 
+    def delete_room(self, room: str):
+        """Deferred[{"id", "deleted": True}]: delete a room we own; Forbidden if we do not, NoSuchRoom."""
+
     def room_members(self, room: str):
         """Deferred[the other members of *room* a post reaches]; NoSuchRoom, NotMember."""
 

@@ -181,6 +181,16 @@ class Rooms:
         return self.registry.leave(display).addCallbacks(self._membership, _room_error,
                                                          callbackArgs=(False,), errbackArgs=(display,))
 
+    def delete_room(self, room):
+        """Delete *room*, which we created (the registry checks); its members learn it at their next lookup."""
+        display = room_display(room)
+
+        def deleted(result):
+            self.members.forget(display)
+            self.views.forget(display)
+            return result
+        return self.registry.delete_room(display).addCallbacks(deleted, _room_error, errbackArgs=(display,))
+
     def _membership(self, room_view, member):
         self.members.forget(room_view["name"])
         self.views.forget(room_view["name"])
