@@ -6,7 +6,10 @@ when it is hit. Sizes take K, M, G suffixes (powers of 1024)."""
 
 import dataclasses
 
-from p2pd.core.sizes import parse_amount
+from p2pd.core.limits import LimitsError, limit_names
+from p2pd.core.limits import parse_limits as parse_any
+
+__all__ = ["FIELDS", "Limits", "LimitsError", "parse_limits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,38 +29,10 @@ class Limits:
     partial_expiry: float = 7 * 86400.0  # seconds an interrupted incoming transfer keeps its partial files
 
 
-FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}
-
-
-class LimitsError(ValueError):
-    pass
-
-
-def parse_value(text):
-    try:
-        return parse_amount(text)
-    except ValueError:
-        raise LimitsError("%r is not a number (sizes may end in K, M or G)" % text) from None
+FIELDS = limit_names(Limits)
 
 
 def parse_limits(text):
     """``"unverified=100,unverified-per-address=10"`` -> Limits with those two changed; LimitsError (saying
-    which names exist) for anything else."""
-    changes = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        name, sep, raw = item.partition("=")
-        name = name.strip().lower()
-        if not sep or name not in FIELDS:
-            raise LimitsError("unknown limit %r; the limits are: %s" % (name or item, ", ".join(sorted(FIELDS))))
-        field = FIELDS[name]
-        value = parse_value(raw)
-        if field.type in (int, "int"):
-            if value != int(value):
-                raise LimitsError("limit %s must be a whole number, not %r" % (name, raw.strip()))
-            value = int(value)
-        if value < 1:
-            raise LimitsError("limit %s must be at least 1, not %r" % (name, raw.strip()))
-        changes[field.name] = value
-    return dataclasses.replace(Limits(), **changes)
+    which names exist) for anything else (:mod:`p2pd.core.limits` parses both roles' limits)."""
+    return parse_any(text, Limits)
