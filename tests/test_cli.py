@@ -734,28 +734,23 @@ def test_get_a_path_without_data_dir_talks_to_the_only_daemon(run, daemon):
 def test_interactive_chat_has_help_and_sends_a_slash_line_with_two_slashes(daemon, home):
     """Issue 13, bug 8: /help inside chat was sent to the peer as a message. It is a command now; an unknown
     /word says how to send it; //shrug sends "/shrug"."""
+    from tests.pty_session import Pty
     _, env = home
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(P2PCTL + ["chat", "bob"], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                            env=dict(os.environ, TERM="dumb", **env))
-    os.close(slave)
+    chat = Pty(P2PCTL + ["chat", "bob"], env=dict(os.environ, **env))
     try:
-        read_until(master, b"you> ")
+        chat.expect("you> ")
         daemon.watching.wait(10)
-        os.write(master, b"/help\r")
-        read_until(master, b"start it with //")
-        os.write(master, b"/shrug\r")
-        read_until(master, b"//shrug sends it as a message")
-        os.write(master, b"//shrug\r")
-        read_until(master, b"(delivered to bob)")
+        chat.type("/help")
+        chat.expect("start it with //")
+        chat.type("/shrug")
+        chat.expect("//shrug sends it as a message")
+        chat.type("//shrug")
+        chat.expect("(delivered to bob)")
         assert [r["text"] for r in daemon.requests if r["cmd"] == "msg"] == ["/shrug"]
-        os.write(master, b"/quit\r")
-        assert proc.wait(10) == 0
+        chat.type("/quit")
+        assert chat.proc.wait(10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+        chat.close()
 
 
 def test_a_hint_the_message_says_already_is_not_said_twice(run, daemon):

@@ -562,42 +562,10 @@ def test_a_dash_name_lands_with_a_prefix_and_a_hidden_one_is_said_to_be_renamed(
 # 2: consent
 
 
-class Pty:
-    """A command on a pseudo-terminal: ``expect(text)`` reads until *text* shows, ``type(line)`` types a line."""
-
-    def __init__(self, argv):
-        import pty
-        self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                     env=dict(os.environ, TERM="dumb"))
-        os.close(slave)
-        self.seen = b""
-
-    def expect(self, text, timeout=30):
-        import select
-        needle = text.encode()
-        deadline = time.monotonic() + timeout
-        while needle not in self.seen:
-            assert time.monotonic() < deadline, "no %r in %r" % (text, self.seen[-400:])
-            if select.select([self.master], [], [], 0.2)[0]:
-                try:
-                    self.seen += os.read(self.master, 65536)
-                except OSError:
-                    assert needle in self.seen, "no %r in %r" % (text, self.seen[-400:])
-
-    def type(self, line):
-        os.write(self.master, line.encode() + b"\r")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        os.close(self.master)
-
-
 def test_accept_without_an_id_asks_on_the_terminal_like_wormhole_receive(tmp_path, spawn):
     """Issue 13: `p2pctl accept` with no ID waits for the next offer, shows its names and sizes and asks
     `Accept ... from alice into INBOX? [y/N]`; y accepts (the file lands), anything else rejects it."""
+    from tests.pty_session import Pty
     alice, bob = spawn("alice"), spawn("bob")
     first, second = tmp_path / "report.pdf", tmp_path / "other.bin"
     digest = random_file(first, 5000)
@@ -885,43 +853,21 @@ def test_the_senders_progress_says_hashing_then_waiting_then_shows_the_bytes(spa
     """Issue 13: the bar sat at 0% through hashing and consent, and its rate counted from the offer. On a
     terminal the sender now reads `hashing big.bin (1 of 1)`, then `waiting for bob to accept big.bin`, and only
     once bob accepted a bar of bytes, whose rate starts at the first byte."""
-    import pty
-    import select
+    from tests.pty_session import Pty
     alice, bob = spawn("alice"), spawn("bob")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([P2PCTL, "--data-dir", alice.data_dir, "send", bob.name, big[0]], stdin=slave,
-                            stdout=slave, stderr=slave, close_fds=True, env=dict(os.environ, TERM="dumb"))
-    os.close(slave)
-    seen = b""
-
-    def read_until(needle, timeout=60):
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while needle not in seen:
-            assert time.monotonic() < deadline and proc.poll() is None or needle in seen, seen[-500:]
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    seen += os.read(master, 65536)
-                except OSError:
-                    break
-        return seen
-
+    sending = Pty([P2PCTL, "--data-dir", alice.data_dir, "send", bob.name, big[0]])
     try:
-        read_until(b"hashing big.bin (1 of 1)")
-        read_until(("waiting for %s to accept big.bin" % bob.name).encode())
+        sending.expect("hashing big.bin (1 of 1)", timeout=60)
+        sending.expect("waiting for %s to accept big.bin" % bob.name)
         offer = wait_until(lambda: [o for o in transfers(bob, "in") if o["status"] == "offered"], 30,
                            "bob to see the offer")[0]
-        assert b"B/s" not in seen.split(b"waiting for")[-1], "a bar before bob accepted"
+        assert b"B/s" not in sending.seen.split(b"waiting for")[-1], "a bar before bob accepted"
         bob.ctl("accept", tid=offer["tid"])
-        read_until(b"verified by " + bob.name.encode())
-        assert proc.wait(30) == 0
-        tail = seen.split(b"waiting for")[-1]
+        tail = sending.expect("verified by " + bob.name).split(b"waiting for")[-1]
+        assert sending.proc.wait(30) == 0
         assert b"%|" in tail and b"B/s" in tail, tail[-500:]  # tqdm's bar, from the first byte
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+        sending.close()
 
 
 def test_receiver_killed_at_random_offsets_resumes_every_time(spawn, big):
