@@ -8,6 +8,11 @@
 
 Everything binds 127.0.0.1. ``stop()`` (and leaving the ``with``) sends SIGTERM to the pid it started and waits;
 it never kills anything by name. Extra twistd options go in ``args``; ``redis_url`` points it at an external Redis.
+
+Every client of a test registry is on 127.0.0.1, one address for what would be many machines, so the limits per
+client address are lifted unless a test asks for them: the rate limit (``rate_limit="0"``) and the registry's
+quota of new names per address (``registry_limits``, the whole ``--limits`` text; ``registry_limits=None`` gives
+the registry's own defaults). tests/test_registry_limits.py checks those limits in process.
 """
 
 import os
@@ -16,23 +21,29 @@ import time
 
 from tests.twistd_process import TwistdProcess
 
+UNLIMITED_CLAIMS = "claims-per-address-per-hour=100000"
+
 
 class RegistryProcess(TwistdProcess):
     label = "registry"
     info_file = "registry.json"
 
-    def __init__(self, data_dir, redis_url=None, args=(), http_port=0, stun=True, rate_limit="0"):
+    def __init__(self, data_dir, redis_url=None, args=(), http_port=0, stun=True, rate_limit="0",
+                 registry_limits=UNLIMITED_CLAIMS):
         super().__init__(data_dir, args)
         self.redis_url = redis_url
         self.http_port = http_port
         self.stun_enabled = stun
         self.rate_limit = rate_limit
+        self.registry_limits = registry_limits
 
     def role_args(self):
         cmd = ["--role=registry", "--data-dir", self.data_dir, "--http", "tcp:%d:interface=127.0.0.1" % self.http_port,
                "--stun", "127.0.0.1:0" if self.stun_enabled else "0", "--rate-limit", self.rate_limit]
         if self.redis_url:
             cmd += ["--redis", self.redis_url]
+        if self.registry_limits:
+            cmd += ["--limits", self.registry_limits]
         return cmd
 
     def start(self, timeout=20):

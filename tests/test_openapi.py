@@ -265,9 +265,7 @@ async def test_rate_limit_reply_is_documented(template, method):
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """One registry for the module's runs; their claims all come from 127.0.0.1, so its claim quota is lifted."""
-    with RegistryProcess(tmp_path_factory.mktemp("registry"),
-                         args=["--limits", "claims-per-address-per-hour=100000"]) as reg:
+    with RegistryProcess(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
 
 

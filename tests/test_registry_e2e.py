@@ -255,15 +255,10 @@ def run_twistd(args, cwd, timeout=30):
 # fixtures
 
 
-# Every test claims its names from 127.0.0.1, more than one address may claim in an hour: the registries that serve
-# many tests lift that quota (tests/test_registry_limits.py checks it).
-UNLIMITED_CLAIMS = ["--limits", "claims-per-address-per-hour=100000"]
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """The module's shared registry: embedded Redis, rate limit off, leases long enough to outlast the module."""
-    with RegistryProcess(tmp_path_factory.mktemp("shared"), args=["--lease-ttl", "600"] + UNLIMITED_CLAIMS) as reg:
+    with RegistryProcess(tmp_path_factory.mktemp("shared"), args=["--lease-ttl", "600"]) as reg:
         yield reg
 
 
@@ -823,9 +818,8 @@ async def in_batches(factories, size=50):
 @pytest_twisted.ensureDeferred
 async def test_sigkill_and_restart_loses_nothing(tmp_path):
     """200 acknowledged claims and 200 acknowledged deposits survive a SIGKILL of the registry; the restarted
-    registry stops the orphaned redis-server, so exactly one serves the data dir, and health is 200. (The 200
-    claims come from one address: its hourly claim quota is lifted.)"""
-    reg = RegistryProcess(tmp_path / "data", args=UNLIMITED_CLAIMS)
+    registry stops the orphaned redis-server, so exactly one serves the data dir, and health is 200."""
+    reg = RegistryProcess(tmp_path / "data")
     try:
         reg.start()
         reg.wait_healthy()

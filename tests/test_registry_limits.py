@@ -412,7 +412,7 @@ def test_a_full_embedded_redis_refuses_deposits_but_serves_heartbeats_and_update
     fetch still succeed."""
     import redis
 
-    with RegistryProcess(tmp_path / "registry", stun=False, args=["--limits", "redis-maxmemory=8M"]) as registry:
+    with RegistryProcess(tmp_path / "registry", stun=False, registry_limits="redis-maxmemory=8M") as registry:
         base = registry.http
         peers = {name: signing.Identity.generate() for name in ("alice", "bob")}
         for name, identity in peers.items():
