@@ -488,3 +488,26 @@ def test_watch_shows_a_peer_we_talk_to_going_offline_and_coming_back(net):
     net.run(31)
     presence = [s for s in seen if s[1] in ("online", "offline")]
     assert presence == [("bob", "offline"), ("bob", "online")], seen
+
+
+def test_a_receipt_for_a_name_nobody_holds_any_more_is_dropped(net):
+    """A sender that released its name gets no receipt (nobody to give it to), and none is retried for ever."""
+    alice, bob = net.daemon("alice", 1), net.daemon("bob", 2)
+    net.online(bob)
+    net.offline(bob)
+    net.online(alice)
+    net.result(alice.send_message("bob", "goodbye"))
+    net.offline(alice)
+    original = net.store.deposit
+
+    def refused(recipient, *args):
+        if recipient == "alice":
+            return defer.fail(StoreUnavailable("the registry's store is unavailable"))
+        return original(recipient, *args)
+    net.store.deposit = refused  # the receipt cannot go at once ...
+    net.online(bob)
+    net.store.deposit = original
+    assert bodies(bob, "alice") == ["goodbye"] and bob.storage.owed_receipts("alice")
+    net.result(alice.registry.release())  # ... and then nobody holds the name
+    net.run(31)
+    assert bob.storage.owed_receipts("alice") == [] and bob.storage.receipt_senders() == []

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from p2pd.core import wire
 from p2pd.core.clock import now_ms
+from p2pd.errors import IdentityMismatch, NoSuchPeer
 from p2pd.peer.chat.shared import Shared, patiently
 
 log = Logger()
@@ -83,7 +84,10 @@ class Receipts:
                     for frame in wire.acks(ids):
                         link.send(frame)
                 else:
-                    await patiently(self.clock, self.seal_to, sender, {"t": "ack", "ids": ids})
+                    try:
+                        await patiently(self.clock, self.seal_to, sender, {"t": "ack", "ids": ids})
+                    except (NoSuchPeer, IdentityMismatch) as e:  # nobody, or another key, holds the name now
+                        log.info("receipts for {peer} dropped: {error}", peer=sender, error=e.message)
                 self.storage.receipts_sent(sender, ids)
             self.storage.commit()
 
