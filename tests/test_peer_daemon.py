@@ -511,3 +511,10 @@ def test_a_receipt_for_a_name_nobody_holds_any_more_is_dropped(net):
     net.result(alice.registry.release())  # ... and then nobody holds the name
     net.run(31)
     assert bob.storage.owed_receipts("alice") == [] and bob.storage.receipt_senders() == []
+
+
+def test_a_nearly_full_registry_is_an_error_that_says_when_to_come_back():
+    from p2pd.errors import RegistryFull
+    from p2pd.peer.registry_client import error_for
+    err = error_for(507, {"error": "registry_full", "message": "the registry is nearly full", "retry_after": 60})
+    assert isinstance(err, RegistryFull) and err.retry_after == 60 and err.code == "registry_full"

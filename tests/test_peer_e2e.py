@@ -620,3 +620,22 @@ def test_a_running_peer_does_not_log_a_line_per_registry_request(tmp_path, spawn
         time.sleep(5)  # two or three heartbeats
         log = open(alice.log_path, errors="replace").read()
         assert "_HTTP11ClientFactory" not in log, log[-2000:]
+
+
+def test_a_key_that_owns_as_many_names_as_allowed_exits_with_a_clear_message(tmp_path):
+    """Issue 12, finding 8: past names-per-key the registry answers 403 too_many_names; the daemon says so and
+    exits instead of retrying for ever."""
+    reg = RegistryProcess(tmp_path / "registry", registry_limits="names-per-key=1,claims-per-address-per-hour=1000")
+    with reg:
+        data_dir = tmp_path / "one-key"
+        data_dir.mkdir(mode=0o700)
+        base = [TWISTD, "-n", "--pidfile=", "p2pd", "--role=peer", "--data-dir", str(data_dir), "--registry",
+                reg.http, "--listen", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0", "--advertise", "127.0.0.1"]
+        first = PeerProcess(data_dir, "alice", reg.http)
+        first.start()
+        first.stop()
+        proc = subprocess.run(base + ["--name", "alice2"], cwd=str(data_dir), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "this key owns 1 names already" in output, output
+        assert "Traceback" not in output

@@ -10,7 +10,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from p2pd.errors import Conflict, P2PDError, TooManyRequests, Unauthorized
+from p2pd.errors import Conflict, Forbidden, P2PDError, RetryLater, Unauthorized
 
 log = Logger()
 
@@ -84,7 +84,13 @@ class Presence(service.Service):
                               % (self.daemon.name, self.registry.base))
             else:
                 self._retry(e.message)
-        except TooManyRequests as e:
+        except Forbidden as e:
+            if e.code == "too_many_names":  # this key owns as many names as the registry allows: nothing to wait for
+                self.on_fatal("%s: %s; choose a name this key already owns, or release one" % (
+                    self.registry.base, e.message))
+            else:
+                self._retry(e.message)
+        except RetryLater as e:  # rate-limited, too many new names from this address, or the registry nearly full
             self._retry(e.message, delay=e.retry_after)
         except P2PDError as e:
             self._retry(e.message)

@@ -26,8 +26,10 @@ class RegistryError(errors.P2PDError):
 def error_for(status: int, body: dict) -> errors.P2PDError:
     code = body.get("error", "error") if isinstance(body, dict) else "error"
     message = body.get("message", "registry answered %d" % status) if isinstance(body, dict) else str(body)
-    if status == 429:
-        err = errors.TooManyRequests(message, retry_after=int(body.get("retry_after", 1)))
+    if status in (429, 507):  # rate-limited, or the registry nearly full: both say when to come back
+        retry_after = body.get("retry_after", 1) if isinstance(body, dict) else 1
+        kind = errors.TooManyRequests if status == 429 else errors.RegistryFull
+        err = kind(message, retry_after=int(retry_after) if isinstance(retry_after, (int, float)) else 1)
     else:
         err = STATUS_ERRORS.get(status, RegistryError)(message)
         err.status = status
