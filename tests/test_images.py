@@ -1,0 +1,85 @@
+"""Images as a receiver treats them (p2pd.core.images, issue 14): told by content, sized from the header without
+decoding, previewed in a few KB, checked once, and decompression bombs refused before anything is decoded."""
+
+import struct
+import time
+import zlib
+
+import pytest
+from PIL import Image
+
+from p2pd.core import images
+
+
+def make(path, fmt, size=(640, 480)):
+    im = Image.new("RGB", size)
+    for x in range(0, size[0], 7):  # some detail, so that the encoders have work to do
+        for y in range(0, size[1], 5):
+            im.putpixel((x, y), ((x * 3) % 256, (y * 5) % 256, (x + y) % 256))
+    im.save(path, fmt)
+    return path
+
+
+def png_header_only(path, width, height):
+    """A PNG of a few hundred bytes that claims *width* x *height* (the shape of a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * 1000, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("fmt", images.FORMATS)
+def test_the_four_formats_are_told_by_content_not_by_name(tmp_path, fmt):
+    path = make(tmp_path / "photo.txt", fmt)  # the wrong extension on purpose
+    assert images.sniff(path.read_bytes()[:images.SNIFF_BYTES]) == fmt
+    assert images.describe(path) == {"format": fmt, "width": 640, "height": 480}
+    assert images.check(path) is None
+
+
+def test_other_files_are_not_images(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    bmp = make(tmp_path / "old.bmp", "BMP")
+    for path in (text, bmp):
+        assert images.sniff(path.read_bytes()[:16]) is None
+        with pytest.raises(images.ImageProblem, match="not a PNG, JPEG, GIF or WEBP image"):
+            images.describe(path)
+
+
+def test_a_thumbnail_is_small_and_made_cheaply_from_a_large_photo(tmp_path):
+    big = make(tmp_path / "big.jpg", "JPEG", size=(4000, 3000))
+    started = time.monotonic()
+    thumb = images.thumbnail(big)
+    elapsed = time.monotonic() - started
+    assert len(thumb) <= images.THUMB_BYTES
+    small = Image.open(__import__("io").BytesIO(thumb))
+    assert small.format == "JPEG" and max(small.size) <= images.THUMB_PX and small.size[0] / small.size[1] == 4 / 3
+    assert elapsed < 2.0, "draft mode should make this cheap: %.2f s" % elapsed
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_in_milliseconds(tmp_path):
+    bomb = png_header_only(tmp_path / "bomb.png", 14000, 14000)
+    assert bomb.stat().st_size < 400
+    started = time.monotonic()
+    for call in (images.describe, images.thumbnail):
+        with pytest.raises(images.ImageProblem, match="too large to decode safely"):
+            call(bomb)
+    assert "too large to decode safely" in images.check(bomb)
+    assert time.monotonic() - started < 0.5
+
+
+def test_between_pillows_warning_and_its_error_is_refused_too(tmp_path):
+    """Pillow only warns from 89 Mpx; 120 Mpx is over our limit and refused (and never decoded)."""
+    assert images.MAX_PIXELS < 120_000_000 < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(images.ImageProblem, match="too large"):
+        images.describe(png_header_only(tmp_path / "wide.png", 12000, 10000))
+
+
+def test_a_file_that_claims_to_be_an_image_and_does_not_decode_is_said_so(tmp_path):
+    good = make(tmp_path / "a.png", "PNG").read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good[:len(good) // 2])
+    assert images.describe(cut)["format"] == "PNG"  # the header is fine
+    assert images.check(cut).startswith("not a valid image")
