@@ -422,6 +422,22 @@ def test_the_receipt_goes_over_the_link_when_there_is_one(net):
     assert sorted(e["via"] for e in seen) == ["direct", "mailbox"] and not net.store.mailboxes.get("alice")
 
 
+def bob_collects_while_the_registry_refuses_receipts_for(net, bob, sender):
+    """Start *bob*, who collects his mailbox, while the registry fails every deposit for *sender* (so the
+    receipts bob owes it stay owed)."""
+    original = net.store.deposit
+
+    def refused(recipient, *args):
+        if recipient == sender:
+            return defer.fail(StoreUnavailable("the registry's store is unavailable"))
+        return original(recipient, *args)
+    net.store.deposit = refused
+    try:
+        net.online(bob)
+    finally:
+        net.store.deposit = original
+
+
 def test_a_receipt_owed_survives_a_restart(net):
     """The receipt is owed in the commit that stored the message: if the registry cannot take it, bob keeps it
     and sends it on a later round, also after a restart."""
@@ -431,15 +447,7 @@ def test_a_receipt_owed_survives_a_restart(net):
     net.online(alice)
     net.result(alice.send_message("bob", "hi"))
     net.offline(alice)
-    original = net.store.deposit
-
-    def refused(recipient, *args):
-        if recipient == "alice":
-            return defer.fail(StoreUnavailable("the registry's store is unavailable"))
-        return original(recipient, *args)
-    net.store.deposit = refused  # the registry fails the deposit of the receipt
-    net.online(bob)
-    net.store.deposit = original
+    bob_collects_while_the_registry_refuses_receipts_for(net, bob, "alice")
     assert bodies(bob, "alice") == ["hi"] and len(bob.storage.owed_receipts("alice")) == 1
     bob.stop()
     bob2 = net.daemon("bob", 2)  # the same data dir, a new process
@@ -498,15 +506,7 @@ def test_a_receipt_for_a_name_nobody_holds_any_more_is_dropped(net):
     net.online(alice)
     net.result(alice.send_message("bob", "goodbye"))
     net.offline(alice)
-    original = net.store.deposit
-
-    def refused(recipient, *args):
-        if recipient == "alice":
-            return defer.fail(StoreUnavailable("the registry's store is unavailable"))
-        return original(recipient, *args)
-    net.store.deposit = refused  # the receipt cannot go at once ...
-    net.online(bob)
-    net.store.deposit = original
+    bob_collects_while_the_registry_refuses_receipts_for(net, bob, "alice")  # the receipt cannot go at once ...
     assert bodies(bob, "alice") == ["goodbye"] and bob.storage.owed_receipts("alice")
     net.result(alice.registry.release())  # ... and then nobody holds the name
     net.run(31)

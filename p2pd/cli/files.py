@@ -261,8 +261,8 @@ def transfers(ctx, args):
         ctx.say(line)
         if offered:
             ctx.say("          p2pctl accept %s   |   p2pctl reject %s" % (t["tid"][:8], t["tid"][:8]))
-        elif t.get("status") == "done" and render.saved_where(t):
-            ctx.say("          saved as %s" % render.saved_where(t))
+        elif t.get("status") == "done" and (where := render.saved_where(t)):
+            ctx.say("          saved as %s" % where)
     return exits.OK
 
 

@@ -30,9 +30,10 @@ class PresenceWatch:
 
     def poll(self):
         """Look once (if anybody watches and no look is running); a Deferred that never fails."""
-        if not self.events.watched or self.looking:
-            if not self.events.watched:
-                self.known.clear()  # a new watcher is not told of changes from before it came
+        if not self.events.watched:
+            self.known.clear()  # a new watcher is not told of changes from before it came
+            return defer.succeed(None)
+        if self.looking:
             return defer.succeed(None)
         self.looking = True
         return defer.ensureDeferred(self._poll()).addErrback(

@@ -278,20 +278,20 @@ class Rooms:
         it; NoSuchRoom if it does not exist): whom ``send ROOM FILE`` offers the files to."""
         display = room_display(room)
 
-        def others(view):
-            if self.name not in view.get("members", []) and canonical_room(view["name"]) != canonical_room(GENERAL):
-                raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
-            return sorted(m for m in view["members"] if m != self.name and not self.dialer.pins.is_blocked(m))
-
         def missing(failure):
             failure.trap(NotFound)
             raise NoSuchRoom("room %s does not exist" % display)
-        return self.views.get(display).addCallbacks(others, missing)
+        return self.views.get(display).addCallbacks(lambda view: sorted(self._others(view)), missing)
 
-    def _store_post(self, view, text):
+    def _others(self, view):
+        """The members of *view* a post reaches: all but us and those we block. NotMember unless we are in it
+        (everyone is in General, whose view lists only the members online)."""
         if self.name not in view.get("members", []) and canonical_room(view["name"]) != canonical_room(GENERAL):
             raise NotMember("you are not a member of %s: p2pctl join %s" % (view["name"], view["name"]))
-        recipients = [m for m in view["members"] if m != self.name and not self.dialer.pins.is_blocked(m)]
+        return [m for m in view["members"] if m != self.name and not self.dialer.pins.is_blocked(m)]
+
+    def _store_post(self, view, text):
+        recipients = self._others(view)
         post, copies = self.storage.add_room_post(view["name"], text, recipients, now_ms(self.clock))
         committed = defer.Deferred()
 
