@@ -50,10 +50,14 @@ class FakeLink:
         self.sent = []
         self.transport = FakeTransport()
         self.when_ready = defer.Deferred()
+        self.peer_udp_port = None  # takes no UDP streams
 
     def send(self, frame):
         if not self.closed:
             self.sent.append(frame)
+
+    def keying_material(self, label, size):
+        return (label + b"|" + self.peer.encode()).ljust(size, b"\0")[:size]
 
     def close(self):
         self.closed = True

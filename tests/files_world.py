@@ -63,8 +63,10 @@ class FakePaths:
 
     def __init__(self):
         self.waiting = {}
+        self.transports = []
 
-    def open(self, link, session_id, receiver):
+    def open(self, link, session_id, receiver, transport="tcp"):
+        self.transports.append(transport)
         self.waiting[session_id] = receiver
         return defer.succeed(None)
 

@@ -766,18 +766,29 @@ class FakeTransfers:
     transfer (what Transfers does)."""
 
     def __init__(self):
-        self.started, self.cancelled = [], []
+        self.started, self.cancelled, self.transports = [], [], []
 
     def _start(self, kind, progress):
         d = defer.Deferred(lambda d: self.cancelled.append(kind))
         self.started.append((kind, progress, d))
         return d
 
-    def send(self, to, paths, progress=None):
+    def send(self, to, paths, progress=None, transport=None):
+        self.transports.append(transport)
         return self._start("send", progress)
 
-    def get(self, peer, name, progress=None):
+    def get(self, peer, name, progress=None, transport=None):
+        self.transports.append(transport)
         return self._start("get", progress)
+
+
+def test_send_and_get_pass_the_transport_asked_for():
+    facade = FakeFacade()
+    facade.transfers = FakeTransfers()
+    _, proto, transport = connect(facade)
+    send(proto, {"id": 1, "cmd": "send", "to": "bob", "paths": ["/tmp/x"], "transport": "udp"})
+    send(proto, {"id": 2, "cmd": "get", "peer": "bob", "name": "x"})
+    assert facade.transfers.transports == ["udp", None]
 
 
 @pytest.mark.parametrize("request_", [{"id": 1, "cmd": "send", "to": "bob", "paths": ["/tmp/x"]},

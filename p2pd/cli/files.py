@@ -165,9 +165,24 @@ def send_to_room(ctx, room, paths):
     return code
 
 
+TRANSPORT_ARGS = [
+    arg("--udp", dest="transport", action="store_const", const="udp",
+        help="carry the bytes over the UDP stream (the default for images: PNG, JPEG, GIF, WEBP)"),
+    arg("--tcp", dest="transport", action="store_const", const="tcp",
+        help="carry the bytes over a TCP connection (the default for other files)")]
+
+
+def transport_args(args):
+    return {"transport": args.transport} if args.transport else {}
+
+
+def transport_text(outcome):
+    return " over %s" % outcome["transport"].upper() if outcome.get("transport") else ""
+
+
 @command("send", "send files or folders to a peer, or to every member of a room (each must accept them)",
          [arg("peer", metavar="NAME"), arg("paths", metavar="FILE", nargs="+"),
-          arg("-q", "--quiet", action="store_true", help="no progress bar")],
+          arg("-q", "--quiet", action="store_true", help="no progress bar")] + TRANSPORT_ARGS,
          description="Offers the files (folders with their tree) to NAME, waits for its answer and sends them. "
                      "The receiver verifies every byte; if the transfer breaks, the same command resumes it. "
                      "NAME may be a room (#G1, or G1 when no peer is called that): each other member is offered "
@@ -182,13 +197,14 @@ def send(ctx, args):
         return send_to_room(ctx, room, paths)
     peer = peer_name(args.peer)
     label = os.path.basename(paths[0].rstrip("/")) + (" +%d" % (len(paths) - 1) if len(paths) > 1 else "")
-    outcome = follow(ctx, "send", clean(label)[:30], args.quiet, to=peer, paths=paths)
+    outcome = follow(ctx, "send", clean(label)[:30], args.quiet, to=peer, paths=paths, **transport_args(args))
     if ctx.json:
         ctx.emit(dict(outcome, ok=True))
     else:
         names = outcome.get("names") or []
         what = clean(names[0]) if len(names) == 1 else "%d files" % (outcome.get("files") or len(names))
-        ctx.say("sent %s to %s: %s, verified by %s" % (what, peer, rate_text(outcome), peer))
+        ctx.say("sent %s to %s%s: %s, verified by %s" % (what, peer, transport_text(outcome), rate_text(outcome),
+                                                         peer))
         for local, offered in outcome.get("renamed") or []:
             ctx.warn("p2pctl: %s was sent as %s (hidden and unsafe names are not sent as they are)"
                      % (clean(local), clean(offered)))
@@ -199,16 +215,18 @@ def send(ctx, args):
 
 @command("get", "fetch a file or folder from a peer's shared folder",
          [arg("peer", metavar="NAME"), arg("path", metavar="PATH"),
-          arg("-q", "--quiet", action="store_true", help="no progress bar")],
+          arg("-q", "--quiet", action="store_true", help="no progress bar")] + TRANSPORT_ARGS,
          description="Fetches PATH (as `p2pctl ls NAME` shows it) from NAME's --share folder into your inbox.")
 def get(ctx, args):
     peer = peer_name(args.peer)
-    outcome = follow(ctx, "get", clean(args.path)[-30:], args.quiet, peer=peer, name=args.path)
+    outcome = follow(ctx, "get", clean(args.path)[-30:], args.quiet, peer=peer, name=args.path,
+                     **transport_args(args))
     if ctx.json:
         ctx.emit(dict(outcome, ok=True))
     else:
-        ctx.say("got %s from %s: %s, verified; saved as %s" % (clean(args.path), peer, rate_text(outcome),
-                                                               render.saved_where(outcome) or "nothing"))
+        ctx.say("got %s from %s%s: %s, verified; saved as %s" % (clean(args.path), peer, transport_text(outcome),
+                                                                 rate_text(outcome),
+                                                                 render.saved_where(outcome) or "nothing"))
     return exits.OK
 
 

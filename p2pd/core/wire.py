@@ -2,7 +2,7 @@
 
 Both sides open with ``hello``; everything else waits for it. Frames (``t`` is the type)::
 
-    {"t": "hello", "v": 1, "name": "alice", "agent": "p2pd/0.1.0"}
+    {"t": "hello", "v": 1, "name": "alice", "agent": "p2pd/0.1.0", "udp": 4001}   (udp: our UDP port, optional)
     {"t": "msg", "id": ID, "from": "alice", "seq": 7, "ts": MS, "body": "text"}      one chat message
     {"t": "msg", ..., "room": "G1"}                                                   a room message
     {"t": "ack", "id": ID}                                   stored in the receiver's history: delivered
@@ -34,6 +34,7 @@ from p2pd.core import jsonbody
 from p2pd.errors import BadRequest
 
 VERSION = 1
+TRANSPORTS = ("tcp", "udp")  # what may carry a transfer's bytes (an offer's and a get's "transport")
 MAX_LINE = 64 * 1024  # longest line accepted, in bytes
 MAX_BODY = 16 * 1024  # bytes of UTF-8 text in one message (it must also fit a sealed mailbox deposit)
 MAX_ACK_IDS = 1000  # ids in one ack frame (1000 x 35 bytes fits a line easily)
@@ -75,6 +76,7 @@ def _hello(f):
     _want(f, "v", int)
     _want(f, "name", str, NAME_RE.fullmatch)
     _want(f, "agent", str, lambda a: len(a) <= 100, optional=True)
+    _want(f, "udp", int, lambda port: 0 < port < 65536, optional=True)
 
 
 def _text_ok(text, limit):
@@ -156,9 +158,14 @@ def _offer_item(item):
     _want(item, "hash", str, HASH_RE.fullmatch)
 
 
+def _transport(f):
+    _want(f, "transport", str, lambda t: t in TRANSPORTS, optional=True)
+
+
 def _offer(f):
     _want(f, "tid", str, ID_RE.fullmatch)
     _want(f, "rid", str, ID_RE.fullmatch, optional=True)
+    _transport(f)
     if not _items(f, "items", _offer_item):
         raise FrameError("an offer needs at least one file", ref=f["tid"])
 
@@ -182,6 +189,11 @@ def _ls(f):
     _want(f, "path", str, lambda p: len(p) <= 4096)
 
 
+def _get(f):
+    _ls(f)
+    _transport(f)
+
+
 def _listing_item(item):
     _want(item, "name", str, _path_ok)
     _want(item, "type", str, lambda t: t in ("file", "dir"))
@@ -195,7 +207,7 @@ def _listing(f):
 
 CHECKS = {"hello": _hello, "msg": _msg, "ack": _ack, "ping": _ping, "pong": _ping, "error": _error,
           "bye": lambda f: None, "offer": _offer, "accept": _accept, "reject": _reject, "cancel": _reject,
-          "ls": _ls, "listing": _listing, "get": _ls, "room": _room_event}
+          "ls": _ls, "listing": _listing, "get": _get, "room": _room_event}
 
 
 # jsonbody.loads_object's rules, made cheaper for the many short lines of a link: one decoder built once (json.loads
@@ -252,8 +264,12 @@ def encode(frame: dict) -> bytes:
     return jsonbody.dumps(frame)
 
 
-def hello(name, agent):
-    return {"t": "hello", "v": VERSION, "name": name, "agent": agent}
+def hello(name, agent, udp=None):
+    """Our hello; *udp* is the port of our UDP socket, where the peer may reach our UDP streams."""
+    frame = {"t": "hello", "v": VERSION, "name": name, "agent": agent}
+    if udp:
+        frame["udp"] = udp
+    return frame
 
 
 def ack_ids(frame) -> list:

@@ -174,12 +174,16 @@ class Commands:
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and os.path.isabs(p)
                                                                for p in paths):
             raise BadRequest("'paths' must be a non-empty list of absolute file names")
-        return self._follow(request, lambda progress: self._transfers().send(to, paths, progress))
+        transport = _arg(request, "transport", str, required=False)
+        return self._follow(request, lambda progress: self._transfers().send(to, paths, progress,
+                                                                             transport=transport))
 
     def do_get(self, request):
         peer = _arg(request, "peer", str)
         name = _arg(request, "name", str)
-        return self._follow(request, lambda progress: self._transfers().get(peer, name, progress))
+        transport = _arg(request, "transport", str, required=False)
+        return self._follow(request, lambda progress: self._transfers().get(peer, name, progress,
+                                                                            transport=transport))
 
     def do_ls(self, request):
         return self._transfers().ls(_arg(request, "peer", str), _arg(request, "path", str, required=False,

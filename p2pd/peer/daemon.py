@@ -52,6 +52,8 @@ class PeerDaemon:
     """Chat, links and the outbox of one peer. *tls* has ``client_endpoint(reactor, host, port, timeout)`` and
     ``peer_key(transport)``; *threads* (an IThreads) runs the WAL checkpoints."""
 
+    udp_port = None  # our UDP socket's port, told to peers in hello (set by the service once it is bound)
+
     def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, threads, discover=None,
                  limits=None):
         self.name = name

@@ -71,6 +71,11 @@ class ILink(Interface):
     def close():
         """End the link once what was sent has gone (cut after a short grace)."""
 
+    peer_udp_port = Attribute("the port of the peer's UDP socket, as its hello said (None: it takes no UDP streams)")
+
+    def keying_material(label, size):
+        """*size* bytes exported from the link's TLS session for *label* (RFC 5705): the same at both ends."""
+
     def peer_address():
         """Where the peer is connected from (an IAddress with ``host`` and ``port``): where a data path to it
         may be dialled."""
@@ -80,6 +85,7 @@ class ILinkHost(Interface):
     """What a link (:class:`p2pd.peer.links.link.PeerLink`) reports to: the daemon that owns it."""
 
     name = Attribute("our own peer name, sent in hello")
+    udp_port = Attribute("our UDP socket's port, sent in hello (None until it is bound)")
 
     def tls_peer_key(transport):
         """The key the peer proved in *transport*'s TLS handshake (raises IdentityMismatch if none)."""
@@ -223,8 +229,9 @@ class IStreamReceiver(Interface):
 class IDataPaths(Interface):
     """Opens the data path of one transfer with a peer, beside the link that negotiated it."""
 
-    def open(link, session_id, receiver):
-        """Start a data path for *receiver* (an IStreamReceiver) to *link*'s peer; its bytes name *session_id*.
+    def open(link, session_id, receiver, transport="tcp"):
+        """Start a data path for *receiver* (an IStreamReceiver) to *link*'s peer; its bytes name *session_id*;
+        *transport* (``"tcp"``, ``"udp"``) says which path the offer chose (a path of one kind ignores it).
         Returns a Deferred that fails if the path cannot be opened (it fires None once started)."""
 
     def forget(session_id):

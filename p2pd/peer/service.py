@@ -23,6 +23,7 @@ from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_so
 from p2pd.peer.daemon import PeerDaemon
 from p2pd.peer.nat.stun_client import StunClient
 from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
+from p2pd.peer.net.udp_stream import ChosenPaths, StreamPort, UDPDataPaths
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
 from p2pd.peer.storage import Storage, db_path
@@ -142,6 +143,7 @@ class PeerService(service.MultiService):
     async def publish(self):
         """Work out the addresses to publish (a name lookup may be involved: in a thread), then register them
         and keep them registered, and write ``peer.json``."""
+        self.daemon.udp_port = bound(self.udp).port  # links' hellos tell peers where our UDP streams listen
         addresses = await self.addresses()
         if not self.running:
             return
@@ -164,8 +166,11 @@ class PeerService(service.MultiService):
                                  TLSAdapter(self.identity, reactor), self.data_dir, self.threads,
                                  discover=lambda: defer.ensureDeferred(self.discover_public()), limits=limits)
         self.data_paths = TCPDataPaths(reactor)
+        self.udp_port = UDPPort()
+        self.streams = StreamPort(reactor, self.udp_port)
+        paths = ChosenPaths(tcp=self.data_paths, udp=UDPDataPaths(reactor, self.streams))
         self.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon.events,
-                                   self.daemon.commits, self.daemon.dialer, self.data_paths, options["inbox"],
+                                   self.daemon.commits, self.daemon.dialer, paths, options["inbox"],
                                    share=options["share"], policy=options["accept"],
                                    accept_from=options["accept-from"], accept_max=options["accept-max"],
                                    limits=limits)
@@ -181,7 +186,6 @@ class PeerService(service.MultiService):
         self.listener = stream_service(reactor, options["listen"],
                                        DemuxFactory(tls, self.data_paths, reactor, admission=admission))
         self.listener.setServiceParent(self)
-        self.udp_port = UDPPort()
         self.stun = StunClient(reactor, self.udp_port.send, self.udp_port.family)
         self.udp_port.route(STUN_BYTES, self.stun.datagram_received)
         self.udp = udp_service(reactor, options["udp"], self.udp_port, options["udp-interface"])

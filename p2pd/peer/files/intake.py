@@ -68,14 +68,16 @@ class Intake:
         if previous is not None:
             record = previous
             self.m.storage.put_transfer(dict(record, status="replaced"), now_ms(self.m.clock))
-            record.update(tid=frame["tid"], status=states.OFFERED, error=None, rid=rid)
+            record.update(tid=frame["tid"], status=states.OFFERED, error=None, rid=rid,
+                          transport=frame.get("transport") or "tcp")
         else:
             n = len(items)
             record = {"tid": frame["tid"], "direction": "in", "peer": peer, "status": states.OFFERED,
                       "fingerprint": fp,
                       "items": items, "total": total, "have": [0] * n, "saved": [None] * n, "key": new_id(),
                       "landing": ["/".join(parts) for parts in landing], "tops": {}, "kind": "pull" if rid else
-                      "push", "rid": rid, "created": now_ms(self.m.clock), "error": None, "accepted": False}
+                      "push", "rid": rid, "created": now_ms(self.m.clock), "error": None, "accepted": False,
+                      "transport": frame.get("transport") or "tcp"}
         t = Incoming(self.m, record)
         t.link = link
         self.m.live[t.tid] = t

@@ -130,7 +130,7 @@ class Transfers:
         """Open the data path of *session* to *link*'s peer (waiting for it at most DATA_TIMEOUT)."""
         transfer.session = session
         session.arm()
-        d = self.paths.open(link, session.keys.sid, session)
+        d = self.paths.open(link, session.keys.sid, session, transfer.record.get("transport") or "tcp")
         d.addErrback(lambda f: transfer.interrupted("cannot open the data connection (%s)" % f.getErrorMessage()))
 
     # -- facade: listing --------------------------------------------------------------------------------------
@@ -154,16 +154,16 @@ class Transfers:
 
     # -- facade: commands ----------------------------------------------------------------------------------------
 
-    def send(self, to, paths, progress=None, rid=None, link=None):
+    def send(self, to, paths, progress=None, rid=None, link=None, transport=None):
         """Deferred[outcome]: offer *paths* to *to* and send them once accepted. Cancelling the Deferred
         cancels the transfer (the receiver keeps what it verified)."""
         handle = {"tid": None}
-        inner = defer.ensureDeferred(self.push.send(to, paths, progress, rid, link, handle))
+        inner = defer.ensureDeferred(self.push.send(to, paths, progress, rid, link, handle, transport))
         return cancellable(inner, lambda: self.cancel_quietly(handle["tid"]))
 
-    def get(self, peer, path, progress=None):
+    def get(self, peer, path, progress=None, transport=None):
         """Deferred[outcome] of pulling *path* from *peer*'s share; cancelling it cancels the transfer."""
-        return self.pulls.get(peer, path, progress)
+        return self.pulls.get(peer, path, progress, transport)
 
     def ls(self, peer, path=""):
         return self.pulls.ls(peer, path)

@@ -6,7 +6,7 @@ import json
 import os
 import stat
 
-from p2pd.core import filenames, wire
+from p2pd.core import filenames, images, wire
 from p2pd.errors import BadRequest
 from p2pd.peer.files.errors import FileProblem
 
@@ -27,10 +27,36 @@ def view(record, done, rate, eta, elapsed, inbox=None) -> dict:
              "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
              "sizes": [i["size"] for i in record["items"]][:20],
              "files": len(record["items"]), "bytes": record["total"], "done": done, "rate": rate, "eta": eta,
-             "elapsed": elapsed}
+             "elapsed": elapsed, "transport": record.get("transport") or "tcp"}
     if inbox is not None and record["direction"] == "in":
         shown["inbox"] = inbox
     return shown
+
+
+def check_transport(transport):
+    if transport not in wire.TRANSPORTS:
+        raise BadRequest("'transport' must be one of %s" % ", ".join(wire.TRANSPORTS))
+    return transport
+
+
+def is_image(path) -> bool:
+    """Whether the file at *path* is a PNG, JPEG, GIF or WEBP by its first bytes (not by its name)."""
+    try:
+        with open(path, "rb") as f:
+            return images.sniff(f.read(images.SNIFF_BYTES)) is not None
+    except OSError:
+        return False
+
+
+def choose_transport(asked, paths, link):
+    """The transport of a send: the one *asked* for, else the UDP stream for images (when every file is one)
+    and TCP for the rest. UDP needs a peer that said where its UDP streams listen."""
+    udp = bool(getattr(link, "peer_udp_port", None))
+    if asked == "udp" and not udp:
+        raise FileProblem("%s takes no UDP streams (an older p2pd?); send over TCP" % link.peer, code="no_udp")
+    if asked is not None:
+        return asked
+    return "udp" if udp and paths and all(is_image(p) for p in paths) else "tcp"
 
 
 def tops(paths):

@@ -8,7 +8,7 @@ from p2pd.core import wire
 from p2pd.core.names import canonical_name
 from p2pd.errors import BadRequest, P2PDError
 from p2pd.peer.files.errors import TransferError
-from p2pd.peer.files.offers import new_id
+from p2pd.peer.files.offers import check_transport, new_id
 from p2pd.peer.files.transfer import cancellable
 
 log = Logger()
@@ -40,11 +40,13 @@ class Pulls:
         return d.addCallback(lambda listing: {"peer": canonical_name(peer), "path": path or "",
                                               "items": listing["items"], "truncated": listing.get("truncated")})
 
-    def get(self, peer, path, progress=None):
+    def get(self, peer, path, progress=None, transport=None):
         """Deferred[outcome]; cancelling it cancels the transfer once the peer offered it."""
         if not isinstance(path, str) or not path:
             raise BadRequest("'name' must be a file or folder name in the peer's share")
         frame = {"t": "get", "rid": new_id(), "path": path}
+        if transport is not None:
+            frame["transport"] = check_transport(transport)
         handle = {"tid": None}
 
         def offered(t):
@@ -131,7 +133,8 @@ class Pulls:
         def offered(snapshot):  # the offer went out: the next request may come
             self._served(link, rid)
 
-        d = self.manager.send(link.peer, [real], progress=offered, rid=rid, link=link)
+        d = self.manager.send(link.peer, [real], progress=offered, rid=rid, link=link,
+                              transport=frame.get("transport"))
 
         def failed(f):
             self._served(link, rid)

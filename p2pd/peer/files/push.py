@@ -11,7 +11,7 @@ from p2pd.errors import BadRequest, P2PDError
 from p2pd.peer.files import states
 from p2pd.peer.files.engine import check_have
 from p2pd.peer.files.errors import FileProblem, TransferError
-from p2pd.peer.files.offers import collect, fingerprint, new_id, renamed
+from p2pd.peer.files.offers import check_transport, choose_transport, collect, fingerprint, new_id, renamed
 from p2pd.peer.files.sessions import SendSession
 from p2pd.peer.files.transfer import Outgoing
 
@@ -24,12 +24,14 @@ class Push:
     def __init__(self, manager):
         self.m = manager
 
-    async def send(self, to, paths, progress, rid, link, handle):
+    async def send(self, to, paths, progress, rid, link, handle, transport=None):
         """Hash *paths*, offer them to *to* and send them once accepted; ``handle["tid"]`` names the
         transfer once it exists."""
         to = canonical_name(to)
         if to == self.m.name:
             raise BadRequest("you cannot send files to yourself")
+        if transport is not None:
+            check_transport(transport)
         entries, skipped = collect(paths)
         t0 = self.m.clock.seconds()
         items, local, stats, digests = [], [], [], []
@@ -56,11 +58,12 @@ class Push:
         hash_seconds = round(self.m.clock.seconds() - t0, 3)
         if link is None:
             link = await self.m.dialer.dial(to)
+        transport = choose_transport(transport, local, link)
         record = {"tid": new_id(), "direction": "out", "peer": to, "status": states.OFFERED,
                   "fingerprint": fingerprint(items), "items": items, "total": sum(i["size"] for i in items),
                   "local": local, "kind": "pull" if rid else "push", "rid": rid, "saved": None, "error": None,
                   "created": now_ms(self.m.clock), "hash_seconds": hash_seconds, "skipped": skipped,
-                  "renamed": renamed(paths)}
+                  "renamed": renamed(paths), "transport": transport}
         out = Outgoing(self.m, record, local, stats, digests)
         handle["tid"] = out.tid
         out.link = link
@@ -70,7 +73,7 @@ class Push:
         self.m.live[out.tid] = out
         out.save()
         self.m.event(out)
-        frame = {"t": "offer", "tid": out.tid, "items": items}
+        frame = {"t": "offer", "tid": out.tid, "items": items, "transport": transport}
         if rid:
             frame["rid"] = rid
         if len(wire.encode(frame)) >= wire.MAX_LINE:

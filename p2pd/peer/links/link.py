@@ -49,16 +49,14 @@ class PeerLink(LineOnlyReceiver):
         self.reading_paused = False
         self._stall = None
         self.expected = expected  # (name, key) when we dialled; None for an incoming link
-        self.peer = None  # the authenticated peer name
-        self.peer_key = None  # the key the TLS handshake showed
-        self.ready = False
+        # the authenticated peer name, the key its TLS handshake showed, the port of its UDP streams (its hello)
+        self.peer = self.peer_key = self.peer_udp_port = None
+        self.ready = self.closed = False
         self.secured = False  # the TLS handshake completed
-        self.closed = False
         self.outgoing = expected is not None
         self.inflight = set()  # message ids sent on this link, not yet acknowledged
         self.backlog = None  # frames held while an earlier one waits (e.g. for a mailbox fetch)
-        self.last_rx = clock.seconds()
-        self.since = clock.seconds()
+        self.last_rx = self.since = clock.seconds()
         self._timer = Timer(clock, PING_AFTER, self._tick)
         self._ping_n = 0
         self.when_ready = defer.Deferred()
@@ -120,7 +118,7 @@ class PeerLink(LineOnlyReceiver):
                                             % self.expected[0])
         except P2PDError as e:
             return self.fail(getattr(e, "code", "identity_mismatch"), e.message)
-        self.send(wire.hello(self.host.name, "p2pd/" + __version__))
+        self.send(wire.hello(self.host.name, "p2pd/" + __version__, getattr(self.host, "udp_port", None)))
 
     def connectionLost(self, reason):
         self.closed = True
@@ -203,6 +201,7 @@ class PeerLink(LineOnlyReceiver):
         if self.peer is not None:
             return
         self.peer = frame["name"]
+        self.peer_udp_port = frame.get("udp")
         d = self.host.verify_peer(frame["name"], self.peer_key)
         d.addCallbacks(self._verified, self._refused)
 
@@ -235,6 +234,10 @@ class PeerLink(LineOnlyReceiver):
 
     def peer_address(self):
         return self.transport.getPeer()
+
+    def keying_material(self, label, size):
+        """*size* bytes of this link's TLS session (RFC 5705 exporter): the same at both ends, secret to others."""
+        return self.transport.getHandle().export_keying_material(label, size)
 
     def fail(self, code, message, reply=True):
         """Refuse or end the link: tell the peer why (once TLS is up) and close. Before the TLS handshake has

@@ -17,7 +17,7 @@ class TCPDataPaths:
         self.reactor = reactor
         self.waiting = {}  # session id -> IStreamReceiver waiting for its data connection
 
-    def open(self, link, session_id, receiver):
+    def open(self, link, session_id, receiver, transport="tcp"):
         if not link.outgoing:
             self.waiting[session_id] = receiver
             return defer.succeed(None)
