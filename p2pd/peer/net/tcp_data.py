@@ -27,6 +27,24 @@ from p2pd.core import datastream
 from p2pd.peer.interfaces import IByteStream
 
 
+def feed(receiver, data, stopped):
+    """Copy *data* into *receiver*'s opener, record by record, telling it as each lands, until ``stopped()``;
+    False if the bytes are not a valid record stream (the path must be dropped)."""
+    view = memoryview(data)
+    opener = receiver.opener
+    while len(view) and not stopped():
+        try:
+            room = opener.space()
+        except datastream.StreamError:
+            return False
+        n = min(len(room), len(view))
+        room[:n] = view[:n]
+        opener.filled(n)
+        view = view[n:]
+        receiver.stream_arrived()
+    return True
+
+
 @implementer(IReadDescriptor, IWriteDescriptor)
 class SocketIO:
     """What the reactor watches for a :class:`DataConnection`: its socket, read and written by it."""
@@ -82,18 +100,8 @@ class DataConnection(protocol.Protocol):
 
     def dataReceived(self, data):
         """Bytes that came before we owned the socket (with the preamble, through the demux)."""
-        view = memoryview(data)
-        opener = self.receiver.opener
-        while len(view) and not self.closing:
-            try:
-                room = opener.space()
-            except datastream.StreamError:
-                return self.close(abort=True)
-            n = min(len(room), len(view))
-            room[:n] = view[:n]
-            opener.filled(n)
-            view = view[n:]
-            self.receiver.stream_arrived()
+        if not feed(self.receiver, data, lambda: self.closing):
+            self.close(abort=True)
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.closed = True

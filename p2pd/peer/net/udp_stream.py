@@ -20,8 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from p2pd.core import datastream, udppackets, udpstream
+from p2pd.core import udppackets, udpstream
 from p2pd.peer.interfaces import IByteStream, IDataPaths
+from p2pd.peer.net.tcp_data import feed
 
 log = Logger()
 
@@ -102,7 +103,10 @@ class UDPStream:
     # the network's side
 
     def datagram(self, data, addr):
+        acked = self.conn.send.acked_to
         self.conn.receive_datagram(data, addr, self.reactor.seconds())
+        if self.conn.send.acked_to > acked:
+            self.receiver.stream_moving()  # the peer takes our bytes: a slow path is still a moving one
         self.port.schedule(self)
         self._events()
 
@@ -159,19 +163,8 @@ class UDPStream:
         data = self.conn.read()
         if not data:
             return
-        self.receiver.stream_moving()
-        view = memoryview(data)
-        opener = self.receiver.opener
-        while len(view) and not self.closed:
-            try:
-                room = opener.space()
-            except datastream.StreamError:
-                return self.close(abort=True)
-            n = min(len(room), len(view))
-            room[:n] = view[:n]
-            opener.filled(n)
-            view = view[n:]
-            self.receiver.stream_arrived()
+        if not feed(self.receiver, data, lambda: self.closed):
+            self.close(abort=True)
 
     def _lost(self, code, reason, by_peer):
         if self.closed:
