@@ -87,6 +87,9 @@ class BBR:
         self.cwnd_gain = STARTUP_GAIN
         self.cwnd = INITIAL_CWND_PACKETS * max_datagram
         self.pacing_rate = 0.0  # bytes per second; 0 until there is a round trip to base it on
+        self.extra = MaxFilter(BW_ROUNDS)  # ACK aggregation: bytes acknowledged beyond what bw explains
+        self.epoch_start = now
+        self.epoch_acked = 0
 
     # what the connection tells it
 
@@ -100,7 +103,7 @@ class BBR:
     def on_lost(self, size):
         self.round_lost += size
 
-    def on_ack(self, sample: RateSample, delivered, sent_total, inflight, now):
+    def on_ack(self, sample: RateSample, delivered, sent_total, inflight, now, acked=0):
         """After an ACK: *sample* its rate sample (or None), *delivered* the bytes acknowledged so far,
         *sent_total* the bytes sent so far, *inflight* what is still unacknowledged."""
         new_round = sample is not None and sample.prior_delivered >= self.next_round_delivered
@@ -110,6 +113,7 @@ class BBR:
             self._end_round(sent_total, inflight)
         if sample is not None and sample.interval > 0 and (not sample.app_limited or sample.rate > self.bw.value):
             self.bw.update(sample.rate, self.round_count)
+        self._aggregation(acked, now)
         if self.state == "startup" and new_round:
             self._check_full_bw()
         if self.state == "drain" and inflight <= self.bdp():
@@ -125,6 +129,16 @@ class BBR:
         if bw <= 0 or self.min_rtt is None:
             return INITIAL_CWND_PACKETS * self.mss
         return bw * self.min_rtt
+
+    def _aggregation(self, acked, now):
+        """How far ACKs run ahead of the bandwidth (an ACK every few packets, a receiver that reads in bursts, a
+        busy loop at either end): the window needs that much on top of the BDP, or it starves its own sender."""
+        bw = self.bw.value
+        expected = bw * (now - self.epoch_start)
+        if self.epoch_acked <= expected:
+            self.epoch_start, self.epoch_acked, expected = now, 0, 0.0
+        self.epoch_acked += acked
+        self.extra.update(min(self.epoch_acked - expected, self.cwnd), self.round_count)
 
     def _end_round(self, sent_total, inflight):
         """A round trip ended: compare its loss with the path's background loss (what it loses at cruise)."""
@@ -189,7 +203,7 @@ class BBR:
             rate = self.pacing_gain * bw
             if self.state != "startup" or rate > self.pacing_rate:
                 self.pacing_rate = rate
-            cwnd = self.cwnd_gain * self.bdp()
+            cwnd = self.cwnd_gain * self.bdp() + 2 * self.extra.value
             self.cwnd = max(min(cwnd, self.inflight_hi), MIN_CWND_PACKETS * self.mss)
             if self.state == "startup":
                 self.cwnd = max(self.cwnd, INITIAL_CWND_PACKETS * self.mss)

@@ -170,7 +170,8 @@ class Connection:
         for packet in acked:
             self.owed.acked(packet.frames)
         self._on_lost(lost)
-        self.cc.on_ack(sample, self.recovery.delivered, self.stats["sent_bytes"], self.recovery.in_flight, now)
+        self.cc.on_ack(sample, self.recovery.delivered, self.stats["sent_bytes"], self.recovery.in_flight, now,
+                       sum(packet.size for packet in acked))
         if self.writable_wanted and self.send.unacked < self.send_limit // 2:
             self.writable_wanted = False
             self.events.append(("writable",))

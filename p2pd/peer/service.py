@@ -17,12 +17,13 @@ from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from p2pd.datadir import DataDirLock, write_info
 from p2pd.errors import P2PDError
-from p2pd.listening import bound, describe, start_or_exit, stream_service, udp_service
+from p2pd.listening import bound, describe, start_or_exit, stream_service
 from p2pd.peer import identity as identity_mod
 from p2pd.peer.control import ControlFactory, control_endpoint, release_stale_socket
 from p2pd.peer.daemon import PeerDaemon
 from p2pd.peer.nat.stun_client import StunClient
 from p2pd.peer.net.udp_port import STUN_BYTES, UDPPort
+from p2pd.peer.net.udp_socket import BatchUDPServer
 from p2pd.peer.net.udp_stream import ChosenPaths, StreamPort, UDPDataPaths
 from p2pd.peer.presence import Presence
 from p2pd.peer.registry_client import RegistryClient
@@ -188,7 +189,7 @@ class PeerService(service.MultiService):
         self.listener.setServiceParent(self)
         self.stun = StunClient(reactor, self.udp_port.send, self.udp_port.family)
         self.udp_port.route(STUN_BYTES, self.stun.datagram_received)
-        self.udp = udp_service(reactor, options["udp"], self.udp_port, options["udp-interface"])
+        self.udp = BatchUDPServer(options["udp"], self.udp_port, interface=options["udp-interface"], reactor=reactor)
         self.udp.setServiceParent(self)
         self.control = stream_service(reactor, control_endpoint(self.data_dir),
                                       ControlFactory(self.daemon, reactor=reactor))

@@ -6,6 +6,8 @@ registers the range of first bytes it owns. STUN is 0-3 (a STUN message starts w
 user claims are counted and dropped; nothing is ever answered to them.
 """
 
+import errno
+
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -33,6 +35,23 @@ class UDPPort(DatagramProtocol):
         if self.transport is None:
             raise OSError("the UDP port is not open")
         self.transport.write(data, addr)
+
+    def send_batch(self, datagrams) -> list:
+        """Send ``(datagram, addr)`` s (in as few system calls as the socket allows); what it cannot take now
+        (``EAGAIN``, ``ENOBUFS``: its buffer is full) is returned, to go later. A datagram with no route is
+        dropped."""
+        if self.transport is None:
+            return []
+        batch = getattr(self.transport, "send_batch", None)
+        if batch is not None:
+            return batch(datagrams)
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                self.transport.write(data, addr)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.ENOBUFS, errno.EWOULDBLOCK):
+                    return datagrams[i:]
+        return []
 
     def family(self) -> int:
         """4 or 6: the IP version of the bound socket."""

@@ -13,7 +13,6 @@ loss: the datagram waits and goes on the next try.
 """
 
 import collections
-import errno
 
 from twisted.internet import defer, error
 from twisted.logger import Logger
@@ -27,7 +26,6 @@ from p2pd.peer.net.tcp_data import feed
 log = Logger()
 
 BACKPRESSURE_RETRY = 0.001
-_FULL = (errno.EAGAIN, errno.ENOBUFS, errno.EWOULDBLOCK)
 
 
 class StreamPort:
@@ -71,15 +69,12 @@ class StreamPort:
 
     def send(self, datagrams):
         """Send ``(datagram, addr)`` s; what the socket cannot take now is returned, to go later."""
-        for i, (data, addr) in enumerate(datagrams):
-            try:
-                self.udp.send(data, addr)
-            except OSError as e:
-                if e.errno in _FULL:
-                    self.stats["backpressure"] += 1
-                    return datagrams[i:]
-                self.stats["send_errors"] += 1  # no route now: the datagram is lost, recovery sends it again
-        return []
+        if not datagrams:
+            return datagrams
+        unsent = self.udp.send_batch(datagrams)
+        if unsent:
+            self.stats["backpressure"] += 1
+        return unsent
 
 
 @implementer(IByteStream)
