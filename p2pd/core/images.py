@@ -76,8 +76,8 @@ def _affordable(im):
     per_pixel = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
     need = width * height * per_pixel
     if im.format != "JPEG" and need > DECODE_BYTES:
-        raise TooCostly("not decoded: %d x %d pixels would take %d MiB, more than the %d MiB one decode may use"
-                        % (width, height, need >> 20, DECODE_BYTES >> 20))
+        raise TooCostly("too costly to decode here: %d x %d pixels would take %d MiB, more than the %d MiB one "
+                        "decode may use" % (width, height, need >> 20, DECODE_BYTES >> 20))
 
 
 def _head(source):

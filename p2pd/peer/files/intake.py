@@ -52,6 +52,7 @@ class Intake:
                 link.send({"t": "reject", "tid": frame["tid"], "code": "busy", "message": busy + "; try later"})
                 return
         items = [{"path": i["path"], "size": i["size"], "hash": i["hash"]} for i in frame["items"]]
+        self.m.previews.take_facts(peer, frame, items)  # what the offer says of its images, if it is well formed
         try:
             landing = check_offer(items)
         except filenames.BadFileName as e:
@@ -83,6 +84,7 @@ class Intake:
         if rid and request is None:
             self.m.live.pop(t.tid)
             raise TransferError("offer answers no request of ours", code="unexpected_offer")
+        checked = self.m.previews.receive(t, frame)  # its previews, checked in a thread before they are shown
         if request is not None:
             request.callback(t)
             return self.accept(t.tid)
@@ -100,7 +102,7 @@ class Intake:
                                     % (human_size(self.m.accept_max), human_size(total)))
             return self.accept(t.tid)
         t.save()
-        self.m.event(t)
+        checked.addCallback(lambda _: self.m.event(t) if t.record["status"] == states.OFFERED else None)
         t.expiry = self.m.clock.callLater(self.m.limits.offer_expiry, self._expire, t)
         log.info("{peer} offers {n} file(s), {size}: waiting for accept/reject {tid}", peer=peer, n=len(items),
                  size=human_size(total), tid=t.tid)
