@@ -127,3 +127,17 @@ def test_check_preview_takes_only_small_jpegs_that_decode(tmp_path):
                      (large.getvalue(), "300 x 10 pixels"), (b"\xff\xd8\xff" + b"\0" * (20 << 10), "bytes")):
         with pytest.raises(images.ImageProblem, match=why):
             images.check_preview(bad)
+
+
+def test_what_is_said_of_a_file_never_names_its_path(tmp_path):
+    """The sender's reasons travel in its offer: they must not tell the peer where its files are."""
+    broken = tmp_path / "secret-folder" / "x.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    zero = png_header_only(tmp_path / "secret-folder" / "zero.png", 0, 200_000_000)  # RELIABILITY row 36
+    for path in (broken, zero):
+        with pytest.raises(images.ImageProblem) as info:
+            images.describe(path)
+        assert "secret-folder" not in str(info.value) and str(info.value).startswith("not a valid image")
+        with open(path, "rb") as f:
+            assert images.inspect(f)["check"] == "invalid" and "BufferedReader" not in images.inspect(f)["problem"]

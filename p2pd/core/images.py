@@ -59,8 +59,10 @@ def _open(source, formats=FORMATS):
             im = Image.open(source, formats=formats)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise TooLarge("too large to decode safely: %s" % e) from None
-    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
-        raise ImageProblem("not a valid image: %s" % e) from None
+    except Image.UnidentifiedImageError:  # its text names the file: a sender's path is not the receiver's business
+        raise ImageProblem("not a valid image: its header is broken or of no format we open") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageProblem("not a valid image: %s" % (getattr(e, "strerror", None) or e)) from None
     width, height = im.size
     if width * height > MAX_PIXELS:
         im.close()
@@ -81,8 +83,9 @@ def _affordable(im):
 
 
 def _head(source):
-    """The first SNIFF_BYTES of *source* (a path, or a binary file, which is left at its start)."""
+    """The first SNIFF_BYTES of *source* (a path, or a binary file, read from its start and left there)."""
     if hasattr(source, "read"):
+        source.seek(0)
         head = source.read(SNIFF_BYTES)
         source.seek(0)
         return head
