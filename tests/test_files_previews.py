@@ -344,3 +344,30 @@ def test_a_landed_file_is_opened_for_its_check_without_following_links(tmp_path,
             manager.inbox.open_landed(saved)
         assert pmod.inspect_landed(manager.inbox, saved, None) is None
         assert pmod.inspect_landed(manager.inbox, saved, FACTS)["check"] == "invalid"
+
+
+def test_only_an_offer_that_waits_for_an_answer_has_its_previews_checked(tmp_path):
+    """An offer accepted at once (--accept auto) lands anyway: its previews are not decoded, nor kept."""
+    daemon, threads = FakeDaemon(tmp_path), RecordingThreads()
+    manager = make_transfers(daemon, str(tmp_path / "inbox"), threads=threads, policy="auto")
+    manager.frame(FakeLink(), offer_frame(1, [dict(item("photo.jpg", b"data"), image=FACTS)],
+                                          [{"i": 0, "jpeg": b64(a_preview(tmp_path))}]))
+    assert manager.live[tid_of(1)].record["status"] == "accepted"
+    assert "check_previews" not in threads.ran and daemon.storage.preview(tid_of(1), 0) is None
+    manager.live[tid_of(1)].result.addErrback(lambda f: None)
+    daemon.storage.close()
+
+
+def test_a_folder_of_broken_images_costs_the_sender_a_few_tries_not_one_each(tmp_path, monkeypatch):
+    good = make(tmp_path / "good.jpg", "JPEG").read_bytes()
+    paths = []
+    for i in range(10):
+        path = tmp_path / ("cut%d.jpg" % i)
+        path.write_bytes(good[:len(good) // 2])
+        paths.append(path)
+    tried = []
+    monkeypatch.setattr(images, "thumbnail", lambda path: tried.append(path) or THUMBNAIL(path))
+    described = pmod.describe_files(paths)
+    assert len(tried) == 2 * pmod.MAX_PREVIEWS
+    assert all(facts["format"] == "JPEG" for facts, _ in described) and not any(thumb for _, thumb in described)
+    assert [("error" in facts) for facts, _ in described] == [True] * 4 + [False] * 6

@@ -69,7 +69,7 @@ class Intake:
         if previous is not None:
             record = previous
             self.m.storage.put_transfer(dict(record, status="replaced"), now_ms(self.m.clock))
-            record.update(tid=frame["tid"], status=states.OFFERED, error=None, rid=rid)
+            record.update(tid=frame["tid"], status=states.OFFERED, error=None, rid=rid, previews=[])
         else:
             n = len(items)
             record = {"tid": frame["tid"], "direction": "in", "peer": peer, "status": states.OFFERED,
@@ -84,7 +84,6 @@ class Intake:
         if rid and request is None:
             self.m.live.pop(t.tid)
             raise TransferError("offer answers no request of ours", code="unexpected_offer")
-        checked = self.m.previews.receive(t, frame)  # its previews, checked in a thread before they are shown
         if request is not None:
             request.callback(t)
             return self.accept(t.tid)
@@ -102,6 +101,7 @@ class Intake:
                                     % (human_size(self.m.accept_max), human_size(total)))
             return self.accept(t.tid)
         t.save()
+        checked = self.m.previews.receive(t, frame)  # the offer is shown once its previews are checked (a thread)
         checked.addCallback(lambda _: self.m.event(t) if t.record["status"] == states.OFFERED else None)
         t.expiry = self.m.clock.callLater(self.m.limits.offer_expiry, self._expire, t)
         log.info("{peer} offers {n} file(s), {size}: waiting for accept/reject {tid}", peer=peer, n=len(items),

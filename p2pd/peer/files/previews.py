@@ -11,7 +11,8 @@ of items, and what does not fit is left out (the facts of the items first, then 
 never fails because of its images.
 
 The receiver trusts none of it: facts of the wrong shape are dropped (one log line per offer), and a preview
-is kept only once it is shown to be a JPEG of at most 256 px a side that decodes (in a thread). After a file
+of an offer that waits for the user's answer is kept only once it is shown to be a JPEG of at most 256 px a side
+that decodes (in a thread; the offer is shown to the watchers after that). After a file
 lands, if its first bytes or its offer say it is an image, it is decoded once (in a thread, never past the
 bounds of :mod:`p2pd.core.images`) and what was found goes into its item as ``"checked"`` (``ok``,
 ``invalid``, ``refused`` for a bomb, ``unchecked`` when too costly to decode) and to the watchers as an
@@ -43,8 +44,9 @@ LINE_MARGIN = 1024  # bytes of the offer's line left free when its images are ad
 
 def describe_files(paths, previews=MAX_PREVIEWS):
     """``[(facts or None, preview or None)]`` for the files at *paths*, in order: the facts of each image by
-    content, and a preview of the first *previews* images that make one. Blocks: run it in a thread."""
-    out, made = [], 0
+    content, and a preview of the first *previews* images that make one (of the first ``2 * previews`` tried).
+    Blocks: run it in a thread."""
+    out, made, tries = [], 0, 0
     for path in paths:
         try:
             with open(path, "rb") as f:
@@ -60,7 +62,8 @@ def describe_files(paths, previews=MAX_PREVIEWS):
             out.append(({"format": claimed, "error": str(e)[:MAX_ERROR]}, None))
             continue
         thumb = None
-        if made < previews:
+        if made < previews and tries < 2 * previews:  # a folder of broken images costs a few tries, not all
+            tries += 1
             try:
                 thumb = images.thumbnail(path)
                 made += 1
