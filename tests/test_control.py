@@ -220,6 +220,9 @@ BAD_REQUESTS = [
     (b'{"id": 1, "cmd": "history", "conversation": ["x"]}', 1, "bad_request", "string"),
     (b'{"id": 1, "cmd": "quarantine", "limit": 5000}', 1, "bad_request", "limit"),
     (b'{"id": 1, "cmd": "block"}', 1, "bad_request", "'name'"),
+    (b'{"id": 1, "cmd": "preview"}', 1, "bad_request", "'tid'"),
+    (b'{"id": 1, "cmd": "preview", "tid": "t", "index": -1}', 1, "bad_request", "index counts"),
+    (b'{"id": 1, "cmd": "preview", "tid": "t", "index": "0"}', 1, "bad_request", "integer"),
 ]
 
 
@@ -832,3 +835,25 @@ def test_history_with_a_peer_shows_the_files_exchanged_with_it_by_time():
     assert [e.get("id") or e["tid"] for e in merged] == ["m1", "t1", "m2", "t4"]
     assert merged[1]["kind"] == "file" and merged[1]["ts"] == 200
     assert [e.get("id") or e["tid"] for e in with_files(messages, "bob", transfers, 2)] == ["m2", "t4"]
+
+
+def test_preview_asks_the_transfers_for_a_kept_preview_and_says_when_there_is_none():
+    """preview passes tid and index (0 for the first file; none: the first with a preview) to the transfers,
+    and a transfer without one is a not_found error whose message says why."""
+    from p2pd.errors import NotFound
+
+    class Previews(FakeTransfers):
+        def preview(self, tid, index=None):
+            if tid == "none":
+                raise NotFound("notes.txt has no preview: the sender did not offer it as an image")
+            return {"tid": tid, "index": index, "jpeg": "/9j/"}
+
+    facade = FakeFacade()
+    facade.transfers = Previews()
+    _, proto, transport = connect(facade)
+    send(proto, {"id": 1, "cmd": "preview", "tid": "t1"})
+    send(proto, {"id": 2, "cmd": "preview", "tid": "t1", "index": 1})
+    send(proto, {"id": 3, "cmd": "preview", "tid": "none"})
+    first, second, missing = lines(transport)
+    assert first["result"] == {"tid": "t1", "index": None, "jpeg": "/9j/"} and second["result"]["index"] == 1
+    assert missing["ok"] is False and missing["error"] == "not_found" and "has no preview" in missing["message"]

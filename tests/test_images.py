@@ -83,3 +83,61 @@ def test_a_file_that_claims_to_be_an_image_and_does_not_decode_is_said_so(tmp_pa
     cut.write_bytes(good[:len(good) // 2])
     assert images.describe(cut)["format"] == "PNG"  # the header is fine
     assert images.check(cut).startswith("not a valid image")
+
+
+def test_inspect_says_what_a_received_file_is_from_an_open_file(tmp_path):
+    """inspect() takes the open file the receiver has (opened without following links) and leaves it at its start."""
+    path = make(tmp_path / "a.jpg", "JPEG")
+    with open(path, "rb") as f:
+        assert images.inspect(f) == {"format": "JPEG", "width": 640, "height": 480, "check": "ok"}
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert images.inspect(text) is None  # not an image at all: nothing to say
+
+
+def test_a_truncated_jpeg_is_not_a_valid_image_though_decoded_at_an_eighth(tmp_path):
+    good = make(tmp_path / "a.jpg", "JPEG", size=(1600, 1200)).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good[:len(good) * 2 // 3])
+    found = images.inspect(cut)
+    assert found["check"] == "invalid" and found["problem"].startswith("not a valid image"), found
+    assert (found["width"], found["height"]) == (1600, 1200)
+
+
+def test_a_bomb_is_refused_and_a_costly_png_is_not_decoded(tmp_path):
+    """Over MAX_PIXELS: refused from the header; within it but over DECODE_BYTES: neither previewed nor decoded."""
+    bomb = images.inspect(png_header_only(tmp_path / "bomb.png", 14000, 14000))
+    assert bomb["check"] == "refused" and "too large to decode safely" in bomb["problem"], bomb
+    side = 5000  # RGB: 5000 x 5000 x 4 bytes = 95 MiB
+    costly = tmp_path / "costly.png"
+    Image.new("RGB", (side, side)).save(costly, "PNG")
+    found = images.inspect(costly)
+    assert found["check"] == "unchecked" and found["width"] == side, found
+    with pytest.raises(images.TooCostly):
+        images.thumbnail(costly)
+
+
+def test_check_preview_takes_only_small_jpegs_that_decode(tmp_path):
+    thumb = images.thumbnail(make(tmp_path / "a.png", "PNG"))
+    assert images.check_preview(thumb) == (256, 192)
+    png = make(tmp_path / "small.png", "PNG", size=(50, 50)).read_bytes()
+    large = __import__("io").BytesIO()
+    Image.new("RGB", (300, 10)).save(large, "JPEG")
+    for bad, why in ((png, "not a JPEG"), (thumb[:len(thumb) // 2], "does not decode"),
+                     (large.getvalue(), "300 x 10 pixels"), (b"\xff\xd8\xff" + b"\0" * (20 << 10), "bytes")):
+        with pytest.raises(images.ImageProblem, match=why):
+            images.check_preview(bad)
+
+
+def test_what_is_said_of_a_file_never_names_its_path(tmp_path):
+    """The sender's reasons travel in its offer: they must not tell the peer where its files are."""
+    broken = tmp_path / "secret-folder" / "x.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    zero = png_header_only(tmp_path / "secret-folder" / "zero.png", 0, 200_000_000)  # RELIABILITY row 36
+    for path in (broken, zero):
+        with pytest.raises(images.ImageProblem) as info:
+            images.describe(path)
+        assert "secret-folder" not in str(info.value) and str(info.value).startswith("not a valid image")
+        with open(path, "rb") as f:
+            assert images.inspect(f)["check"] == "invalid" and "BufferedReader" not in images.inspect(f)["problem"]

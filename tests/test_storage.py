@@ -565,13 +565,15 @@ API = {
     "receipts_sent": "(self, sender: str, ids) -> None",
     "in_mailbox_count": "(self) -> int",
     "expire_deposits": "(self, before_ms: int, reason: str, now_ms: int, limit: int = 1000) -> list",
+    "put_preview": "(self, tid: str, index: int, jpeg: bytes, now_ms: int, keep: int = 1000)",
+    "preview": "(self, tid: str, index: int) -> bytes | None",
 }
 
 
 def test_public_api_is_the_one_callers_use():
     """Storage, composed of its parts, offers exactly the methods (names and signatures) it had as one class,
     plus the ``pending`` property and the ``name`` of the sender it records (and, since issue 12, the quarantine
-    of undeliverable mailbox items, and the mailbox receipts)."""
+    of undeliverable mailbox items, and the mailbox receipts; since issue 14, the previews of image offers)."""
     methods = {name: str(inspect.signature(getattr(Storage, name))) for name in dir(Storage)
                if not name.startswith("_") and inspect.isfunction(getattr(Storage, name))}
     assert methods == API

@@ -1,11 +1,11 @@
 """The store's small tables: settings (p2pd.peer.storage.settings), file transfer records (.transfers) and
-the hash cache of offered files (.hashes)."""
+the hash cache of offered files (.hashes), the previews of image offers (.previews)."""
 
 import os
 
 import pytest
 
-from p2pd.peer.storage import Storage, db_path
+from p2pd.peer.storage import InvalidMessage, Storage, db_path
 from p2pd.peer.storage.hashes import HashCache
 from p2pd.peer.storage.settings import Settings
 from p2pd.peer.storage.transfers import TransferRecords
@@ -100,3 +100,22 @@ def test_quarantine_keeps_the_newest_items_once_each(tmp_path):
     assert [q["id"] for q in s.quarantined()] == ["b4", "b3", "b2"]
     assert s.quarantined(limit=1) == [{"id": "b4", "from": None, "reason": "unreadable", "received_at": 14}]
     assert s.quarantine_count() == 3
+
+
+def test_previews_are_kept_per_transfer_and_file_and_only_the_newest(tmp_path):
+    """A preview is replaced by a newer one for the same file; past *keep* the oldest go; a bad one is refused."""
+    s = Storage(str(tmp_path / "p.sqlite3"))
+    s.put_preview("a" * 32, 0, b"\xff\xd8\xffold", 1)
+    s.put_preview("a" * 32, 0, b"\xff\xd8\xffnew", 2)
+    s.put_preview("a" * 32, 1, b"\xff\xd8\xffsecond", 3)
+    assert s.preview("a" * 32, 0) == b"\xff\xd8\xffnew" and s.preview("a" * 32, 1) == b"\xff\xd8\xffsecond"
+    assert s.preview("a" * 32, 2) is None and s.preview("b" * 32, 0) is None
+    for i in range(5):
+        s.put_preview("%032x" % i, 0, b"x%d" % i, 10 + i, keep=3)
+    s.commit()
+    assert [s.preview("%032x" % i, 0) for i in range(5)] == [None, None, b"x2", b"x3", b"x4"]
+    assert s.preview("a" * 32, 0) is None
+    for bad in (b"", b"x" * (16 << 10) + b"x", "text"):
+        with pytest.raises(InvalidMessage):
+            s.put_preview("c" * 32, 0, bad, 20)
+    s.close()

@@ -1,4 +1,4 @@
-"""File commands: ``send``, ``get``, ``ls``, ``transfers``, ``accept``, ``reject``, ``cancel``.
+"""File commands: ``send``, ``get``, ``ls``, ``transfers``, ``accept``, ``reject``, ``cancel``, ``preview``.
 
 ``send`` and ``get`` wait for the outcome and show a progress bar (bytes, rate, time left) on a terminal;
 ``--quiet`` hides it, ``--json`` prints the outcome as one JSON object. Ctrl-C cancels the transfer (the
@@ -7,6 +7,8 @@ receiver keeps what it verified: the same command later resumes). Exit codes: 0 
 it resumes), 1 anything else.
 """
 
+import base64
+import binascii
 import os
 
 from p2pd.cli import exits, render
@@ -277,6 +279,8 @@ def transfers(ctx, args):
         if t.get("error"):
             line += "  (%s)" % clean((t["error"] or {}).get("message"))
         ctx.say(line)
+        for about in render.image_lines(t):
+            ctx.say("          " + about)
         if offered:
             ctx.say("          p2pctl accept %s   |   p2pctl reject %s" % (t["tid"][:8], t["tid"][:8]))
         elif t.get("status") == "done" and (where := render.saved_where(t)):
@@ -375,3 +379,41 @@ command("accept", "accept files a peer offered: by ID, or the next offer, asked 
 command("reject", "refuse files a peer offered", [arg("tid", metavar="ID")])(_answer("reject", "rejected"))
 command("cancel", "stop a running transfer (it can be resumed later)",
         [arg("tid", metavar="ID")])(_answer("cancel", "cancelled"))
+
+
+@command("preview", "write the preview of an image offered to you to a file (a JPEG of at most 256 px)",
+         [arg("tid", metavar="ID"),
+          arg("--file", type=int, metavar="N", help="the Nth file of the transfer (default: the first with a preview)"),
+          arg("-o", "--out", metavar="FILE", help="where to write it (default: preview-ID-N.jpg in the current "
+                                                  "directory, which must not exist yet)")],
+         description="Writes the preview that came with an offer of images (p2pctl transfers says which have one) "
+                     "and prints where. The daemon kept it only after checking it: a JPEG of at most 256 x 256 "
+                     "pixels that decodes.")
+def preview(ctx, args):
+    tid = full_tid(ctx, args.tid)
+    if args.file is not None and args.file < 1:
+        raise exits.CliError("--file counts the files of the transfer from 1", exits.USAGE, "bad_request")
+    result = ctx.request("preview", tid=tid, **({} if args.file is None else {"index": args.file - 1}))
+    try:
+        data = base64.b64decode(result.get("jpeg") or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise exits.CliError("the daemon sent a preview that is not base64") from None
+    index = result.get("index") if isinstance(result.get("index"), int) else 0
+    path = os.path.abspath(args.out or "preview-%s-%d.jpg" % (tid[:8], index + 1))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if args.out else os.O_EXCL)
+    try:
+        with os.fdopen(os.open(path, flags, 0o644), "wb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise exits.CliError("%s exists already: name another file with --out FILE" % clean(path),
+                             exits.ERROR, "file_exists") from None
+    except OSError as e:
+        raise exits.CliError("cannot write %s: %s" % (clean(path), e.strerror), exits.ERROR, "write_failed") \
+            from None
+    if ctx.json:
+        ctx.emit({"tid": tid, "index": index, "name": result.get("name"), "path": path, "bytes": len(data)})
+    else:
+        facts = render.image_text(result.get("image"))
+        ctx.say("wrote the preview of %s%s to %s (%s)" % (clean(result.get("name")), " (%s)" % facts if facts else "",
+                                                          clean(path), human(len(data))))
+    return exits.OK

@@ -74,6 +74,10 @@ def event_line(event, now_ms) -> str:
         return line + (": " + clean(event["message"]) if event.get("message") else "")
     if kind == "transfer":
         return "%s %s" % (stamp, transfer_line(event))
+    if kind == "image":
+        return "%s %s from %s, saved as %s: %s" % (stamp, clean(event.get("name")), clean(event.get("peer")),
+                                                  saved_where(dict(event, saved=[event.get("saved")])) or "?",
+                                                  image_text(event))
     rest = " ".join("%s=%s" % (clean(k), clean(v)) for k, v in event.items() if k != "event")
     return "%s %s %s" % (stamp, clean(kind), rest)
 
@@ -101,6 +105,43 @@ def offer_summary(t, types=False) -> str:
     if count > 1:
         text += ": %d files, %s" % (count, human_size(t.get("bytes")))
     return text
+
+
+def image_text(facts) -> str:
+    """One file's image facts for people: ``JPEG 4032x3024``; once checked, ``JPEG 4032x3024, checked: a valid
+    image``, ``PNG 640x480: not a valid image: ...``, ``PNG: refused to decode: too large ...``; "" if none."""
+    if not isinstance(facts, dict):
+        return ""
+    text = clean(facts.get("format") or "image")
+    if isinstance(facts.get("width"), int) and isinstance(facts.get("height"), int):
+        text += " %dx%d" % (facts["width"], facts["height"])
+    check = facts.get("check")
+    if check == "ok":
+        return text + ", checked: a valid image"
+    if check in ("invalid", "refused", "unchecked"):
+        return text + ": %s%s" % ({"refused": "refused to decode: ", "unchecked": "not checked: "}.get(check, ""),
+                                  clean(facts.get("problem")))
+    if facts.get("error"):
+        return text + ": the sender could not read it: %s" % clean(facts["error"])
+    return text
+
+
+def image_lines(t, most=SHOWN_NAMES) -> list:
+    """A line for each of the first *most* images of transfer *t*: ``photo.jpg  JPEG 4032x3024  (preview: p2pctl
+    preview 1a2b3c4d)`` (the preview only for an offer to us), and how many more there are."""
+    names, entries = t.get("names") or [], t.get("images") or []
+    previews = [i for i in t.get("previews") or [] if isinstance(i, int)] if t.get("direction") == "in" else []
+    found = [(i, facts) for i, facts in enumerate(entries) if isinstance(facts, dict)]
+    lines = []
+    for i, facts in found[:most]:
+        line = "%s  %s" % (clean(names[i]) if i < len(names) else "file %d" % (i + 1), image_text(facts))
+        if i in previews:
+            line += "  (preview: p2pctl preview %s%s)" % (clean(t.get("tid"))[:8],
+                                                         "" if i == previews[0] else " --file %d" % (i + 1))
+        lines.append(line)
+    if len(found) > most:
+        lines.append("and %d more image%s" % (len(found) - most, "s" if len(found) - most > 1 else ""))
+    return lines
 
 
 def saved_where(t) -> str:
@@ -143,8 +184,8 @@ def transfer_line(event) -> str:
     status = event.get("status")
     incoming = event.get("direction") == "in"
     if incoming and status == "offered":
-        return "%s offers %s: p2pctl accept %s, or p2pctl reject %s" % (
-            peer, offer_summary(event, types=True), tid[:8], tid[:8])
+        return "; ".join(["%s offers %s: p2pctl accept %s, or p2pctl reject %s" % (
+            peer, offer_summary(event, types=True), tid[:8], tid[:8])] + image_lines(event))
     if status == "refused":
         return "refused an offer from %s: %s" % (peer, clean((event.get("error") or {}).get("message")))
     line = "%s %s %s: %s" % (what, "from" if incoming else "to", peer, clean(status))

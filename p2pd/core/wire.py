@@ -15,6 +15,10 @@ Both sides open with ``hello``; everything else waits for it. Frames (``t`` is t
 File transfers (:mod:`p2pd.peer.files`; the bytes go on a data connection, :mod:`p2pd.core.datastream`)::
 
     {"t": "offer", "tid": ID, "items": [{"path": "a/b.txt", "size": 12, "hash": HEX64}, ...], "rid": ID?}
+        an item that is an image adds "image": {"format": "JPEG", "width": W, "height": H} (or "format" and
+        "error": TEXT); the offer may add "previews": [{"i": ITEM INDEX, "jpeg": B64}] (at most 2, a JPEG of
+        at most 256 px and 16 KiB each). The receiver checks these itself (:mod:`p2pd.peer.files.previews`):
+        ill-formed ones are dropped, the offer is not refused for them
     {"t": "accept", "tid": ID, "secret": B64, "have": [bytes already verified, one per item]}
     {"t": "reject", "tid": ID, "code": "rejected", "message": "..."}
     {"t": "cancel", "tid": ID, "code": "cancelled", "message": "..."}       either side gives up

@@ -24,6 +24,7 @@ accept     ``tid``                             ``{"tid", "status"}``: an offer w
 reject     ``tid``                             ``{"tid", "status": "rejected"}``
 cancel     ``tid``                             ``{"tid", "status": "cancelled"}``
 transfers  ``limit`` (opt)                     transfers, newest first, running and finished
+preview    ``tid``, ``index`` (opt)            a kept preview: ``{"tid", "index", "name", "image", "jpeg", "bytes"}``
 create     ``room``                            the new room (its creator is its first member)
 join       ``room``                            the room with its members
 leave      ``room``                            the room with its members (General cannot be left)

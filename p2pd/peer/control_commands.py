@@ -198,6 +198,13 @@ class Commands:
     def do_cancel(self, request):
         return self._transfers().cancel(_arg(request, "tid", str))
 
+    def do_preview(self, request):
+        tid = _arg(request, "tid", str)
+        index = _arg(request, "index", int, required=False)
+        if index is not None and index < 0:
+            raise BadRequest("index counts the files of a transfer from 0")
+        return self._transfers().preview(tid, index)
+
     def do_transfers(self, request):
         limit = _arg(request, "limit", int, required=False, default=50)
         if not 1 <= limit <= 1000:

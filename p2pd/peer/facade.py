@@ -11,6 +11,9 @@ Events are dicts ``{"event": "<kind>", ...}`` pushed to every subscriber:
     {"event": "peer", "name": NAME, "state": "online"|"offline"|"connected"|"disconnected"}
     {"event": "registry", "state": "online"|"unreachable", "message": "..."}
     {"event": "quarantined", "id": MAILBOX_ID, "from": NAME, "reason": "..."}  (a mailbox item set aside)
+    {"event": "transfer", ...a transfer's listing entry}                (an offer, a change of a transfer's state)
+    {"event": "image", "tid", "peer", "name", "saved", "inbox", "format", "width", "height",
+     "check": "ok"|"invalid"|"refused"|"unchecked", "problem"?}        (a received image, checked once it landed)
 """
 
 from typing import Any, Protocol, runtime_checkable
@@ -34,6 +37,10 @@ class FilesFacade(Protocol):
     def cancel(self, tid: str): ...
 
     def list(self, limit: int = 100) -> list: ...
+
+    def preview(self, tid: str, index: int | None = None) -> dict:
+        """The kept preview of an image offered to us: {"tid", "index", "name", "image", "jpeg": base64,
+        "bytes"}; NotFound saying why when there is none."""
 
 
 @runtime_checkable

@@ -362,3 +362,9 @@ class IFileStore(IStore):
 
     def put_hash(path, st, root, digests):
         """Remember *root* and *digests* for *path* as *st* describes it."""
+
+    def put_preview(tid, index, jpeg, now_ms):
+        """Keep *jpeg* (checked already) as the preview of file *index* of incoming transfer *tid*."""
+
+    def preview(tid, index):
+        """The preview of file *index* of transfer *tid*, or None."""

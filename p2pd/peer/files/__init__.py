@@ -35,5 +35,7 @@ The parts: :mod:`.offers` (what a sender offers, what a receiver checks), :mod:`
 transfer), :mod:`.engine` (the rules of the data stream, sans-IO), :mod:`.inbox` and :mod:`.share` (safe
 file-system code), :mod:`.diskwriter`, :mod:`.sessions` (one data session of each direction, over an
 :class:`~p2pd.peer.interfaces.IByteStream`), :mod:`.transfer` (a transfer's record and outcome) and
-:mod:`.manager` (the facade the daemon and the control socket use). Nothing here imports :mod:`p2pd.peer.net`.
+:mod:`.manager` (the facade the daemon and the control socket use); :mod:`.previews` the images among the
+files: their facts and previews in the offer, checked by the receiver, and each checked once it has landed.
+Nothing here imports :mod:`p2pd.peer.net`.
 """

@@ -2,6 +2,7 @@
 descriptor (``O_NOFOLLOW``, created ``O_EXCL``, their space claimed as the bytes come), and ``link()`` into a name that exists nowhere
 yet. No path component is ever followed through a symbolic link, and no file is ever replaced."""
 
+import errno
 import os
 import stat
 
@@ -94,6 +95,24 @@ class Inbox:
             taken.add(candidate.casefold())
             tops[top] = candidate
         return tops
+
+    def open_landed(self, saved):
+        """A binary file open on the landed regular file *saved* (inbox-relative), no path component followed
+        through a symbolic link (OSError otherwise)."""
+        components = saved.split("/")
+        dfd = self.inbox_fd()
+        try:
+            for name in components[:-1]:
+                nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                os.close(dfd)
+                dfd = nfd
+            fd = os.open(components[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb")
 
     def land(self, part, landing, tops):
         """Link the partial file *part* to its place in the inbox; the path actually used (inbox-relative)."""

@@ -52,6 +52,7 @@ class Intake:
                 link.send({"t": "reject", "tid": frame["tid"], "code": "busy", "message": busy + "; try later"})
                 return
         items = [{"path": i["path"], "size": i["size"], "hash": i["hash"]} for i in frame["items"]]
+        self.m.previews.take_facts(peer, frame, items)  # what the offer says of its images, if it is well formed
         try:
             landing = check_offer(items)
         except filenames.BadFileName as e:
@@ -68,7 +69,7 @@ class Intake:
         if previous is not None:
             record = previous
             self.m.storage.put_transfer(dict(record, status="replaced"), now_ms(self.m.clock))
-            record.update(tid=frame["tid"], status=states.OFFERED, error=None, rid=rid,
+            record.update(tid=frame["tid"], status=states.OFFERED, error=None, rid=rid, previews=[],
                           transport=frame.get("transport") or "tcp")
         else:
             n = len(items)
@@ -102,7 +103,8 @@ class Intake:
                                     % (human_size(self.m.accept_max), human_size(total)))
             return self.accept(t.tid)
         t.save()
-        self.m.event(t)
+        checked = self.m.previews.receive(t, frame)  # the offer is shown once its previews are checked (a thread)
+        checked.addCallback(lambda _: self.m.event(t) if t.record["status"] == states.OFFERED else None)
         t.expiry = self.m.clock.callLater(self.m.limits.offer_expiry, self._expire, t)
         log.info("{peer} offers {n} file(s), {size}: waiting for accept/reject {tid}", peer=peer, n=len(items),
                  size=human_size(total), tid=t.tid)

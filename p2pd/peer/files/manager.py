@@ -2,8 +2,8 @@
 frames, as an :class:`~p2pd.peer.interfaces.IFrameHandler`) and the control socket (commands) use.
 
 Our offers are made by :class:`.push.Push`, incoming ones handled by :class:`.intake.Intake`, ``ls``/``get``
-by :class:`.pull.Pulls`; the bytes go
-through the injected :class:`~p2pd.peer.interfaces.IDataPaths`, whatever path that is."""
+by :class:`.pull.Pulls`, the images among the files (facts, previews, checks) by :class:`.previews.Previews`;
+the bytes go through the injected :class:`~p2pd.peer.interfaces.IDataPaths`, whatever path that is."""
 
 import mimetypes
 
@@ -19,6 +19,7 @@ from p2pd.peer.files.errors import TransferError, peer_code, peer_text
 from p2pd.peer.files.inbox import Inbox
 from p2pd.peer.files.intake import Intake
 from p2pd.peer.files.offers import view
+from p2pd.peer.files.previews import Previews
 from p2pd.peer.files.pull import Pulls
 from p2pd.peer.files.push import REFUSALS, Push
 from p2pd.peer.limits import Limits
@@ -62,6 +63,7 @@ class Transfers:
         self.intake = Intake(self)
         self.pulls = Pulls(self)
         self.push = Push(self)
+        self.previews = Previews(self)
 
     def start(self):
         """Make the inbox, and mark the transfers that ran when the daemon last stopped as interrupted."""
@@ -173,6 +175,9 @@ class Transfers:
 
     def reject(self, tid):
         return self.intake.reject(tid)
+
+    def preview(self, tid, index=None):
+        return self.previews.get(tid, index)
 
     def cancel(self, tid):
         t = self.live.get(tid)

@@ -22,7 +22,9 @@ def fingerprint(items) -> str:
 
 def view(record, done, rate, eta, elapsed, inbox=None) -> dict:
     """What the control socket shows of a transfer (running: :meth:`Transfer.snapshot`; finished: its record):
-    the first 20 names and sizes, and for an incoming one the *inbox* its ``saved`` names are relative to."""
+    the first 20 names and sizes, and for an incoming one the *inbox* its ``saved`` names are relative to; if
+    some of them are images, ``images`` (one per name: the facts of :mod:`.previews`, or None) and the indices
+    of the files that have a ``preview``."""
     shown = {"tid": record["tid"], "direction": record["direction"], "peer": record["peer"],
              "status": record["status"], "names": [i["path"] for i in record["items"]][:20],
              "sizes": [i["size"] for i in record["items"]][:20],
@@ -30,6 +32,9 @@ def view(record, done, rate, eta, elapsed, inbox=None) -> dict:
              "elapsed": elapsed, "transport": record.get("transport") or "tcp"}
     if inbox is not None and record["direction"] == "in":
         shown["inbox"] = inbox
+    images = [i.get("checked") or i.get("image") for i in record["items"][:20]]  # what we found, else were told
+    if any(images):
+        shown.update(images=images, previews=record.get("previews") or [])
     return shown
 
 

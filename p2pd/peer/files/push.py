@@ -12,6 +12,7 @@ from p2pd.peer.files import states
 from p2pd.peer.files.engine import check_have
 from p2pd.peer.files.errors import FileProblem, TransferError
 from p2pd.peer.files.offers import check_transport, choose_transport, collect, fingerprint, new_id, renamed
+from p2pd.peer.files.previews import fit
 from p2pd.peer.files.sessions import SendSession
 from p2pd.peer.files.transfer import Outgoing
 
@@ -56,6 +57,7 @@ class Push:
             stats.append((st.st_size, st.st_mtime_ns))
             digests.append(digest_list)
         hash_seconds = round(self.m.clock.seconds() - t0, 3)
+        described = await self.m.previews.describe(local)  # the images among the files, and their previews
         if link is None:
             link = await self.m.dialer.dial(to)
         transport = choose_transport(transport, local, link)
@@ -76,6 +78,7 @@ class Push:
         frame = {"t": "offer", "tid": out.tid, "items": items, "transport": transport}
         if rid:
             frame["rid"] = rid
+        fit(frame, described)
         if len(wire.encode(frame)) >= wire.MAX_LINE:
             out.fail(FileProblem("the list of files is too long for one offer; send fewer files at once",
                                  code="too_many_files"))

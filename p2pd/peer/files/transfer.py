@@ -194,6 +194,7 @@ class Incoming(Transfer):
         self.save()
         log.info("received {path} from {peer} ({size} bytes, verified)", path=saved, peer=self.peer,
                  size=self.items[index]["size"])
+        self.manager.previews.landed(self, index)  # an image is checked, in a thread
 
 
 def cancellable(inner, cancel):

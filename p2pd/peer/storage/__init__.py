@@ -43,6 +43,7 @@ its own, and in a Storage they share one connection and one write group:
   settings, file transfer records, the hash cache of offered files;
 - :mod:`~p2pd.peer.storage.quarantine`: mailbox items that cannot be delivered;
 - :mod:`~p2pd.peer.storage.receipts`: the delivery receipts we owe, and our messages that wait in a mailbox;
+- :mod:`~p2pd.peer.storage.previews`: the checked previews of incoming image offers (the newest 1000);
 - :mod:`~p2pd.peer.storage.checks` and :mod:`~p2pd.peer.storage.errors`: what input is refused, and how.
 """
 
@@ -54,6 +55,7 @@ from p2pd.peer.storage.errors import InvalidMessage, StorageError
 from p2pd.peer.storage.hashes import HashCache
 from p2pd.peer.storage.messages import MESSAGE_FIELDS
 from p2pd.peer.storage.outbox import Outbox
+from p2pd.peer.storage.previews import Previews
 from p2pd.peer.storage.quarantine import Quarantine
 from p2pd.peer.storage.receipts import Receipts
 from p2pd.peer.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate
@@ -67,7 +69,7 @@ __all__ = [
 
 
 @implementer(IChatStore, IFileStore)
-class Storage(Outbox, Settings, TransferRecords, HashCache, Quarantine, Receipts):
+class Storage(Outbox, Settings, TransferRecords, HashCache, Quarantine, Receipts, Previews):
     """The daemon's store. Writes join the open transaction; :meth:`commit` makes them durable.
 
     Chat, the outbox, pins and rooms use it as an :class:`~p2pd.peer.interfaces.IChatStore`, file transfers as

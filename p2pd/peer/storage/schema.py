@@ -97,7 +97,18 @@ def _to_v5(db):
     db.execute("CREATE INDEX messages_in_mailbox ON messages (updated_at) WHERE status = 'queued'")
 
 
-MIGRATIONS = (_to_v1, _to_v2, _to_v3, _to_v4, _to_v5)  # MIGRATIONS[n] takes the schema from version n to n + 1
+def _to_v6(db):
+    """The previews of incoming image offers (:mod:`~p2pd.peer.storage.previews`); ``n`` orders them by age."""
+    db.execute("""CREATE TABLE previews (
+                      n INTEGER PRIMARY KEY,
+                      tid TEXT NOT NULL,
+                      item INTEGER NOT NULL,
+                      jpeg BLOB NOT NULL,
+                      stored_at INTEGER NOT NULL,
+                      UNIQUE (tid, item))""")
+
+
+MIGRATIONS = (_to_v1, _to_v2, _to_v3, _to_v4, _to_v5, _to_v6)  # MIGRATIONS[n] takes the schema from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
