@@ -127,7 +127,8 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
     sender starts, its ``{port}`` being the receiver's or the proxy's. The receiver's next JSON line is its result,
     with at least ``bytes`` and ``seconds`` (and ``complete`` when it can tell); after *timeout* s it gets SIGTERM
     and must then print what it has so far. ``extra`` holds the receiver's, the sender's and the proxy's reports
-    (each its last JSON line), ``timed_out`` and the CPU each process used (% of one core)."""
+    (each its last JSON line), ``timed_out``, the CPU each process used (% of one core) and the datagrams the
+    kernel dropped for full receive buffers meanwhile (``rcvbuf_errors``, machine-wide)."""
     fill = lambda argv, port=None: [a.format(port=port, dir=workdir) for a in argv]  # noqa: E731
     started = []
     try:
@@ -143,6 +144,7 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
         tx = Child("sender", fill(sender, port), workdir)
         started.append(tx)
         meter = CPUMeter({c.name: c.proc.pid for c in started}).start()
+        overflows = rcvbuf_errors()
         began = time.monotonic()
         timed_out = False
         while True:
@@ -158,7 +160,10 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
                     result = rx.line(10)
                     break
         cpu = meter.stop()
+        if overflows is not None:
+            overflows = rcvbuf_errors() - overflows
         extra = {"timed_out": timed_out, "wall_seconds": round(time.monotonic() - began, 3), "cpu_percent": cpu,
+                 "rcvbuf_errors": overflows,
                  "receiver": result, "sender": tx.finish(10)}
         if px is not None:
             extra["proxy"] = px.finish(0)
@@ -169,6 +174,16 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
     finally:
         for child in reversed(started):
             stop_pid(child.proc)
+
+
+def rcvbuf_errors():
+    """The machine's count of UDP datagrams dropped for a full receive buffer (/proc/net/snmp RcvbufErrors)."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +329,10 @@ def table(report) -> str:
                     fmt((row["sender"] or {}).get("lost_packets"), "%d"),
                     "%d / %d" % tuple(sum(d.get(cause, 0) for d in drops) for cause in ("loss", "queue")),
                     cpu_text(row["cpu_percent"])))
+    if report["loopback"]:
+        lines.append("datagrams the kernel dropped for a full receive buffer during each row (RcvbufErrors, the "
+                     "whole machine's): %s" % ", ".join("%s %s" % (name, fmt(row.get("rcvbuf_errors"), "%d"))
+                                                       for name, row in report["loopback"].items()))
     for name, reason in report["skipped"].items():
         lines.append("skipped %s: %s" % (name, reason))
     lines.append("(raw rows: no reliability, 'lost' is the share of sent datagrams that never arrived; aioquic's "
