@@ -129,10 +129,9 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
     and must then print what it has so far. ``extra`` holds the receiver's, the sender's and the proxy's reports
     (each its last JSON line), ``timed_out``, the CPU each process used (% of one core) and the datagrams the
     kernel dropped for full receive buffers meanwhile (``rcvbuf_errors``, machine-wide)."""
-    fill = lambda argv, port=None: [a.format(port=port, dir=workdir) for a in argv]  # noqa: E731
     started = []
     try:
-        rx = Child("receiver", fill(receiver), workdir)
+        rx = Child("receiver", fill(receiver, dir=workdir), workdir)
         started.append(rx)
         port = rx.line(30)["port"]
         px = None
@@ -141,7 +140,7 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
                        workdir)
             started.append(px)
             port = px.line(30)["port"]
-        tx = Child("sender", fill(sender, port), workdir)
+        tx = Child("sender", fill(sender, port=port, dir=workdir), workdir)
         started.append(tx)
         meter = CPUMeter({c.name: c.proc.pid for c in started}).start()
         overflows = rcvbuf_errors()
@@ -174,6 +173,16 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
     finally:
         for child in reversed(started):
             stop_pid(child.proc)
+
+
+def fill(argv, **values) -> list:
+    """*argv* with each ``{name}`` replaced by ``values[name]`` (nothing else in it is touched)."""
+    out = []
+    for arg in argv:
+        for name, value in values.items():
+            arg = arg.replace("{%s}" % name, str(value))
+        out.append(arg)
+    return out
 
 
 def rcvbuf_errors():
@@ -220,8 +229,8 @@ def contenders() -> list:
 def run_contender(contender, size, *, timeout, workdir, proxy=None) -> dict:
     """One row: *contender* moving *size* bytes (through a proxy with the options *proxy*)."""
     os.makedirs(workdir, exist_ok=True)
-    fill = lambda argv: [a.replace("{size}", str(size)) for a in argv]  # noqa: E731
-    got = run_pair(fill(contender.receiver), fill(contender.sender), timeout=timeout, workdir=workdir, proxy=proxy)
+    got = run_pair(fill(contender.receiver, size=size), fill(contender.sender, size=size), timeout=timeout,
+                   workdir=workdir, proxy=proxy)
     rx = got.extra["receiver"]
     row = {"bytes": got.bytes, "seconds": got.seconds, "size": size,
            "complete": rx.get("complete", got.bytes >= size) and not got.extra["timed_out"],
