@@ -1,7 +1,9 @@
 """The registry benchmark still runs end to end: real registry, bare Klein server and load generator processes,
 for a second per row. Its figures are not checked here, only that it completes and reports every row. The file
-benchmark likewise, with an 8 MiB file and without magic-wormhole."""
+benchmark likewise, with an 8 MiB file and without magic-wormhole; the room benchmark with 4 members; the UDP
+benchmark in its quick mode."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -91,3 +93,35 @@ def test_room_benchmark_json_has_every_row_and_every_message_arrived():
     assert report["sender_outbox"] == 0
     verdicts = {c["check"]: c["pass"] for c in report["checks"]}
     assert None in verdicts.values()  # the p99 target: not judged with 4 members at 20/s
+
+
+@pytest.mark.slow
+def test_udp_benchmark_quick_run_has_the_raw_rows_and_the_proxy_counters():
+    """``udp_bench.py --quick --json``: the raw blast on loopback, and through the lossy proxy (10 Mbit/s, 15 ms)
+    the raw sender paced at the link's rate at 0% and 5% loss, with the proxy's counters. aioquic's rows when
+    aioquic is installed (the ``bench`` extra; the test extra does not need it), else the reason they were
+    skipped."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "udp_bench.py"), "--quick", "--json"],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    size, lossy_size = report["config"]["size"], report["config"]["lossy_size"]
+    raw = report["loopback"]["raw"]
+    assert raw["complete"] and 0 < raw["bytes"] <= size and raw["receiver"]["datagrams"] > 0, raw
+    assert raw["sender"]["bytes"] == size and raw["MBps"] > 0 and raw["datagrams_per_s"] > 0, raw
+    assert set(report["lossy"]) == {"0", "0.05"}
+    for loss, rows in report["lossy"].items():
+        paced = rows["raw-paced"]
+        c2s = paced["proxy"]["c2s"]
+        assert paced["complete"] and paced["sender"]["bytes"] == lossy_size, paced
+        assert c2s["received"] == c2s["forwarded"] + c2s["dropped_total"], c2s
+        assert paced["receiver"]["datagrams"] <= c2s["forwarded"]
+    assert report["lossy"]["0"]["raw-paced"]["proxy"]["c2s"]["dropped"]["loss"] == 0
+    five = report["lossy"]["0.05"]["raw-paced"]["proxy"]["c2s"]
+    assert 0.02 < five["dropped"]["loss"] / five["received"] < 0.09, five
+    if importlib.util.find_spec("aioquic") is None:
+        assert "aioquic is not installed" in report["skipped"]["aioquic"]
+    else:
+        assert report["loopback"]["aioquic"]["complete"] and report["loopback"]["aioquic"]["bytes"] == size
+        for loss, rows in report["lossy"].items():
+            assert rows["aioquic"]["complete"] and rows["aioquic"]["bytes"] == lossy_size, (loss, rows["aioquic"])
