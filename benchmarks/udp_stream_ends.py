@@ -114,11 +114,15 @@ def main(argv=None):
     listening.startListening()
     port = StreamPort(reactor, udp)
     t0 = [None]
+    reported = []
     if args.role == "recv":
         send, recv = keys(secret, False)
         conn = udpstream.Connection(send, recv, (args.bind, 9), reactor.seconds(), idle_timeout=args.idle)
 
         def done(error=None):
+            if reported:
+                return
+            reported.append(True)
             seconds = time.monotonic() - (receiver.first or time.monotonic())
             report(conn, port, receiver.got, seconds, error)
             reactor.callLater(0.2, lambda: reactor.running and reactor.stop())

@@ -56,44 +56,44 @@ def decode_varint(data, pos: int):
     return value, pos + size
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ping:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ack:
     ranges: tuple  # ((first, last), ...) of acknowledged packet numbers, highest first, disjoint
     delay_us: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Stream:
     offset: int
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Credit:
     limit: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Challenge:
     token: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Response:
     token: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Done:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Close:
     code: int
     reason: str = ""
@@ -165,8 +165,13 @@ def _decode_one(data, pos):
     if kind == 0x02:
         return _decode_ack(data, pos)
     if kind == 0x08:
-        offset, pos = decode_varint(data, pos)
-        length, pos = decode_varint(data, pos)
+        if pos + 6 <= len(data) and data[pos] >> 6 == 2 and data[pos + 4] >> 6 == 1:  # the usual sizes, inline
+            offset = int.from_bytes(data[pos:pos + 4], "big") & 0x3FFFFFFF
+            length = int.from_bytes(data[pos + 4:pos + 6], "big") & 0x3FFF
+            pos += 6
+        else:
+            offset, pos = decode_varint(data, pos)
+            length, pos = decode_varint(data, pos)
         if pos + length > len(data) or offset + length > MAX_VARINT:
             raise FrameError("STREAM data runs past the datagram")
         return Stream(offset, bytes(data[pos:pos + length])), pos + length

@@ -141,12 +141,23 @@ class Owed:
         self.done_acked = False
         self.ping = False
 
-    def acked(self, frames):
-        for item in frames:
-            if item[0] == "s":
-                self.send.on_acked(item[1], item[2])
-            elif item[0] == "d":
-                self.done_acked = True
+    def acked_packets(self, packets):
+        """What *packets* (in packet-number order) carried arrived: stream ranges that follow each other are
+        acknowledged as one."""
+        start = end = None
+        for packet in packets:
+            for item in packet.frames:
+                if item[0] == "s":
+                    if item[1] == end:
+                        end = item[2]
+                        continue
+                    if end is not None:
+                        self.send.on_acked(start, end)
+                    start, end = item[1], item[2]
+                elif item[0] == "d":
+                    self.done_acked = True
+        if end is not None:
+            self.send.on_acked(start, end)
 
     def lost(self, frames):
         for item in frames:

@@ -22,6 +22,7 @@ and only the peer's response from that address moves the connection over. Until 
 
 import collections
 import os
+import struct
 
 from p2pd.core import udpframes, udppackets
 from p2pd.core.udpbuffers import RecvBuffer, SendBuffer
@@ -38,6 +39,8 @@ CLOSING_TIME = 1.0
 
 CODE_OK, CODE_IDLE, CODE_ERROR, CODE_ABORT, CODE_PROTOCOL = 0, 1, 2, 3, 4
 _STREAM_HEAD = udpframes.encode_varint
+_HEAD4 = struct.Struct(">BIH")  # a STREAM frame's type, offset (4-byte varint) and length (2-byte varint)
+_HEAD8 = struct.Struct(">BQH")
 
 
 class Connection:
@@ -67,6 +70,7 @@ class Connection:
         self.probes = 0
         self.writable_wanted = False
         self.finished_told = False
+        self.data_told = False  # a "data" event waits to be read
         self.stats = collections.Counter()
 
     # the application's side
@@ -83,6 +87,7 @@ class Connection:
             self.owed.done = True
 
     def read(self):
+        self.data_told = False
         data = self.recv.read()
         if data and self.recv.credit_due() is not None:
             self.owed.credit = True
@@ -127,14 +132,18 @@ class Connection:
         if self.state == "closing":
             self.acks.deadline = now  # answer with the close again
             return
-        self.acks.received(pn, any(type(f) is not udpframes.Ack for f in frames), now)
+        eliciting = False
         for frame in frames:
+            if type(frame) is not udpframes.Ack:
+                eliciting = True
             if self._frame(frame, addr, now) is False:
                 return self.close(CODE_PROTOCOL, "a %s frame broke the rules" % type(frame).__name__, now)
             if self.state != "open":
                 return
-        if self.recv.ready_bytes or (self.recv.final is not None and self.recv.contig >= self.recv.final
-                                     and not self.finished_told):
+        self.acks.received(pn, eliciting, now)
+        if not self.data_told and (self.recv.ready_bytes or self.recv.final is not None
+                                   and self.recv.contig >= self.recv.final and not self.finished_told):
+            self.data_told = True
             self.events.append(("data",))
 
     def _frame(self, frame, addr, now):
@@ -167,8 +176,7 @@ class Connection:
             return
         if self.recovery.latest_rtt is not None:
             self.cc.on_rtt(self.recovery.latest_rtt, now)
-        for packet in acked:
-            self.owed.acked(packet.frames)
+        self.owed.acked_packets(acked)
         self._on_lost(lost)
         self.cc.on_ack(sample, self.recovery.delivered, self.stats["sent_bytes"], self.recovery.in_flight, now,
                        sum(packet.size for packet in acked))
@@ -254,6 +262,10 @@ class Connection:
     def _build(self, now, probing):
         """One packet of what is owed (ACK, credit, end of stream, data), or None if nothing is."""
         ack = self.acks.frame(now) if self.acks.deadline is not None else b""
+        if not ack and not self.owed.credit and not self.send.lost and not probing:
+            fast = self._new_data(now)
+            if fast is not None:
+                return fast
         parts, frames = [ack], []
         self.owed.credit_frame(parts, frames)
         room = self.payload - sum(map(len, parts))
@@ -275,6 +287,22 @@ class Connection:
             self.acks.sent()
         datagram, _ = self._packet(b"".join(parts), now, frames)
         return datagram
+
+    def _new_data(self, now):
+        """The common packet, built the short way: one STREAM frame of new bytes and nothing else."""
+        send = self.send
+        offset = send.next
+        end = min(send.end, self.peer_limit, offset + self.payload - 11)
+        if offset >= end:
+            return None
+        send.next = end
+        data = send._slice(offset, end)
+        if offset < 1 << 30:
+            head = _HEAD4.pack(0x08, offset | 0x80000000, (end - offset) | 0x4000)
+        else:
+            head = _HEAD8.pack(0x08, offset | 0xC000000000000000, (end - offset) | 0x4000)
+        self.stats["stream_bytes_out"] += end - offset
+        return self._packet(head + data, now, (("s", offset, end),))[0]
 
     def _packet(self, body, now, frames):
         datagram = self._seal(body, now)

@@ -102,8 +102,7 @@ class UDPStream:
         self.conn.receive_datagram(data, addr, self.reactor.seconds())
         if self.conn.send.acked_to > acked:
             self.receiver.stream_moving()  # the peer takes our bytes: a slow path is still a moving one
-        self.port.schedule(self)
-        self._events()
+        self.port.schedule(self)  # its events, and what it sends, at the end of this turn: once for a batch
 
     def flush(self):
         if self.conn.state == "closed":
