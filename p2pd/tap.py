@@ -65,6 +65,7 @@ class Options(usage.Options):
         ["listen", None, "tcp:0", "peer: endpoint for links from other peers (TLS), e.g. tcp:7000"],
         ["udp", None, "0", "peer: UDP port, [HOST:]PORT (0 = any free port)"],
         ["advertise", None, None, "peer: the address to publish when this machine's own is not the one others reach"],
+        ["udp-announce", None, None, "peer: the UDP port to tell peers when a port forward (or a relay) leads to ours"],
         ["share", None, None, "peer: a folder others may list and fetch files from"],
         ["accept", None, "ask", "peer: offered files: ask, auto or deny"],
         ["accept-from", None, None, "peer: with --accept auto, accept only from these peers (comma-separated)"],
@@ -172,6 +173,10 @@ class Options(usage.Options):
         if not port.isdigit() or not 0 <= int(port) < 65536:
             raise usage.UsageError("--udp must be a UDP port from 0 to 65535 (optionally HOST:PORT)")
         self["udp"], self["udp-interface"] = int(port), host.strip("[]")
+        if self["udp-announce"] is not None:
+            if not self["udp-announce"].isdigit() or not 0 < int(self["udp-announce"]) < 65536:
+                raise usage.UsageError("--udp-announce must be a UDP port from 1 to 65535")
+            self["udp-announce"] = int(self["udp-announce"])
         if self["advertise"] is not None and not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", self["advertise"]):
             raise usage.UsageError("--advertise must be a host name or IP address")
         if self["share"] is not None:

@@ -19,7 +19,7 @@ def pair(now=0.0, **options):
     b_send, b_recv = udppackets.derive(exporter, secret, False)
     seeds = itertools.count()
     rng = lambda n: random.Random(next(seeds)).randbytes(n)  # noqa: E731
-    a = udpstream.Connection(a_send, a_recv, B, now, random=rng, **options)
+    a = udpstream.Connection(a_send, a_recv, B, now, random=rng, migrate=False, **options)
     b = udpstream.Connection(b_send, b_recv, A, now, random=rng, **options)
     return a, b
 

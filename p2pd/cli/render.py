@@ -233,6 +233,10 @@ def status_lines(status) -> list:
                             for l in links if isinstance(l, dict)) or "none"),
         ("version", clean(status.get("version"))),
     ]
+    udp = status.get("udp_streams")
+    if isinstance(udp, dict) and any(udp.get(k) for k in ("open", "forged", "replayed", "malformed")):
+        rows.insert(9, ("udp streams", "%s open; dropped %s forged, %s replayed, %s malformed datagram(s)" % tuple(
+            clean(udp.get(k, 0)) for k in ("open", "forged", "replayed", "malformed"))))
     if status.get("quarantined"):
         rows.insert(9, ("quarantined", "%s mailbox message(s) set aside: p2pctl quarantine" %
                         clean(status["quarantined"])))

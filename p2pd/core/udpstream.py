@@ -14,9 +14,11 @@ calls ``handle_timer(now)`` at ``get_timer()``; the application writes with ``wr
 
 Nothing here does I/O or reads a clock: time is passed in, in seconds.
 
-**Paths.** Datagrams go to the address the connection was made for. An authentic datagram that carries the
-newest packet number from another address (a NAT rebinding) starts a path validation: a challenge goes there,
-and only the peer's response from that address moves the connection over. Until then at most
+**Paths.** Datagrams go to the address the connection was made for. On the side that follows its peer
+(``migrate``: the side that did not dial, as a QUIC server follows its client), an authentic datagram that
+carries the newest packet number from another address (a NAT rebinding) starts a path validation: a challenge
+goes there, and only the peer's response from that address moves the connection over. The dialling side keeps
+the address it dialled (and takes authentic datagrams from anywhere): asymmetric routes stay as they are. Until then at most
 ``AMPLIFICATION`` times the bytes received from the new address are sent to it (RFC 9000 sections 8.2 and 9).
 """
 
@@ -32,7 +34,7 @@ from p2pd.core.udprecovery import Recovery, Sent
 
 MAX_DATAGRAM = 1200  # fits a 1280-byte IPv6 path with room for the IP and UDP headers
 WINDOW = 16 << 20
-IDLE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 10.0  # no authentic datagram for this long: the peer is gone (both sides ping at a third of it)
 PTO_CAP = 0.5
 PACING_QUANTUM = 0.001  # a burst may run this far ahead of the pacing rate (batched sends need bursts)
 CLOSING_TIME = 1.0
@@ -43,12 +45,74 @@ _HEAD4 = struct.Struct(">BIH")  # a STREAM frame's type, offset (4-byte varint) 
 _HEAD8 = struct.Struct(">BQH")
 
 
-class Connection:
+class Packets:
+    """How a :class:`Connection` fills and seals its packets (a part of it, kept apart for size)."""
+
+    def _build(self, now, probing):
+        """One packet of what is owed (ACK, credit, end of stream, data), or None if nothing is."""
+        ack = self.acks.frame(now) if self.acks.deadline is not None else b""
+        if not ack and not self.owed.credit and not self.send.lost and not probing:
+            fast = self._new_data(now)
+            if fast is not None:
+                return fast
+        parts, frames = [ack], []
+        self.owed.credit_frame(parts, frames)
+        room = self.payload - sum(map(len, parts))
+        while room > 24:
+            taken = self.send.take(room - 20, self.peer_limit)
+            if taken is None:
+                break
+            offset, data = taken
+            head = b"\x08" + _STREAM_HEAD(offset) + _STREAM_HEAD(len(data))
+            parts.append(head)
+            parts.append(data)
+            frames.append(("s", offset, offset + len(data)))
+            room -= len(head) + len(data)
+            self.stats["stream_bytes_out"] += len(data)
+        self.owed.closing_frames(parts, frames, room, probing)
+        if not frames:
+            return None
+        if ack:
+            self.acks.sent()
+        datagram, _ = self._packet(b"".join(parts), now, frames)
+        return datagram
+
+    def _new_data(self, now):
+        """The common packet, built the short way: one STREAM frame of new bytes and nothing else."""
+        send = self.send
+        offset = send.next
+        end = min(send.end, self.peer_limit, offset + self.payload - 11)
+        if offset >= end:
+            return None
+        send.next = end
+        data = send._slice(offset, end)
+        if offset < 1 << 30:
+            head = _HEAD4.pack(0x08, offset | 0x80000000, (end - offset) | 0x4000)
+        else:
+            head = _HEAD8.pack(0x08, offset | 0xC000000000000000, (end - offset) | 0x4000)
+        self.stats["stream_bytes_out"] += end - offset
+        return self._packet(head + data, now, (("s", offset, end),))[0]
+
+    def _packet(self, body, now, frames):
+        datagram = self._seal(body, now)
+        self.recovery.on_sent(Sent(self.sealer.next_pn - 1, now, len(datagram), frames), False)
+        return datagram, self.sealer.next_pn - 1
+
+    def _seal(self, body, now):
+        _, datagram = self.sealer.seal(body)
+        self.last_sent = now
+        self.stats["sent_packets"] += 1
+        self.stats["sent_bytes"] += len(datagram)
+        return datagram
+
+
+class Connection(Packets):
     def __init__(self, send_keys, recv_keys, addr, now, *, max_datagram=MAX_DATAGRAM, window=WINDOW,
-                 idle_timeout=IDLE_TIMEOUT, pto_cap=PTO_CAP, random=os.urandom):
+                 idle_timeout=IDLE_TIMEOUT, pto_cap=PTO_CAP, random=os.urandom, migrate=True):
         self.sealer = udppackets.Sealer(send_keys)
         self.opener = udppackets.Opener(recv_keys)
         self.paths = Paths(addr, random)
+        self.migrate = migrate  # follow the peer to a new address (the side that did not dial: the other knows)
         self.max_datagram = max_datagram
         self.payload = max_datagram - udppackets.OVERHEAD
         self.idle_timeout = idle_timeout
@@ -127,7 +191,7 @@ class Connection:
             return
         self.last_received = now
         self.stats["received"] += 1
-        if addr != self.paths.addr:
+        if addr != self.paths.addr and self.migrate:
             self.paths.arrived(addr, pn == self.opener.window.highest, len(data))
         if self.state == "closing":
             self.acks.deadline = now  # answer with the close again
@@ -258,60 +322,3 @@ class Connection:
         if not self.send.has_data(self.peer_limit) and not self.recovery.sent:
             self.recovery.mark_app_limited()
         return out
-
-    def _build(self, now, probing):
-        """One packet of what is owed (ACK, credit, end of stream, data), or None if nothing is."""
-        ack = self.acks.frame(now) if self.acks.deadline is not None else b""
-        if not ack and not self.owed.credit and not self.send.lost and not probing:
-            fast = self._new_data(now)
-            if fast is not None:
-                return fast
-        parts, frames = [ack], []
-        self.owed.credit_frame(parts, frames)
-        room = self.payload - sum(map(len, parts))
-        while room > 24:
-            taken = self.send.take(room - 20, self.peer_limit)
-            if taken is None:
-                break
-            offset, data = taken
-            head = b"\x08" + _STREAM_HEAD(offset) + _STREAM_HEAD(len(data))
-            parts.append(head)
-            parts.append(data)
-            frames.append(("s", offset, offset + len(data)))
-            room -= len(head) + len(data)
-            self.stats["stream_bytes_out"] += len(data)
-        self.owed.closing_frames(parts, frames, room, probing)
-        if not frames:
-            return None
-        if ack:
-            self.acks.sent()
-        datagram, _ = self._packet(b"".join(parts), now, frames)
-        return datagram
-
-    def _new_data(self, now):
-        """The common packet, built the short way: one STREAM frame of new bytes and nothing else."""
-        send = self.send
-        offset = send.next
-        end = min(send.end, self.peer_limit, offset + self.payload - 11)
-        if offset >= end:
-            return None
-        send.next = end
-        data = send._slice(offset, end)
-        if offset < 1 << 30:
-            head = _HEAD4.pack(0x08, offset | 0x80000000, (end - offset) | 0x4000)
-        else:
-            head = _HEAD8.pack(0x08, offset | 0xC000000000000000, (end - offset) | 0x4000)
-        self.stats["stream_bytes_out"] += end - offset
-        return self._packet(head + data, now, (("s", offset, end),))[0]
-
-    def _packet(self, body, now, frames):
-        datagram = self._seal(body, now)
-        self.recovery.on_sent(Sent(self.sealer.next_pn - 1, now, len(datagram), frames), False)
-        return datagram, self.sealer.next_pn - 1
-
-    def _seal(self, body, now):
-        _, datagram = self.sealer.seal(body)
-        self.last_sent = now
-        self.stats["sent_packets"] += 1
-        self.stats["sent_bytes"] += len(datagram)
-        return datagram

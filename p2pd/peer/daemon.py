@@ -52,7 +52,8 @@ class PeerDaemon:
     """Chat, links and the outbox of one peer. *tls* has ``client_endpoint(reactor, host, port, timeout)`` and
     ``peer_key(transport)``; *threads* (an IThreads) runs the WAL checkpoints."""
 
-    udp_port = None  # our UDP socket's port, told to peers in hello (set by the service once it is bound)
+    # set by the service: our UDP socket's port (told to peers in hello), what our UDP streams dropped and did
+    udp_port, udp_counters = None, dict
 
     def __init__(self, name, identity, storage, registry, reactor, tls, data_dir, threads, discover=None,
                  limits=None):
@@ -230,9 +231,8 @@ class PeerDaemon:
             "name": self.name, "key": self.identity.public_text, "fingerprint": self.identity.fingerprint,
             "data_dir": self.data_dir, "addresses": self.addresses, "version": __version__,
             "registry": dict(self.registry_state, url=self.registry.base),
-            "outbox": self.outbox.count(),
-            "in_mailbox": self.storage.in_mailbox_count(),
-            "quarantined": self.storage.quarantine_count(),
+            "outbox": self.outbox.count(), "in_mailbox": self.storage.in_mailbox_count(),
+            "quarantined": self.storage.quarantine_count(), "udp_streams": self.udp_counters(),
             "links": [{"peer": p, "direction": "out" if l.outgoing else "in", "since": int(l.since * 1000)}
                       for p, l in sorted(self.dialer.links.items())],
         }

@@ -144,7 +144,8 @@ class PeerService(service.MultiService):
     async def publish(self):
         """Work out the addresses to publish (a name lookup may be involved: in a thread), then register them
         and keep them registered, and write ``peer.json``."""
-        self.daemon.udp_port = bound(self.udp).port  # links' hellos tell peers where our UDP streams listen
+        # links' hellos tell peers where our UDP streams listen (a forwarded port, if we were told of one)
+        self.daemon.udp_port = self.options.get("udp-announce") or bound(self.udp).port
         addresses = await self.addresses()
         if not self.running:
             return
@@ -170,6 +171,7 @@ class PeerService(service.MultiService):
         self.udp_port = UDPPort()
         self.streams = StreamPort(reactor, self.udp_port)
         paths = ChosenPaths(tcp=self.data_paths, udp=UDPDataPaths(reactor, self.streams))
+        self.daemon.udp_counters = self.streams.counters
         self.transfers = Transfers(self.name, self.storage, reactor, self.threads, self.daemon.events,
                                    self.daemon.commits, self.daemon.dialer, paths, options["inbox"],
                                    share=options["share"], policy=options["accept"],

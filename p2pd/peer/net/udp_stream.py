@@ -44,6 +44,20 @@ class StreamPort:
     def remove(self, stream):
         if self.streams.get(stream.conn.opener.cid) is stream:
             del self.streams[stream.conn.opener.cid]
+            self.stats.update(self._counts(stream.conn))
+
+    @staticmethod
+    def _counts(conn):
+        return {"forged": conn.opener.forged, "replayed": conn.opener.replayed,
+                "malformed": conn.stats["malformed"], "retransmitted_bytes": conn.send.resent,
+                "lost_packets": conn.stats["lost_packets"], "path_changes": conn.paths.changes}
+
+    def counters(self):
+        """What the daemon's UDP streams dropped and did, all of them so far: ``p2pctl status`` shows it."""
+        total = collections.Counter(self.stats)
+        for stream in self.streams.values():
+            total.update(self._counts(stream.conn))
+        return dict(total, open=len(self.streams))
 
     def datagram(self, data, addr):
         stream = self.streams.get(udppackets.connection_id(data))
@@ -236,7 +250,7 @@ class UDPDataPaths:
         exporter = link.keying_material(udppackets.EXPORTER_LABEL, 32)
         send, recv = udppackets.derive(exporter, session_id, initiator=link.outgoing)
         conn = udpstream.Connection(send, recv, (link.peer_address().host, udp), self.reactor.seconds(),
-                                    idle_timeout=self.idle_timeout)
+                                    idle_timeout=self.idle_timeout, migrate=not link.outgoing)
         conn.owed.ping = True  # the first datagram tells the peer where we are, data or not
         stream = UDPStream(self.port, conn, receiver, self.reactor)
         self.port.add(stream)
