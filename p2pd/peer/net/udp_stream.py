@@ -115,7 +115,7 @@ class UDPStream:
         acked = self.conn.send.acked_to
         self.conn.receive_datagram(data, addr, self.reactor.seconds())
         if self.conn.send.acked_to > acked:
-            self.receiver.stream_moving()  # the peer takes our bytes: a slow path is still a moving one
+            self._moving()
         self.port.schedule(self)  # its events, and what it sends, at the end of this turn: once for a batch
 
     def flush(self):
@@ -165,6 +165,9 @@ class UDPStream:
             self.port.schedule(self)
             self._events()
 
+    def _moving(self):
+        self.receiver.stream_moving()  # the peer takes our bytes: a slow path is still a moving one
+
     def _deliver(self):
         if not self.receiving or self.closed:
             return
@@ -184,7 +187,10 @@ class UDPStream:
         else:
             why = error.ConnectionLost("the UDP stream %s: %s" % ("was closed by the peer" if by_peer else "ended",
                                                                  reason or "code %d" % code))
-        self.receiver.stream_lost(Failure(why))
+        self._ended(Failure(why))
+
+    def _ended(self, reason):
+        self.receiver.stream_lost(reason)
 
     def _gone(self):
         if self.timer is not None and self.timer.active():
