@@ -29,6 +29,7 @@ LOSS_THRESH = 0.02
 BETA = 0.7
 MIN_CWND_PACKETS = 4
 INITIAL_CWND_PACKETS = 32
+MAX_AGGREGATION = 0.02  # seconds of bandwidth the window may add for ACKs that come in bursts
 
 
 class RateSample:
@@ -138,7 +139,8 @@ class BBR:
         if self.epoch_acked <= expected:
             self.epoch_start, self.epoch_acked, expected = now, 0, 0.0
         self.epoch_acked += acked
-        self.extra.update(min(self.epoch_acked - expected, self.cwnd), self.round_count)
+        if self.state != "startup":  # while the estimate still grows, everything looks like aggregation
+            self.extra.update(min(self.epoch_acked - expected, self.cwnd, bw * MAX_AGGREGATION), self.round_count)
 
     def _end_round(self, sent_total, inflight):
         """A round trip ended: compare its loss with the path's background loss (what it loses at cruise)."""

@@ -50,6 +50,10 @@ class Recovery:
         self.first_sent_time = now
         self.app_limited_until = 0  # samples from packets sent before this much was delivered are app-limited
         self.lost_packets = 0
+        self.packet_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
+        self.declared = {}  # pn -> when it was declared lost, for a while: an ACK of one means reordering
+        self.spurious = 0
         self.lost_bytes = 0
 
     # sending
@@ -83,6 +87,8 @@ class Recovery:
             else:
                 for pn in [pn for pn in sent if first <= pn <= last]:
                     acked.append(sent.pop(pn))
+        if self.declared:
+            self._spurious(ranges)
         if not acked:
             return [], [], None
         acked.sort(key=lambda p: p.pn)
@@ -103,6 +109,23 @@ class Recovery:
         self.pto_count = 0
         return acked, self.detect_lost(now), sample
 
+    def _spurious(self, ranges):
+        """ACKs of packets declared lost: the path reorders. Widen the thresholds (RFC 9002 section 6.1 allows
+        adapting them, as RACK does) so that reordering stops costing retransmissions."""
+        declared = self.declared
+        for first, last in ranges:
+            if last - first < len(declared):
+                found = [pn for pn in range(first, last + 1) if pn in declared]
+            else:
+                found = [pn for pn in declared if first <= pn <= last]
+            for pn in found:
+                del declared[pn]
+                self.spurious += 1
+                self.packet_threshold = min(max(self.packet_threshold, self.largest_acked - pn + 1), 64)
+                self.time_threshold = min(self.time_threshold * 1.125, 2.0)
+        while len(declared) > 1024:  # the oldest cannot be reordered any more: forget them
+            del declared[next(iter(declared))]
+
     def _rtt_sample(self, rtt, ack_delay):
         rtt = max(rtt, GRANULARITY / 10)
         self.latest_rtt = rtt
@@ -122,18 +145,19 @@ class Recovery:
         if self.largest_acked < 0:
             return []
         rtt = max(self.latest_rtt or INITIAL_RTT, self.srtt or INITIAL_RTT)
-        delay = max(TIME_THRESHOLD * rtt, GRANULARITY)
+        delay = max(self.time_threshold * rtt, GRANULARITY)
         lost = []
         for pn, packet in self.sent.items():
             if pn > self.largest_acked:
                 break
-            if pn <= self.largest_acked - PACKET_THRESHOLD or packet.time + delay <= now:
+            if pn <= self.largest_acked - self.packet_threshold or packet.time + delay <= now:
                 lost.append(packet)
             else:
                 when = packet.time + delay
                 self.loss_time = when if self.loss_time is None else min(self.loss_time, when)
         for packet in lost:
             del self.sent[packet.pn]
+            self.declared[packet.pn] = now
             self.in_flight -= packet.size
             self.lost_bytes += packet.size
         self.lost_packets += len(lost)
