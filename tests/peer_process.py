@@ -10,6 +10,7 @@ Binds and advertises 127.0.0.1 only; stops what it started, by pid.
 import json
 import os
 import socket
+import threading
 import time
 
 from tests.twistd_process import TwistdProcess
@@ -32,6 +33,7 @@ class PeerProcess(TwistdProcess):
         self.label = "peer " + name
         self.registry_url = registry_url
         self._next_id = 0
+        self._ids = threading.Lock()
 
     def role_args(self):
         return ["--role=peer", "--name", self.name, "--data-dir", self.data_dir, "--registry", self.registry_url,
@@ -61,8 +63,10 @@ class PeerProcess(TwistdProcess):
 
     def ctl(self, cmd, timeout=30, **args):
         """Send one control request and return its result; ControlError for an error reply."""
-        self._next_id += 1
-        request = dict(args, id=self._next_id, cmd=cmd)
+        with self._ids:  # callable from several threads at once: each waits for its own reply
+            self._next_id += 1
+            request_id = self._next_id
+        request = dict(args, id=request_id, cmd=cmd)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(self.control_path)
@@ -76,7 +80,7 @@ class PeerProcess(TwistdProcess):
                     buf += chunk
                 line, buf = buf.split(b"\n", 1)
                 reply = json.loads(line)
-                if reply.get("id") == self._next_id and "ok" in reply:  # not a progress line
+                if reply.get("id") == request_id and "ok" in reply:  # not a progress line
                     break
         if not reply.get("ok"):
             raise ControlError(reply)
