@@ -91,7 +91,9 @@ class BatchPort(udp.Port):
                 if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
                     size = struct.unpack("=i", data[:4])[0] or n
             try:
-                for start in range(0, n, size):
+                if not n:  # an empty datagram (anyone may send one) goes up as Twisted's doRead passes it
+                    deliver(b"", addr)
+                for start in range(0, n, size or 1):
                     deliver(bytes(view[start:min(start + size, n)]), addr)
             except BaseException:
                 log.failure("handling a datagram from {addr} failed", addr=addr)

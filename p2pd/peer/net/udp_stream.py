@@ -120,6 +120,7 @@ class UDPStream:
 
     def flush(self):
         if self.conn.state == "closed":
+            self._events()  # the idle timeout closes it at once: its receiver is told before it is forgotten
             return self._gone()
         now = self.reactor.seconds()
         self.unsent = self.port.send(self.unsent + self.conn.datagrams_to_send(now))
