@@ -1,26 +1,34 @@
-"""Bulk bytes over UDP on loopback, the baselines for issue 14's stream: a raw Twisted blast and aioquic, direct and
-through the lossy proxy.
+"""Bulk bytes on loopback for issue 14's stream: the p2pd UDP stream beside a raw Twisted blast, the TCP transfer
+path and aioquic, direct and through the lossy proxy; issue 14's targets judged.
 
     .venv/bin/python benchmarks/udp_bench.py [--size 256M] [--lossy-size 4M] [--losses 0,0.01,0.05,0.2] [--json]
-    .venv/bin/python benchmarks/udp_bench.py --quick            # smoke run: 8 MiB, 512 KiB at 0% and 5%, ~15 s
+    .venv/bin/python benchmarks/udp_bench.py --quick            # smoke run: 8 MiB, 512 KiB at 0% and 5%
+    .venv/bin/python benchmarks/udp_bench.py --only stream --memory --memory-size 2G   # the memory run alone
 
 Every row is one transfer between two child processes on 127.0.0.1 (:func:`run_pair`), the receiver started
-first; timed by the receiver, from the first byte it got to the last:
+first; timed by the receiver, from the first byte it got to the last. On loopback, ``--size`` bytes each:
 
-(a) raw: ``udp_raw.py``, a Twisted DatagramProtocol writing ``--size`` bytes in 1200-byte datagrams as fast as
-    it can (backing off on EAGAIN/ENOBUFS) to a DatagramProtocol in another process that counts what arrives. No
-    reliability: the ceiling for bytes through Twisted's UDP on this machine.
-(b) aioquic: ``quic_bulk.py``, ``--size`` bytes on one QUIC stream (aioquic's asyncio API, TLS 1.3 with a
-    self-signed certificate made at run time, NewReno, 1200-byte datagrams).
-(c) the same through ``lossy_proxy.py`` (its own process) at 10 Mbit/s and 15 ms each way (RTT 30 ms, 64 KiB
-    queue), with each ``--losses`` share of datagrams dropped at random in both directions (seed 1),
-    ``--lossy-size`` bytes per run, each run cut at ``--max-seconds`` (what arrived by then is reported). Beside
-    aioquic, the raw sender paced at the link's rate: what the path itself delivers.
+(a) raw: ``udp_raw.py``, a Twisted DatagramProtocol writing 1200-byte datagrams as fast as it can (backing off on
+    EAGAIN/ENOBUFS) to a DatagramProtocol in another process that counts what arrives. No reliability: the
+    ceiling for bytes through Twisted's UDP on this machine.
+(b) tcp: ``tcp_records.py``, the TCP transfer path of files: the AES-GCM records of ``p2pd/core/datastream.py`` over
+    the daemon's ``DataConnection``, accepted by its demux; counted, not written to disk.
+(c) aioquic: ``quic_bulk.py``, one QUIC stream (aioquic's asyncio API, TLS 1.3 with a self-signed certificate made
+    at run time, NewReno, 1200-byte datagrams).
+stream: ``udp_stream_ends.py``, the p2pd UDP stream (``p2pd/core/udpstream.py`` on a ``StreamPort`` and a GSO/GRO
+    ``BatchPort``), counted by the receiver, not written to disk.
 
-aioquic comes from the ``bench`` extra (``./dev bench`` installs it); without it (b) and (c)'s aioquic rows are
-skipped, with the reason in the report. Every process is stopped by its pid; each also exits when this one does.
+Then through ``lossy_proxy.py`` (its own process) at 10 Mbit/s and 15 ms each way (RTT 30 ms, 64 KiB queue), with
+each ``--losses`` share of datagrams dropped at random in both directions (seed 1), ``--lossy-size`` bytes per
+run: the raw sender paced at the link's rate (what the path itself delivers), aioquic and the stream. Every run is
+cut at ``--max-seconds`` (what arrived by then is reported). Last, the memory run (``--memory``; on by default
+except with ``--quick``): ``--memory-size`` (2 GiB) over the stream on loopback, each end's peak resident memory.
+Every row samples its processes' VmRSS every 0.2 s; the stream's ends also report their own peak (VmHWM).
 
-Another contender (issue 14's stream) is two more commands: see :class:`Contender` and :data:`CONTENDERS`.
+The targets of issue 14 are printed with PASS/FAIL (see :mod:`udp_report`); the exit status is 0 unless
+``--strict`` and a target failed (1), or the benchmark could not run (2). aioquic comes from the ``bench`` extra
+(``./dev bench`` installs it); without it its rows are skipped, with the reason in the report. Every process is
+stopped by its pid; each also exits when this one does. A contender is two commands: see :class:`Contender`.
 """
 
 import argparse
@@ -41,10 +49,11 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from file_bench import human_size, parse_size, pdeathsig  # noqa: E402  (benchmarks/ is the script's dir)
+from file_bench import MemorySampler, human_size, parse_size, pdeathsig  # noqa: E402  (benchmarks/ is the script's dir)
 from line_echo import CPUMeter  # noqa: E402
 import procs  # noqa: E402
 from procs import stop_pid  # noqa: E402
+import udp_report  # noqa: E402
 
 PY = sys.executable
 MB = 1e6
@@ -123,12 +132,13 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
 
     *receiver* and *sender* are argv lists in which ``{port}`` and ``{dir}`` are replaced (``{dir}``: *workdir*,
     which both share). The receiver starts first and prints one JSON line with ``port`` (where it listens on
-    127.0.0.1, UDP); with *proxy* (a list of ``lossy_proxy.py`` options) a proxy goes in front of it; then the
+    127.0.0.1, UDP or TCP); with *proxy* (a list of ``lossy_proxy.py`` options) a proxy goes in front of it; then the
     sender starts, its ``{port}`` being the receiver's or the proxy's. The receiver's next JSON line is its result,
     with at least ``bytes`` and ``seconds`` (and ``complete`` when it can tell); after *timeout* s it gets SIGTERM
     and must then print what it has so far. ``extra`` holds the receiver's, the sender's and the proxy's reports
-    (each its last JSON line), ``timed_out``, the CPU each process used (% of one core) and the datagrams the
-    kernel dropped for full receive buffers meanwhile (``rcvbuf_errors``, machine-wide)."""
+    (each its last JSON line), ``timed_out``, the CPU each process used (% of one core), the largest VmRSS
+    sampled of each (``rss_mb``; ``rss_halves_mb``: in the first and the second half of the run) and the datagrams
+    the kernel dropped for full receive buffers meanwhile (``rcvbuf_errors``, machine-wide)."""
     started = []
     try:
         rx = Child("receiver", fill(receiver, dir=workdir), workdir)
@@ -143,6 +153,7 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
         tx = Child("sender", fill(sender, port=port, dir=workdir), workdir)
         started.append(tx)
         meter = CPUMeter({c.name: c.proc.pid for c in started}).start()
+        memory = RSSSampler({c.name: c.proc.pid for c in started}).start()
         overflows = rcvbuf_errors()
         began = time.monotonic()
         timed_out = False
@@ -159,10 +170,11 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
                     result = rx.line(10)
                     break
         cpu = meter.stop()
+        rss = memory.stop()
         if overflows is not None:
             overflows = rcvbuf_errors() - overflows
         extra = {"timed_out": timed_out, "wall_seconds": round(time.monotonic() - began, 3), "cpu_percent": cpu,
-                 "rcvbuf_errors": overflows,
+                 "rcvbuf_errors": overflows, "rss_mb": rss, "rss_halves_mb": memory.halves(),
                  "receiver": result, "sender": tx.finish(10)}
         if px is not None:
             extra["proxy"] = px.finish(0)
@@ -173,6 +185,28 @@ def run_pair(receiver, sender, *, timeout, workdir, proxy=None) -> Transfer:
     finally:
         for child in reversed(started):
             stop_pid(child.proc)
+
+
+class RSSSampler(MemorySampler):
+    """A MemorySampler that keeps every sample, to compare the peak of a run's first half with its second's."""
+
+    def __init__(self, pids):
+        super().__init__(pids)
+        self.series = {label: [] for label in self.pids}
+
+    def sample(self):
+        for label, pid in self.pids.items():
+            kb = procs.proc_status_kb(pid, "VmRSS")
+            if kb is not None:
+                self.series[label].append(kb)
+                self.peak_kb[label] = max(self.peak_kb[label], kb)
+        self.samples += 1
+
+    def halves(self) -> dict:
+        """Each pid's largest VmRSS (MB) in the first and in the second half of its samples."""
+        return {label: [round(max(part) * 1024 / MB, 1) if part else None for part in (kb[:len(kb) // 2],
+                                                                                        kb[len(kb) // 2:])]
+                for label, kb in self.series.items()}
 
 
 def fill(argv, **values) -> list:
@@ -210,19 +244,25 @@ class Contender:
 
 
 def contenders() -> list:
-    """The contenders, in the order of the rows. Issue 14's stream goes here as one more."""
+    """The contenders, in the order of the rows."""
     raw = [PY, str(HERE / "udp_raw.py")]
     quic = [PY, str(HERE / "quic_bulk.py")]
+    tcp = [PY, str(HERE / "tcp_records.py")]
+    stream = [PY, str(HERE / "udp_stream_ends.py")]
     no_aioquic = None if importlib.util.find_spec("aioquic") else (
         "aioquic is not installed: skipping its rows; install it with '.venv/bin/pip install -e .[bench]' "
         "(./dev bench does)")
     return [
-        Contender("raw", "raw Twisted UDP blast (ceiling)", tuple(raw + ["receive"]),
+        Contender("raw", "(a) raw Twisted UDP blast (ceiling)", tuple(raw + ["receive"]),
                   tuple(raw + ["send", "--port", "{port}", "--size", "{size}"]), lossy=False),
         Contender("raw-paced", "raw UDP paced at 10 Mbit/s", tuple(raw + ["receive"]),
                   tuple(raw + ["send", "--port", "{port}", "--size", "{size}", "--rate", str(LINK_RATE)])),
-        Contender("aioquic", "aioquic, one stream (NewReno)", tuple(quic + ["receive", "--dir", "{dir}"]),
+        Contender("tcp", "(b) TCP transfer path (AES-GCM records)", tuple(tcp + ["receive"]),
+                  tuple(tcp + ["send", "--port", "{port}", "--size", "{size}"]), lossy=False),
+        Contender("aioquic", "(c) aioquic, one stream (NewReno)", tuple(quic + ["receive", "--dir", "{dir}"]),
                   tuple(quic + ["send", "--port", "{port}", "--size", "{size}", "--dir", "{dir}"]), no_aioquic),
+        Contender("stream", "p2pd UDP stream (BBR, GSO/GRO)", tuple(stream + ["recv"]),
+                  tuple(stream + ["send", "--port", "{port}", "--size", "{size}"])),
     ]
 
 
@@ -275,79 +315,22 @@ class Bench:
                 report["skipped"][c.name] = c.missing
                 self.progress(c.missing)
         ready = [c for c in every if not c.missing]
-        self.progress("(a, b) loopback, %s each" % human_size(args.size))
+        if ready:
+            self.progress("loopback, %s each" % human_size(args.size))
         for c in ready:
             if c.name != "raw-paced":
                 report["loopback"][c.name] = self.one(c, args.size)
-        for loss in args.losses:
-            self.progress("(c) through lossy_proxy.py, 10 Mbit/s, 15 ms each way, %g%% loss both ways, %s each" % (
+        lossy = [c for c in ready if c.lossy]
+        for loss in args.losses if lossy else ():
+            self.progress("through lossy_proxy.py, 10 Mbit/s, 15 ms each way, %g%% loss both ways, %s each" % (
                 100 * loss, human_size(args.lossy_size)))
             report["lossy"]["%g" % loss] = {c.name: self.one(c, args.lossy_size, LINK + ["--loss", str(loss)])
-                                            for c in ready if c.lossy}
+                                            for c in lossy}
+        if args.memory:
+            stream = next(c for c in contenders() if c.name == "stream")
+            self.progress("memory: %s over the stream on loopback" % human_size(args.memory_size))
+            report["memory"] = self.one(stream, args.memory_size)
         return report
-
-
-# output
-
-
-def fmt(value, pattern):
-    return "-" if value is None else pattern % value
-
-
-def cpu_text(cpu):
-    return " / ".join("%s %s" % (k, fmt(v, "%.0f")) for k, v in cpu.items() if k != "machine")
-
-
-def table(report) -> str:
-    cfg = report["config"]
-    raw = report["loopback"].get("raw")
-    lines = [
-        "p2pd UDP benchmark: bulk bytes between two processes on 127.0.0.1, timed by the receiver (first byte to "
-        "last); MB = 10^6 bytes, Mbit = 10^6 bits",
-        "p2pd at %s; %d CPU cores, load average %s at the start; net.core.rmem_max %s" % (
-            report["revision"], report["cores"], "/".join("%.2f" % x for x in report["load_average"]),
-            report["rmem_max"]),
-        "",
-        "(a, b) loopback, %s each way:" % human_size(cfg["size"]),
-        "%-36s %10s %8s %9s %11s %8s %7s  %s" % ("contender", "arrived", "s", "MB/s", "datagrams/s", "% of (a)",
-                                                 "lost", "CPU % of a core"),
-    ]
-    for name, row in report["loopback"].items():
-        lines.append("%-36s %10s %8.3f %9.1f %11s %8s %7s  %s" % (
-            "%s %s" % ("(a)" if name == "raw" else "(b)", cfg["titles"][name]), human_size(row["bytes"]),
-            row["seconds"], row["MBps"] or 0, fmt(row.get("datagrams_per_s"), "%d"),
-            fmt(100 * row["MBps"] / raw["MBps"] if raw and raw["MBps"] and row["MBps"] else None, "%.1f%%"),
-            fmt(row.get("lost_share") and 100 * row["lost_share"], "%.1f%%") if "lost_share" in row else
-            fmt((row["sender"] or {}).get("lost_packets"), "%d pkts"), cpu_text(row["cpu_percent"])))
-    if report["lossy"]:
-        lines += ["", "(c) through lossy_proxy.py: 10 Mbit/s and 15 ms each way, 64 KiB queue, random loss in both "
-                  "directions (seed 1), %s each, cut at %d s:" % (human_size(cfg["lossy_size"]), cfg["max_seconds"]),
-                  "%-6s %-36s %10s %8s %8s %7s %9s %10s %14s  %s" % (
-                      "loss", "contender", "arrived", "s", "Mbit/s", "% link", "% of 0%", "lost pkts",
-                      "dropped L / Q", "CPU % of a core")]
-        base = report["lossy"].get("0", {})
-        for loss, rows in report["lossy"].items():
-            for name, row in rows.items():
-                zero = base.get(name, {}).get("Mbps")
-                drops = [(row.get("proxy") or {}).get(d, {}).get("dropped", {}) for d in ("c2s", "s2c")]
-                lines.append("%-6s %-36s %10s %8.2f %8.3f %7.1f %9s %10s %14s  %s" % (
-                    "%g%%" % (100 * float(loss)), cfg["titles"][name] + ("" if row["complete"] else " (cut)"),
-                    human_size(row["bytes"]), row["seconds"], row["Mbps"] or 0,
-                    100 * (row["Mbps"] or 0) / (8 * LINK_RATE / MB),
-                    fmt(100 * row["Mbps"] / zero if zero and row["Mbps"] else None, "%.1f%%"),
-                    fmt((row["sender"] or {}).get("lost_packets"), "%d"),
-                    "%d / %d" % tuple(sum(d.get(cause, 0) for d in drops) for cause in ("loss", "queue")),
-                    cpu_text(row["cpu_percent"])))
-    if report["loopback"]:
-        lines.append("datagrams the kernel dropped for a full receive buffer during each row (RcvbufErrors, the "
-                     "whole machine's): %s" % ", ".join("%s %s" % (name, fmt(row.get("rcvbuf_errors"), "%d"))
-                                                       for name, row in report["loopback"].items()))
-    for name, reason in report["skipped"].items():
-        lines.append("skipped %s: %s" % (name, reason))
-    lines.append("(raw rows: no reliability, 'lost' is the share of sent datagrams that never arrived; aioquic's "
-                 "'lost' is packets it declared lost; 'dropped' is what the proxy dropped, both ways: at random (L) and "
-                 "for its full queue (Q))")
-    return "\n".join(lines)
 
 
 def losses(text):
@@ -363,14 +346,21 @@ def losses(text):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--size", type=parse_size, help="bytes for (a) and (b): with K/M/G (binary), default 256M (quick: 8M)")
-    add("--lossy-size", type=parse_size, help="bytes per run in (c), default 4M (quick: 512K)")
-    add("--losses", type=losses, help="loss shares for (c), default 0,0.01,0.05,0.2 (quick: 0,0.05)")
+    add("--size", type=parse_size, help="bytes per row on loopback: with K/M/G (binary), default 256M (quick: 8M)")
+    add("--lossy-size", type=parse_size, help="bytes per run through the proxy, default 4M (quick: 512K)")
+    add("--losses", type=losses, help="loss shares through the proxy, default 0,0.01,0.05,0.2 (quick: 0,0.05)")
     add("--max-seconds", type=float, help="cut each run after this long, default 120 (quick: 30)")
-    add("--only", type=lambda s: s.split(","), help="only these contenders (e.g. raw,aioquic)")
+    add("--only", type=lambda s: s.split(","), help="only these contenders (raw, raw-paced, tcp, aioquic, stream) "
+        "and/or the memory run (memory), e.g. raw,stream")
+    add("--memory", action=argparse.BooleanOptionalAction, help="the memory run: --memory-size over the stream on "
+        "loopback, each end's peak RSS (default: on, except with --quick or an --only without 'memory')")
+    add("--memory-size", type=parse_size, default=2 << 30, help="bytes for the memory run, default 2G")
     add("--quick", action="store_true", help="the smoke run's small sizes")
     add("--json", action="store_true", help="print one JSON document instead of the table")
+    add("--strict", action="store_true", help="exit 1 when a target failed")
     args = parser.parse_args(argv)
+    if args.memory is None:
+        args.memory = "memory" in args.only if args.only else not args.quick
     defaults = ((8 << 20, 512 << 10, [0.0, 0.05], 30.0) if args.quick else (256 << 20, 4 << 20,
                                                                             [0.0, 0.01, 0.05, 0.2], 120.0))
     for name, value in zip(("size", "lossy_size", "losses", "max_seconds"), defaults):
@@ -393,12 +383,11 @@ def main(argv=None):
     bench, report = procs.run("udp_bench", lambda progress: Bench(args, progress))
     report.update({
         "config": {"size": args.size, "lossy_size": args.lossy_size, "losses": args.losses,
-                   "max_seconds": args.max_seconds, "link": LINK,
-                   "titles": {c.name: c.title for c in contenders()}},
+                   "max_seconds": args.max_seconds, "link": LINK, "link_rate": LINK_RATE,
+                   "memory_size": args.memory_size, "titles": {c.name: c.title for c in contenders()}},
         "cores": os.cpu_count(), "revision": procs.revision(str(HERE.parent)), "rmem_max": rmem_max(),
     })
-    print(json.dumps(report, indent=2) if args.json else table(report))
-    return 0
+    return procs.verdict(report, udp_report.checks, udp_report.notes, args, udp_report.table)
 
 
 if __name__ == "__main__":

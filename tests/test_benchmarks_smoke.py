@@ -96,12 +96,15 @@ def test_room_benchmark_json_has_every_row_and_every_message_arrived():
 
 
 @pytest.mark.slow
-def test_udp_benchmark_quick_run_has_the_raw_rows_and_the_proxy_counters():
-    """``udp_bench.py --quick --json``: the raw blast on loopback, and through the lossy proxy (10 Mbit/s, 15 ms)
-    the raw sender paced at the link's rate at 0% and 5% loss, with the proxy's counters. aioquic's rows when
-    aioquic is installed (the ``bench`` extra; the test extra does not need it), else the reason they were
-    skipped."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "udp_bench.py"), "--quick", "--json"],
+def test_udp_benchmark_quick_run_has_every_row_the_stream_counters_and_the_targets(monkeypatch):
+    """``udp_bench.py --quick --memory --memory-size 16M --json``: on loopback the raw blast, the TCP transfer
+    path and the p2pd UDP stream; through the lossy proxy (10 Mbit/s, 15 ms) the raw sender paced at the link's
+    rate and the stream at 0% and 5% loss, with the proxy's and the stream's counters; the memory run; issue 14's
+    targets judged (the 20%-loss ones not, without a 20% run) and the table printed from the report. aioquic's
+    rows when aioquic is installed (the ``bench`` extra; the test extra does not need it), else the reason they
+    were skipped."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "udp_bench.py"), "--quick", "--memory",
+                             "--memory-size", "16M", "--json"],
                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -109,6 +112,12 @@ def test_udp_benchmark_quick_run_has_the_raw_rows_and_the_proxy_counters():
     raw = report["loopback"]["raw"]
     assert raw["complete"] and 0 < raw["bytes"] <= size and raw["receiver"]["datagrams"] > 0, raw
     assert raw["sender"]["bytes"] == size and raw["MBps"] > 0 and raw["datagrams_per_s"] > 0, raw
+    tcp = report["loopback"]["tcp"]
+    assert tcp["complete"] and tcp["bytes"] == size and tcp["sender"]["complete"], tcp
+    assert tcp["receiver"]["records"] == size // (1 << 20) + 1, tcp  # 1 MiB records and the end
+    stream = report["loopback"]["stream"]
+    assert_stream_row(stream, size)
+    assert stream["sender"]["bytes"] == size and stream["receiver"]["duplicate"] == stream["sender"]["resent"] == 0
     assert set(report["lossy"]) == {"0", "0.05"}
     for loss, rows in report["lossy"].items():
         paced = rows["raw-paced"]
@@ -116,12 +125,38 @@ def test_udp_benchmark_quick_run_has_the_raw_rows_and_the_proxy_counters():
         assert paced["complete"] and paced["sender"]["bytes"] == lossy_size, paced
         assert c2s["received"] == c2s["forwarded"] + c2s["dropped_total"], c2s
         assert paced["receiver"]["datagrams"] <= c2s["forwarded"]
+        assert_stream_row(rows["stream"], lossy_size)
+        c2s = rows["stream"]["proxy"]["c2s"]
+        assert (rows["stream"]["sender"]["resent"] > 0) == (c2s["dropped_total"] > 0), (loss, rows["stream"])
     assert report["lossy"]["0"]["raw-paced"]["proxy"]["c2s"]["dropped"]["loss"] == 0
     five = report["lossy"]["0.05"]["raw-paced"]["proxy"]["c2s"]
     assert 0.02 < five["dropped"]["loss"] / five["received"] < 0.09, five
+    memory = report["memory"]
+    assert_stream_row(memory, 16 << 20)
+    assert all(0 < memory[end]["hwm_mb"] < 1000 for end in ("receiver", "sender")), memory
+    verdicts = {c["check"]: c["pass"] for c in report["checks"]}
+    assert len(verdicts) == 6 and set(verdicts.values()) <= {True, False, None}, verdicts
+    assert [v for k, v in verdicts.items() if "20%" in k] == [None, None, None], verdicts
     if importlib.util.find_spec("aioquic") is None:
         assert "aioquic is not installed" in report["skipped"]["aioquic"]
+        assert "aioquic" not in report["loopback"] and verdicts["stream lossless >= 5x (c) aioquic"] is None
     else:
         assert report["loopback"]["aioquic"]["complete"] and report["loopback"]["aioquic"]["bytes"] == size
         for loss, rows in report["lossy"].items():
             assert rows["aioquic"]["complete"] and rows["aioquic"]["bytes"] == lossy_size, (loss, rows["aioquic"])
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from udp_report import table
+
+    text = table(report)
+    assert "p2pd UDP stream" in text and "the stream's own counters" in text and "issue 14's targets:" in text
+    assert any(line.startswith("result: ") for line in text.splitlines()), text
+
+
+def assert_stream_row(row, size):
+    """A stream row that moved all of *size* and reports the stream's counters from both ends."""
+    assert row["complete"] and row["bytes"] == size and not row["timed_out"], row
+    rx, tx = row["receiver"], row["sender"]
+    assert rx["complete"] and tx["complete"] and rx["error"] is None and tx["error"] is None, row
+    for key in ("resent", "lost_bytes", "lost_packets", "ptos", "forged", "replayed", "duplicate", "hwm_mb"):
+        assert key in rx and key in tx, (key, row)
+    assert rx["forged"] == rx["replayed"] == 0, rx
