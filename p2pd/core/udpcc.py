@@ -29,6 +29,7 @@ LOSS_THRESH = 0.02
 BETA = 0.7
 MIN_CWND_PACKETS = 4
 INITIAL_CWND_PACKETS = 32
+MIN_ROUND_PACKETS = 20  # a round that sent fewer says nothing of its loss rate: it joins the next one
 MAX_AGGREGATION = 0.02  # seconds of bandwidth the window may add for ACKs that come in bursts
 
 
@@ -144,7 +145,10 @@ class BBR:
 
     def _end_round(self, sent_total, inflight):
         """A round trip ended: compare its loss with the path's background loss (what it loses at cruise)."""
-        rate = self.round_lost / max(sent_total - self.round_sent_start, 1)
+        sent = sent_total - self.round_sent_start
+        rate = self.round_lost / max(sent, 1)
+        if sent < MIN_ROUND_PACKETS * self.mss:  # too few packets to tell a loss rate from noise: fold it in
+            return
         self.round_lost = 0
         self.round_sent_start = sent_total
         if self.state != "probe_bw":
@@ -153,7 +157,7 @@ class BBR:
             self.background = 0.9 * self.background + 0.1 * min(rate, 0.5)
         congested = self.pacing_gain > 1.0 and rate > max(LOSS_THRESH, 1.5 * self.background + 0.01)
         if congested:  # the probe overflowed a queue: back off, but never below what the path carries
-            floor = self.bdp() / (1 - self.background)
+            floor = (self.bdp() + self.extra.value) / (1 - self.background)
             self.inflight_hi = max(BETA * min(inflight, self.inflight_hi), floor)
             self.clean_rounds = 0
             self.cycle_index = 0  # the 0.75 round that drains what the probe queued comes next
